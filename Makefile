@@ -1,0 +1,60 @@
+# NanoMQ developer commands. Everything runs in a local venv (.venv) that `make install` creates,
+# so a bare machine with python3 (>= 3.11) and gcc needs nothing else.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+EXTRAS  := test,lint,fuzz,bench
+C_DEPS  := $(wildcard nanomq/_c/src/*) $(wildcard nanomq/_c/cdef/*) $(wildcard nanomq/_c/build_*.py) nanomq/_c/_builder.py
+FUZZ_SECONDS ?= 60
+PORT    ?= 9000
+DATA_DIR ?= ./data
+
+.PHONY: help install build test test-fast lint fuzz fuzz-smoke benchmark conformance run clean
+
+help:
+	@echo "make install      create .venv and install nanomq (with its C core) and the dev tools"
+	@echo "make test         the whole suite: unit, property, fault-injection, fuzz smoke"
+	@echo "make lint         ruff + mypy"
+	@echo "make fuzz         every atheris target for FUZZ_SECONDS (default 60) each"
+	@echo "make benchmark    the benchmark tables"
+	@echo "make run          start the broker on PORT=$(PORT), DATA_DIR=$(DATA_DIR)"
+	@echo "make clean        remove the venv and build products"
+
+$(STAMP): pyproject.toml setup.py $(C_DEPS)
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	@touch $@
+
+install: $(STAMP)
+
+# Rebuild the C extensions in place after editing nanomq/_c (install does it when sources changed).
+build: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+	$(MAKE) fuzz-smoke
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests -m "not slow" -x -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check nanomq tests fuzz benchmarks
+	$(BIN)/mypy
+
+fuzz: $(STAMP)
+	$(BIN)/python fuzz/run_all.py --seconds $(FUZZ_SECONDS)
+
+fuzz-smoke: $(STAMP)
+	$(BIN)/python fuzz/run_all.py --seconds 5
+
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+run: $(STAMP)
+	@echo "nanomq-broker does not exist yet (issue 5); nothing to run." >&2; exit 1
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .benchmarks .tox .mypy_cache .ruff_cache
+	rm -f nanomq/_c/*.so nanomq/_c/_core.c nanomq/_c/_ring.c nanomq/_c/_log.c nanomq/_c/*.o

@@ -1,0 +1,44 @@
+"""Run every benchmark: the pytest-benchmark micro benchmarks, then each end-to-end harness.
+
+End-to-end harnesses are the modules ``benchmarks/bench_*.py``; each has ``main(argv) -> int`` and
+prints its own table (percentiles from full histograms, ratios to a baseline measured in the same
+run). ``--only NAME`` runs the harnesses whose name contains NAME; ``--quick`` asks each harness
+for a short run (used by CI smoke tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--only", default="", help="run only harnesses whose name contains this")
+    ap.add_argument("--quick", action="store_true", help="short runs (smoke test)")
+    ap.add_argument("--no-micro", action="store_true", help="skip the pytest-benchmark micro benchmarks")
+    args = ap.parse_args(argv)
+    rc = 0
+    if not args.no_micro and not args.only:
+        rc |= subprocess.call(
+            [sys.executable, "-m", "pytest", str(HERE), "-q", "-p", "no:cacheprovider",
+             "--benchmark-columns=min,median,ops", "--benchmark-sort=name"],
+        )
+    sys.path.insert(0, str(HERE.parent))
+    for path in sorted(HERE.glob("bench_*.py")):
+        name = path.stem
+        if args.only and args.only not in name:
+            continue
+        print(f"\n=== {name} ===", flush=True)
+        mod = importlib.import_module(f"benchmarks.{name}")
+        rc |= int(mod.main(["--quick"] if args.quick else []) or 0)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+"""Build hook: setuptools needs `cffi_modules` passed to setup(); everything else is in pyproject.toml.
+
+Each C component is its own cffi extension so they build (and fail) independently.
+"""
+from setuptools import setup
+
+setup(
+    cffi_modules=[
+        "nanomq/_c/build_core.py:ffibuilder",
+    ],
+)
