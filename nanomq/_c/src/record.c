@@ -52,7 +52,8 @@ uint64_t nmq_records_size(const uint32_t *lengths, uint32_t count) {
 int64_t nmq_records_encode(uint8_t *out, size_t out_cap, const uint8_t *payloads,
                            const uint32_t *lengths, const uint32_t *flags, const uint32_t *raw_sizes,
                            uint32_t count, uint64_t first_id, uint64_t timestamp_ns,
-                           uint32_t topic_id, uint64_t producer_id, uint64_t first_seq) {
+                           uint32_t topic_id, uint64_t producer_id, uint64_t first_seq,
+                           uint32_t *out_offsets) {
     if (nmq_records_size(lengths, count) > out_cap) return NMQ_REC_NO_SPACE;
     size_t off = 0;
     const uint8_t *src = payloads;
@@ -73,6 +74,7 @@ int64_t nmq_records_encode(uint8_t *out, size_t out_cap, const uint8_t *payloads
         memcpy(r + NMQ_HEADER_SIZE, src, size);
         memset(r + NMQ_HEADER_SIZE + size, 0, span - NMQ_HEADER_SIZE - size);
         st32(r + 24, nmq_record_crc(r, size));
+        if (out_offsets) out_offsets[i] = (uint32_t)off;
         src += size;
         off += span;
     }
@@ -88,4 +90,18 @@ void nmq_records_stamp(uint8_t *buf, const uint32_t *offsets, uint32_t count, ui
         st32(r + 16, topic_id);
         st32(r + 24, nmq_record_crc(r, ld32(r + 20)));
     }
+}
+
+#include <malloc.h>
+int nmq_malloc_top_pad(size_t bytes) {
+#if defined(M_TOP_PAD) && defined(M_MMAP_THRESHOLD)
+    if (bytes == 0) return 0;
+    /* Setting any malloc parameter turns off glibc's dynamic mmap threshold, after which every
+     * block over 128 KiB is a fresh mmap (page faults again): raise the threshold with it. */
+    int big = bytes > (32u << 20) ? (int)bytes : (32 << 20);
+    return mallopt(M_MMAP_THRESHOLD, big) && mallopt(M_TOP_PAD, (int)bytes);
+#else
+    (void)bytes;
+    return 0;
+#endif
 }

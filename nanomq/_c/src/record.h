@@ -44,11 +44,13 @@ int nmq_records_scan(const uint8_t *buf, size_t len, uint32_t count, uint32_t ma
 /* Encode `count` records from concatenated payloads (lengths[i] bytes each) into out. Per-record
  * flags and raw_sizes may be NULL (meaning 0). Ids are first_id, first_id+1, ... (0 stays 0 for
  * records a publisher sends), sequences first_seq, first_seq+1, ... when producer_id != 0.
+ * out_offsets (may be NULL) receives each record's offset in out.
  * Returns the number of bytes written, or NMQ_REC_NO_SPACE. */
 int64_t nmq_records_encode(uint8_t *out, size_t out_cap, const uint8_t *payloads,
                            const uint32_t *lengths, const uint32_t *flags, const uint32_t *raw_sizes,
                            uint32_t count, uint64_t first_id, uint64_t timestamp_ns,
-                           uint32_t topic_id, uint64_t producer_id, uint64_t first_seq);
+                           uint32_t topic_id, uint64_t producer_id, uint64_t first_seq,
+                           uint32_t *out_offsets);
 
 /* Rewrite id (first_id, first_id+1, ...), timestamp and topic_id of `count` already-validated
  * records in place and recompute their CRCs: how a broker stamps a published batch. */
@@ -57,4 +59,11 @@ void nmq_records_stamp(uint8_t *buf, const uint32_t *offsets, uint32_t count, ui
 
 /* Total encoded size of `count` records with the given payload lengths. */
 uint64_t nmq_records_size(const uint32_t *lengths, uint32_t count);
+
+
+/* glibc returns freed memory at the top of the heap to the kernel at once, so every new
+ * multi-hundred-KiB batch buffer pays ~1 µs of page fault per 4 KiB page (4-5x the cost of
+ * encoding the batch). Keeping `bytes` of padding at the heap top avoids that. Returns mallopt's
+ * result (1 = done, 0 = not available). */
+int nmq_malloc_top_pad(size_t bytes);
 #endif
