@@ -10,7 +10,7 @@ FUZZ_SECONDS ?= 60
 PORT    ?= 9000
 DATA_DIR ?= ./data
 
-.PHONY: help install build test test-fast lint fuzz fuzz-smoke benchmark conformance run clean
+.PHONY: help install build test test-fast lint fuzz fuzz-smoke benchmark conformance run clean sanitize
 
 help:
 	@echo "make install      create .venv and install nanomq (with its C core) and the dev tools"
@@ -58,3 +58,14 @@ run: $(STAMP)
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .benchmarks .tox .mypy_cache .ruff_cache
 	rm -f nanomq/_c/*.so nanomq/_c/_core.c nanomq/_c/_ring.c nanomq/_c/_log.c nanomq/_c/*.o
+
+# The C ring under ThreadSanitizer, then AddressSanitizer + UndefinedBehaviorSanitizer (issue 3).
+# A multi-threaded SPSC/MPSC driver with sequence and payload checks; SANITIZE_N records/producer.
+SANITIZE_N ?= 100000
+RING_TEST_SRC := tests/c/test_ring.c nanomq/_c/src/ring.c
+sanitize:
+	@mkdir -p build
+	$(CC) -O1 -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter -fsanitize=thread -Inanomq/_c/src $(RING_TEST_SRC) -o build/test_ring_tsan -lpthread
+	TSAN_OPTIONS=halt_on_error=1 ./build/test_ring_tsan $(SANITIZE_N)
+	$(CC) -O1 -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Inanomq/_c/src $(RING_TEST_SRC) -o build/test_ring_asan -lpthread
+	ASAN_OPTIONS=detect_leaks=1 ./build/test_ring_asan $(SANITIZE_N)
