@@ -7,6 +7,7 @@ from setuptools import setup
 setup(
     cffi_modules=[
         "nanomq/_c/build_core.py:ffibuilder",
+        "nanomq/_c/build_log.py:ffibuilder",
         "nanomq/_c/build_ring.py:ffibuilder",
     ],
 )

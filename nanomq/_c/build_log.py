@@ -1,0 +1,12 @@
+"""cffi builder for ``nanomq._c._log``: the mmap'ed write-ahead log (segments, indexes, recovery)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _builder import make_builder  # noqa: E402
+
+ffibuilder = make_builder("_log", ["crc32c.c", "record.c", "log.c"], "log.h", ["log.h", "record.h"])
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

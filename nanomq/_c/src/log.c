@@ -1,0 +1,1118 @@
+/* The NanoMQ topic log (see log.h for the layout and threading contract, spec/storage.md for the
+ * normative rules). Invariants maintained here:
+ *
+ *  I1  segs[0..nsegs) are contiguous: segs[i+1]->first_id == segs[i]->last_id + 1.
+ *  I2  Only segs[nsegs-1] (the active segment) is written; it is preallocated to `cap` bytes and
+ *      every byte of it at or beyond `size` is zero (recovery re-establishes this after a crash), so
+ *      a zero id word marks the end of the log for any reader of the mapping.
+ *  I3  Bytes below `size` never change once published; readers may use them without the mutex.
+ *  I4  `durable_size` (per segment) and `durable_id` only grow, and only after a successful
+ *      fdatasync covering them. Sealed segments are fully durable (rotation syncs them first).
+ *  I5  A segment's memory and fd live until it is retired (retention/close) *and* unpinned.
+ *  Lock order: mu before sync_mu. The fdatasync of a group commit holds only sync_mu.
+ */
+#define _GNU_SOURCE
+#include "log.h"
+#include "crc32c.h"
+#include "record.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define IDX_MAGIC "NMQIDX01"
+#define CKPT_MAGIC "NMQCKPT1"
+#define FILE_HDR 64u
+#define IDX_ENTRY 24u
+
+typedef struct {
+    uint64_t id, ts, off;
+} idx_entry;
+
+struct nmq_seg {
+    uint64_t first_id, last_id; /* last_id = first_id - 1 while empty */
+    uint64_t first_ts, last_ts;
+    uint64_t size;              /* bytes of published records */
+    uint64_t cap;               /* mapped length */
+    uint64_t durable_size;      /* guarded by log->sync_mu */
+    int redirty;                /* a sync failed: rewrite [durable_size, size) before the next one */
+    int fd;
+    uint8_t *map;
+    idx_entry *idx;
+    uint64_t nidx, idx_cap, idx_due;
+    int pins, retired;
+};
+
+struct nmq_log {
+    pthread_mutex_t mu, sync_mu, tmu;
+    pthread_cond_t tcv;
+    pthread_t syncer;
+    int syncer_on, stop;
+    nmq_log_config cfg;
+    char dir[PATH_MAX];
+    int dirfd, lockfd;
+    nmq_seg **segs;
+    uint64_t nsegs, segs_cap;
+    uint64_t next_id, last_ts, total_bytes, ckpt_seg;
+    _Atomic uint64_t durable_id;
+    int last_sync_errno;
+    int closed;
+    long refs; /* 1 for the handle + one per pin */
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* errors and fault injection                                                                   */
+
+static __thread char g_err[512];
+const char *nmq_log_last_error(void) { return g_err; }
+#define SETERR(...) snprintf(g_err, sizeof g_err, __VA_ARGS__)
+
+static _Atomic uint64_t f_nth[NMQ_FAULT_KINDS], f_count[NMQ_FAULT_KINDS], f_seen[NMQ_FAULT_KINDS];
+static _Atomic int f_err[NMQ_FAULT_KINDS];
+
+void nmq_log_fault_set(int kind, uint64_t nth, uint64_t count, int err) {
+    if (kind <= 0 || kind >= NMQ_FAULT_KINDS) return;
+    atomic_store(&f_seen[kind], 0);
+    atomic_store(&f_count[kind], count);
+    atomic_store(&f_err[kind], err);
+    atomic_store(&f_nth[kind], nth);
+}
+
+void nmq_log_fault_clear(void) {
+    for (int k = 0; k < NMQ_FAULT_KINDS; k++) atomic_store(&f_nth[k], 0);
+}
+
+/* Returns the errno to inject for this call of `kind`, or 0. */
+static int fault(int kind) {
+    uint64_t nth = atomic_load(&f_nth[kind]);
+    if (!nth) return 0;
+    uint64_t seen = atomic_fetch_add(&f_seen[kind], 1) + 1;
+    uint64_t count = atomic_load(&f_count[kind]);
+    if (seen >= nth && (count == 0 || seen < nth + count)) return atomic_load(&f_err[kind]);
+    return 0;
+}
+
+static int x_fdatasync(int fd) {
+    int e = fault(NMQ_FAULT_FSYNC);
+    if (e) { errno = e; return -1; }
+    return fdatasync(fd);
+}
+static int x_fsync(int fd) {
+    int e = fault(NMQ_FAULT_FSYNC);
+    if (e) { errno = e; return -1; }
+    return fsync(fd);
+}
+static int x_ftruncate(int fd, off_t len) {
+    int e = fault(NMQ_FAULT_FTRUNCATE);
+    if (e) { errno = e; return -1; }
+    return ftruncate(fd, len);
+}
+static int x_fallocate(int fd, off_t len) {
+    int e = fault(NMQ_FAULT_FALLOCATE);
+    if (e) { errno = e; return -1; }
+    if (fallocate(fd, 0, 0, len) == 0) return 0;
+    if (errno != EOPNOTSUPP) return -1;
+    return ftruncate(fd, len); /* a filesystem without fallocate: sparse, ENOSPC may become SIGBUS */
+}
+/* Write all of buf at off (pwrite loop). */
+static int x_pwrite_all(int fd, const uint8_t *buf, size_t len, off_t off) {
+    int e = fault(NMQ_FAULT_WRITE);
+    if (e) { errno = e; return -1; }
+    while (len) {
+        ssize_t n = pwrite(fd, buf, len, off);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        buf += n; len -= (size_t)n; off += n;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* little helpers                                                                               */
+
+static inline uint32_t ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint64_t ld64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static inline void st32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+static inline void st64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+
+static uint64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+static uint64_t mono_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+static const uint8_t zero4[4] = {0, 0, 0, 0};
+
+/* CRC of the record at r as if its id word were `id` (the id word in the mapping is still zero
+ * while a run is being stamped: it is the publish word, written last). */
+static uint32_t crc_with_id(const uint8_t *r, uint64_t id, uint32_t size) {
+    uint8_t idb[8];
+    st64(idb, id);
+    uint32_t c = nmq_crc32c(0, idb, 8);
+    c = nmq_crc32c(c, r + 8, 16);
+    c = nmq_crc32c(c, zero4, 4);
+    return nmq_crc32c(c, r + 28, NMQ_HEADER_SIZE - 28 + (size_t)size);
+}
+
+static void seg_name(char *out, size_t n, uint64_t first_id, const char *ext) {
+    snprintf(out, n, "%020llu.%s", (unsigned long long)first_id, ext);
+}
+
+static int fsync_dir(nmq_log *log) {
+    return x_fsync(log->dirfd) ? -errno : 0;
+}
+
+static int idx_reserve(nmq_seg *s, uint64_t extra) {
+    if (s->nidx + extra <= s->idx_cap) return 0;
+    uint64_t cap = s->idx_cap ? s->idx_cap : 64;
+    while (cap < s->nidx + extra) cap *= 2;
+    idx_entry *p = realloc(s->idx, cap * sizeof *p);
+    if (!p) return -ENOMEM;
+    s->idx = p;
+    s->idx_cap = cap;
+    return 0;
+}
+
+static inline void idx_add(nmq_log *log, nmq_seg *s, uint64_t id, uint64_t ts, uint64_t off) {
+    if (off >= s->idx_due) {
+        s->idx[s->nidx++] = (idx_entry){id, ts, off};
+        s->idx_due = off + log->cfg.index_interval;
+    }
+}
+
+static void seg_destroy(nmq_seg *s) {
+    if (s->map && s->map != MAP_FAILED) munmap(s->map, s->cap);
+    if (s->fd >= 0) close(s->fd);
+    free(s->idx);
+    free(s);
+}
+
+static nmq_seg *seg_new(uint64_t first_id) {
+    nmq_seg *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->first_id = first_id;
+    s->last_id = first_id - 1;
+    s->fd = -1;
+    return s;
+}
+
+static int seg_map(nmq_seg *s, uint64_t cap) {
+    if (s->map) munmap(s->map, s->cap);
+    s->map = NULL;
+    s->cap = 0;
+    if (cap == 0) return 0;
+    void *m = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
+    if (m == MAP_FAILED) return -errno;
+    s->map = m;
+    s->cap = cap;
+    return 0;
+}
+
+static void unpin_locked(nmq_log *log, nmq_seg *s, int *destroy_seg) {
+    s->pins--;
+    log->refs--;
+    *destroy_seg = s->retired && s->pins == 0;
+}
+
+static void log_destroy(nmq_log *log) {
+    pthread_mutex_destroy(&log->mu);
+    pthread_mutex_destroy(&log->sync_mu);
+    pthread_mutex_destroy(&log->tmu);
+    pthread_cond_destroy(&log->tcv);
+    free(log->segs);
+    free(log);
+}
+
+void nmq_log_unpin(nmq_log *log, nmq_seg *s) {
+    if (!s) return;
+    int destroy_seg;
+    pthread_mutex_lock(&log->mu);
+    unpin_locked(log, s, &destroy_seg);
+    int destroy_log = log->refs == 0;
+    pthread_mutex_unlock(&log->mu);
+    if (destroy_seg) seg_destroy(s);
+    if (destroy_log) log_destroy(log);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* index and checkpoint files                                                                   */
+
+/* Write <seg>.idx atomically (tmp + fsync + rename). The caller fsyncs the directory. */
+static int idx_write(nmq_log *log, nmq_seg *s) {
+    char name[64], tmp[80];
+    seg_name(name, sizeof name, s->first_id, "idx");
+    snprintf(tmp, sizeof tmp, "%s.tmp", name);
+    size_t len = FILE_HDR + s->nidx * IDX_ENTRY;
+    uint8_t *b = calloc(1, len);
+    if (!b) return -ENOMEM;
+    memcpy(b, IDX_MAGIC, 8);
+    st32(b + 8, 1);
+    st32(b + 12, IDX_ENTRY);
+    st64(b + 16, s->first_id);
+    st64(b + 24, s->last_id);
+    st64(b + 32, s->last_ts);
+    st64(b + 40, s->size);
+    st64(b + 48, s->nidx);
+    for (uint64_t i = 0; i < s->nidx; i++) {
+        uint8_t *e = b + FILE_HDR + i * IDX_ENTRY;
+        st64(e, s->idx[i].id);
+        st64(e + 8, s->idx[i].ts);
+        st64(e + 16, s->idx[i].off);
+    }
+    st32(b + 56, nmq_crc32c(0, b, len));
+    int rc = 0;
+    int fd = openat(log->dirfd, tmp, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+    if (fd < 0) rc = -errno;
+    if (!rc && x_pwrite_all(fd, b, len, 0)) rc = -errno;
+    if (!rc && x_fsync(fd)) rc = -errno;
+    if (fd >= 0) close(fd);
+    if (!rc && renameat(log->dirfd, tmp, log->dirfd, name)) rc = -errno;
+    if (rc) unlinkat(log->dirfd, tmp, 0);
+    free(b);
+    return rc;
+}
+
+/* Load <seg>.idx if it is valid and agrees with the segment file; 0 on success. */
+static int idx_load(nmq_log *log, nmq_seg *s, uint64_t file_size) {
+    char name[64];
+    seg_name(name, sizeof name, s->first_id, "idx");
+    int fd = openat(log->dirfd, name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    struct stat st;
+    uint8_t *b = NULL;
+    int ok = 0;
+    if (fstat(fd, &st) == 0 && st.st_size >= (off_t)FILE_HDR && st.st_size < (1 << 30)) {
+        b = malloc((size_t)st.st_size);
+        if (b && pread(fd, b, (size_t)st.st_size, 0) == st.st_size) ok = 1;
+    }
+    close(fd);
+    if (ok) {
+        uint64_t n = ld64(b + 48);
+        uint32_t crc = ld32(b + 56);
+        st32(b + 56, 0);
+        ok = memcmp(b, IDX_MAGIC, 8) == 0 && ld32(b + 8) == 1 && ld32(b + 12) == IDX_ENTRY &&
+             ld64(b + 16) == s->first_id && (uint64_t)st.st_size == FILE_HDR + n * IDX_ENTRY &&
+             nmq_crc32c(0, b, (size_t)st.st_size) == crc && ld64(b + 40) <= file_size &&
+             ld64(b + 24) + 1 >= s->first_id && (n > 0 || ld64(b + 40) == 0);
+        if (ok && n) ok = ld64(b + FILE_HDR) == s->first_id && ld64(b + FILE_HDR + 16) == 0;
+        if (ok && idx_reserve(s, n) == 0) {
+            for (uint64_t i = 0; i < n; i++) {
+                const uint8_t *e = b + FILE_HDR + i * IDX_ENTRY;
+                s->idx[i] = (idx_entry){ld64(e), ld64(e + 8), ld64(e + 16)};
+            }
+            s->nidx = n;
+            s->last_id = ld64(b + 24);
+            s->last_ts = ld64(b + 32);
+            s->size = ld64(b + 40);
+            s->first_ts = n ? s->idx[0].ts : 0;
+            s->idx_due = n ? s->idx[n - 1].off + log->cfg.index_interval : 0;
+        } else {
+            ok = 0;
+        }
+    }
+    free(b);
+    return ok ? 0 : -1;
+}
+
+typedef struct {
+    int valid, clean;
+    uint64_t seg, off, next_id, last_ts;
+} ckpt_t;
+
+static int ckpt_write(nmq_log *log, int clean, uint64_t seg, uint64_t off) {
+    uint8_t b[FILE_HDR] = {0};
+    memcpy(b, CKPT_MAGIC, 8);
+    st32(b + 8, 1);
+    st32(b + 12, clean ? 1 : 0);
+    st64(b + 16, seg);
+    st64(b + 24, off);
+    st64(b + 32, log->next_id);
+    st64(b + 40, log->last_ts);
+    st32(b + 48, nmq_crc32c(0, b, FILE_HDR));
+    int rc = 0;
+    int fd = openat(log->dirfd, "checkpoint.tmp", O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+    if (fd < 0) rc = -errno;
+    if (!rc && x_pwrite_all(fd, b, sizeof b, 0)) rc = -errno;
+    if (!rc && x_fsync(fd)) rc = -errno;
+    if (fd >= 0) close(fd);
+    if (!rc && renameat(log->dirfd, "checkpoint.tmp", log->dirfd, "checkpoint")) rc = -errno;
+    if (!rc) rc = fsync_dir(log);
+    if (rc) unlinkat(log->dirfd, "checkpoint.tmp", 0);
+    return rc;
+}
+
+static ckpt_t ckpt_read(nmq_log *log) {
+    ckpt_t c = {0};
+    uint8_t b[FILE_HDR];
+    int fd = openat(log->dirfd, "checkpoint", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return c;
+    ssize_t n = pread(fd, b, sizeof b, 0);
+    close(fd);
+    if (n != (ssize_t)sizeof b) return c;
+    uint32_t crc = ld32(b + 48);
+    st32(b + 48, 0);
+    if (memcmp(b, CKPT_MAGIC, 8) || ld32(b + 8) != 1 || nmq_crc32c(0, b, FILE_HDR) != crc) return c;
+    c.valid = 1;
+    c.clean = ld32(b + 12) & 1;
+    c.seg = ld64(b + 16);
+    c.off = ld64(b + 24);
+    c.next_id = ld64(b + 32);
+    c.last_ts = ld64(b + 40);
+    return c;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* sync                                                                                         */
+
+/* Make s durable up to `upto` bytes. Caller holds sync_mu (and must keep s alive: pinned or mu). */
+static int seg_sync(nmq_seg *s, uint64_t upto) {
+    if (s->durable_size >= upto && !s->redirty) return 0;
+    if (s->redirty && upto > s->durable_size) {
+        /* After a failed fdatasync the kernel may have marked the pages clean without writing
+         * them (the "fsyncgate" behaviour); rewriting the bytes from the mapping re-dirties them
+         * so the next fdatasync really covers them. */
+        if (x_pwrite_all(s->fd, s->map + s->durable_size, upto - s->durable_size, (off_t)s->durable_size))
+            return -errno;
+    }
+    if (x_fdatasync(s->fd)) {
+        s->redirty = 1;
+        return -errno;
+    }
+    s->redirty = 0;
+    if (upto > s->durable_size) s->durable_size = upto;
+    return 0;
+}
+
+int nmq_log_sync(nmq_log *log, uint64_t *durable_id) {
+    pthread_mutex_lock(&log->mu);
+    if (log->closed) {
+        pthread_mutex_unlock(&log->mu);
+        return NMQ_LOG_ECLOSED;
+    }
+    nmq_seg *s = log->segs[log->nsegs - 1];
+    uint64_t target_id = log->next_id - 1, target_size = s->size;
+    if (atomic_load(&log->durable_id) >= target_id) {
+        if (durable_id) *durable_id = atomic_load(&log->durable_id);
+        pthread_mutex_unlock(&log->mu);
+        return 0;
+    }
+    s->pins++;
+    log->refs++;
+    pthread_mutex_unlock(&log->mu);
+
+    /* Group commit: whoever holds sync_mu syncs everything published so far; a caller that waited
+     * behind it usually finds its target already covered and returns without a syscall. */
+    pthread_mutex_lock(&log->sync_mu);
+    int rc = 0;
+    if (atomic_load(&log->durable_id) < target_id) {
+        rc = seg_sync(s, target_size);
+        if (rc == 0) {
+            uint64_t d = atomic_load(&log->durable_id);
+            while (d < target_id && !atomic_compare_exchange_weak(&log->durable_id, &d, target_id)) {
+            }
+        }
+    }
+    pthread_mutex_unlock(&log->sync_mu);
+    if (durable_id) *durable_id = atomic_load(&log->durable_id);
+    if (rc) SETERR("fdatasync of segment %020llu failed: %s", (unsigned long long)s->first_id, strerror(-rc));
+    nmq_log_unpin(log, s);
+    return rc;
+}
+
+static void *syncer_main(void *arg) {
+    nmq_log *log = arg;
+    pthread_mutex_lock(&log->tmu);
+    while (!log->stop) {
+        struct timespec t;
+        clock_gettime(CLOCK_REALTIME, &t);
+        uint64_t ns = (uint64_t)t.tv_nsec + (uint64_t)log->cfg.interval_ms * 1000000ull;
+        t.tv_sec += (time_t)(ns / 1000000000ull);
+        t.tv_nsec = (long)(ns % 1000000000ull);
+        pthread_cond_timedwait(&log->tcv, &log->tmu, &t);
+        if (log->stop) break;
+        pthread_mutex_unlock(&log->tmu);
+        int rc = nmq_log_sync(log, NULL);
+        pthread_mutex_lock(&log->tmu);
+        if (rc < 0 && rc > -1000) log->last_sync_errno = -rc;
+        else if (rc == 0) log->last_sync_errno = 0;
+    }
+    pthread_mutex_unlock(&log->tmu);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* segments                                                                                     */
+
+/* Create, preallocate and map a new empty segment file; the directory is fsynced so the file
+ * itself survives a crash before anything in it is acknowledged. */
+static int seg_create(nmq_log *log, uint64_t first_id, uint64_t cap, nmq_seg **out) {
+    char name[64];
+    seg_name(name, sizeof name, first_id, "log");
+    nmq_seg *s = seg_new(first_id);
+    if (!s) return -ENOMEM;
+    int rc = 0;
+    s->fd = openat(log->dirfd, name, O_CREAT | O_TRUNC | O_RDWR | O_CLOEXEC, 0644);
+    if (s->fd < 0) rc = -errno;
+    if (!rc && x_fallocate(s->fd, (off_t)cap)) rc = -errno;
+    if (!rc) rc = seg_map(s, cap);
+    if (!rc) rc = fsync_dir(log);
+    if (rc) {
+        SETERR("cannot create segment %s: %s", name, strerror(-rc));
+        seg_destroy(s);
+        unlinkat(log->dirfd, name, 0);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+static int segs_push(nmq_log *log, nmq_seg *s) {
+    if (log->nsegs == log->segs_cap) {
+        uint64_t cap = log->segs_cap ? log->segs_cap * 2 : 16;
+        nmq_seg **p = realloc(log->segs, cap * sizeof *p);
+        if (!p) return -ENOMEM;
+        log->segs = p;
+        log->segs_cap = cap;
+    }
+    log->segs[log->nsegs++] = s;
+    return 0;
+}
+
+/* Seal the active segment and start a new one. Caller holds mu. On failure nothing changed. */
+static int rotate(nmq_log *log) {
+    nmq_seg *old = log->segs[log->nsegs - 1], *s = NULL;
+    if (log->nsegs == log->segs_cap) {
+        int rc = segs_push(log, NULL); /* grow the array first so the final push cannot fail */
+        if (rc) return rc;
+        log->nsegs--;
+    }
+    int rc = seg_create(log, log->next_id, log->cfg.segment_bytes, &s);
+    if (rc) return rc;
+    pthread_mutex_lock(&log->sync_mu);
+    rc = seg_sync(old, old->size);
+    pthread_mutex_unlock(&log->sync_mu);
+    if (rc) {
+        char name[64];
+        seg_name(name, sizeof name, s->first_id, "log");
+        seg_destroy(s);
+        unlinkat(log->dirfd, name, 0);
+        SETERR("sealing segment %020llu: fdatasync failed: %s", (unsigned long long)old->first_id, strerror(-rc));
+        return rc;
+    }
+    /* Past this point the old segment is durable; the index, the truncation of its preallocated
+     * tail and the checkpoint are optimisations recovery can do without, so their failure does not
+     * fail the append (each is retried/rebuilt at the next opportunity). */
+    idx_write(log, old);
+    x_ftruncate(old->fd, (off_t)old->size);
+    segs_push(log, s);
+    uint64_t d = atomic_load(&log->durable_id);
+    while (d < old->last_id && !atomic_compare_exchange_weak(&log->durable_id, &d, old->last_id)) {
+    }
+    if (ckpt_write(log, 0, s->first_id, 0) == 0) log->ckpt_seg = s->first_id;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* append                                                                                       */
+
+int nmq_log_append(nmq_log *log, const uint8_t *buf, size_t len, uint32_t count, uint64_t ts_ns,
+                   uint64_t *first_id, uint64_t *last_id) {
+    if (count == 0 || len < NMQ_HEADER_SIZE || (len & 7u)) {
+        SETERR("append needs count >= 1 and a length that is a multiple of 8 (got %u, %zu)", count, len);
+        return NMQ_LOG_EBADREC;
+    }
+    if (len > log->cfg.segment_bytes) {
+        SETERR("batch of %zu bytes exceeds segment size %llu", len, (unsigned long long)log->cfg.segment_bytes);
+        return NMQ_LOG_ETOOBIG;
+    }
+    /* Framing check (the broker validated the records; the log must still never publish a run it
+     * cannot walk, or readers and recovery would go astray). */
+    size_t off = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        if (len - off < NMQ_HEADER_SIZE) { SETERR("record %u truncated", i); return NMQ_LOG_EBADREC; }
+        uint32_t size = ld32(buf + off + 20);
+        if (size > log->cfg.max_payload) { SETERR("record %u: payload %u > max %u", i, size, log->cfg.max_payload); return NMQ_LOG_EBADREC; }
+        size_t span = nmq_record_span(size);
+        if (len - off < span) { SETERR("record %u truncated", i); return NMQ_LOG_EBADREC; }
+        off += span;
+    }
+    if (off != len) { SETERR("%zu bytes after %u records", len - off, count); return NMQ_LOG_EBADREC; }
+
+    pthread_mutex_lock(&log->mu);
+    int rc = 0;
+    if (log->closed) { rc = NMQ_LOG_ECLOSED; goto out; }
+    nmq_seg *s = log->segs[log->nsegs - 1];
+    if (s->cap - s->size < len) {
+        rc = rotate(log);
+        if (rc) goto out;
+        s = log->segs[log->nsegs - 1];
+    }
+    if ((rc = idx_reserve(s, len / log->cfg.index_interval + 2))) goto out;
+    int e = fault(NMQ_FAULT_WRITE);
+    if (e) {
+        rc = -e;
+        SETERR("append: injected write error: %s", strerror(e));
+        goto out;
+    }
+    uint64_t ts = ts_ns ? ts_ns : now_ns();
+    if (ts < log->last_ts) ts = log->last_ts; /* clock stepped back: timestamps never decrease */
+    uint64_t id0 = log->next_id;
+    uint8_t *dst = s->map + s->size;
+    /* Everything but the first record's id word: that word stays zero (I2) until the run is
+     * complete, then is stored with release ordering to publish the whole run at once. */
+    memcpy(dst + 8, buf + 8, len - 8);
+    off = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        uint8_t *r = dst + off;
+        uint32_t size = ld32(r + 20);
+        uint64_t id = id0 + i;
+        if (i) st64(r, id);
+        st64(r + 8, ts);
+        st32(r + 16, log->cfg.topic_id);
+        st32(r + 24, crc_with_id(r, id, size));
+        idx_add(log, s, id, ts, s->size + off);
+        off += nmq_record_span(size);
+    }
+    atomic_store_explicit((_Atomic uint64_t *)(void *)dst, id0, memory_order_release);
+    if (s->last_id < s->first_id) s->first_ts = ts;
+    s->size += len;
+    s->last_id = id0 + count - 1;
+    s->last_ts = ts;
+    log->next_id = id0 + count;
+    log->last_ts = ts;
+    log->total_bytes += len;
+    if (first_id) *first_id = id0;
+    if (last_id) *last_id = id0 + count - 1;
+out:
+    pthread_mutex_unlock(&log->mu);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* read and find                                                                                */
+
+/* Index of the segment holding id (caller holds mu; id within [first, next)). */
+static uint64_t seg_for_id(nmq_log *log, uint64_t id) {
+    uint64_t lo = 0, hi = log->nsegs - 1;
+    while (lo < hi) {
+        uint64_t mid = (lo + hi + 1) / 2;
+        if (log->segs[mid]->first_id <= id) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+/* Byte offset of record `id` inside s (id must be in s): nearest index entry, then header hops. */
+static uint64_t offset_of(nmq_seg *s, uint64_t id) {
+    uint64_t lo = 0, hi = s->nidx, off = 0, cur = s->first_id;
+    while (lo < hi) { /* last entry with entry.id <= id */
+        uint64_t mid = (lo + hi) / 2;
+        if (s->idx[mid].id <= id) lo = mid + 1;
+        else hi = mid;
+    }
+    if (lo) { off = s->idx[lo - 1].off; cur = s->idx[lo - 1].id; }
+    while (cur < id) {
+        off += nmq_record_span(ld32(s->map + off + 20));
+        cur++;
+    }
+    return off;
+}
+
+static uint64_t first_id_locked(nmq_log *log) {
+    return log->segs[0]->first_id;
+}
+
+int nmq_log_read(nmq_log *log, uint64_t from_id, uint32_t max_records, uint64_t max_bytes,
+                 const uint8_t **ptr, uint64_t *len, uint64_t *first_id, nmq_seg **seg) {
+    *seg = NULL;
+    *len = 0;
+    *ptr = NULL;
+    pthread_mutex_lock(&log->mu);
+    if (log->closed) { pthread_mutex_unlock(&log->mu); return NMQ_LOG_ECLOSED; }
+    uint64_t first = first_id_locked(log);
+    if (from_id < first) from_id = first;
+    *first_id = from_id;
+    if (from_id >= log->next_id || max_records == 0) { pthread_mutex_unlock(&log->mu); return 0; }
+    nmq_seg *s = log->segs[seg_for_id(log, from_id)];
+    uint64_t start = offset_of(s, from_id), off = start;
+    uint32_t n = 0;
+    while (n < max_records && off < s->size) {
+        uint64_t span = nmq_record_span(ld32(s->map + off + 20));
+        if (n && off + span - start > max_bytes) break;
+        off += span;
+        n++;
+    }
+    s->pins++;
+    log->refs++;
+    pthread_mutex_unlock(&log->mu);
+    *ptr = s->map + start;
+    *len = off - start;
+    *seg = s;
+    return (int)n;
+}
+
+int nmq_log_find_ts(nmq_log *log, uint64_t ts, uint64_t *id) {
+    pthread_mutex_lock(&log->mu);
+    if (log->closed) { pthread_mutex_unlock(&log->mu); return NMQ_LOG_ECLOSED; }
+    *id = log->next_id;
+    uint64_t i = 0;
+    while (i < log->nsegs && (log->segs[i]->last_id < log->segs[i]->first_id || log->segs[i]->last_ts < ts)) i++;
+    if (i < log->nsegs) {
+        nmq_seg *s = log->segs[i];
+        /* timestamps are non-decreasing, so binary-search the index for the last entry < ts */
+        uint64_t lo = 0, hi = s->nidx, off = 0, cur = s->first_id;
+        while (lo < hi) {
+            uint64_t mid = (lo + hi) / 2;
+            if (s->idx[mid].ts < ts) lo = mid + 1;
+            else hi = mid;
+        }
+        if (lo) { off = s->idx[lo - 1].off; cur = s->idx[lo - 1].id; }
+        while (cur <= s->last_id && ld64(s->map + off + 8) < ts) {
+            off += nmq_record_span(ld32(s->map + off + 20));
+            cur++;
+        }
+        *id = cur;
+    }
+    pthread_mutex_unlock(&log->mu);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* retention                                                                                    */
+
+/* Remove segs[0] from the log (files unlinked; memory freed once unpinned). Caller holds mu. */
+static void drop_first(nmq_log *log) {
+    nmq_seg *s = log->segs[0];
+    char name[64];
+    seg_name(name, sizeof name, s->first_id, "log");
+    unlinkat(log->dirfd, name, 0);
+    seg_name(name, sizeof name, s->first_id, "idx");
+    unlinkat(log->dirfd, name, 0);
+    log->total_bytes -= s->size;
+    memmove(log->segs, log->segs + 1, (log->nsegs - 1) * sizeof *log->segs);
+    log->nsegs--;
+    s->retired = 1;
+    if (s->pins == 0) seg_destroy(s);
+}
+
+int nmq_log_retain(nmq_log *log, uint64_t now, uint64_t *deleted) {
+    pthread_mutex_lock(&log->mu);
+    if (log->closed) { pthread_mutex_unlock(&log->mu); return NMQ_LOG_ECLOSED; }
+    if (!now) now = now_ns();
+    uint64_t n = 0;
+    while (log->nsegs > 1) {
+        nmq_seg *s = log->segs[0];
+        int old = log->cfg.retention_ms > 0 && s->last_ts + (uint64_t)log->cfg.retention_ms * 1000000ull < now;
+        int big = log->cfg.retention_bytes > 0 && log->total_bytes > (uint64_t)log->cfg.retention_bytes;
+        if (!old && !big) break;
+        drop_first(log);
+        n++;
+    }
+    int rc = n ? fsync_dir(log) : 0;
+    pthread_mutex_unlock(&log->mu);
+    if (deleted) *deleted = n;
+    return rc;
+}
+
+int nmq_log_stats_get(nmq_log *log, nmq_log_stats *st) {
+    pthread_mutex_lock(&log->mu);
+    memset(st, 0, sizeof *st);
+    st->closed = log->closed;
+    if (!log->closed) {
+        st->first_id = first_id_locked(log);
+        st->segments = log->nsegs;
+    }
+    st->next_id = log->next_id;
+    st->durable_id = atomic_load(&log->durable_id);
+    st->total_bytes = log->total_bytes;
+    st->last_timestamp_ns = log->last_ts;
+    pthread_mutex_unlock(&log->mu);
+    pthread_mutex_lock(&log->tmu);
+    st->last_sync_errno = log->last_sync_errno;
+    pthread_mutex_unlock(&log->tmu);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* recovery                                                                                     */
+
+enum { SCAN_END = 0, SCAN_BAD = 1 };
+
+/* Walk records of s from off to limit, expecting ids from *expect and timestamps >= *last_ts,
+ * verifying CRCs when check_crc. Builds the sparse index. Returns where it stopped in *stop. */
+static int scan(nmq_log *log, nmq_seg *s, uint64_t off, uint64_t limit, int check_crc, uint64_t *stop) {
+    int rc = SCAN_END;
+    uint64_t expect = s->last_id + 1;
+    while (limit - off >= NMQ_HEADER_SIZE) {
+        const uint8_t *r = s->map + off;
+        uint64_t id = ld64(r);
+        if (id == 0) {
+            /* an all-zero header is the end of the log (I2); anything else with id 0 is damage */
+            int zero = 1;
+            for (unsigned k = 0; k < NMQ_HEADER_SIZE; k += 8) zero &= ld64(r + k) == 0;
+            rc = zero ? SCAN_END : SCAN_BAD;
+            break;
+        }
+        uint32_t size = ld32(r + 20);
+        uint64_t ts = ld64(r + 8);
+        uint64_t span = nmq_record_span(size);
+        if (id != expect || span > limit - off || (s->last_id >= s->first_id && ts < s->last_ts) ||
+            (check_crc && nmq_record_crc(r, size) != ld32(r + 24))) {
+            rc = SCAN_BAD;
+            break;
+        }
+        if (idx_reserve(s, 1)) { rc = SCAN_BAD; break; }
+        idx_add(log, s, id, ts, off);
+        if (s->last_id < s->first_id) s->first_ts = ts;
+        s->last_id = id;
+        s->last_ts = ts;
+        expect++;
+        off += span;
+    }
+    s->size = off;
+    *stop = off;
+    return rc;
+}
+
+/* One past the last non-zero byte of s in [from, file_size), rounded up to 8. */
+static uint64_t nonzero_end(nmq_seg *s, uint64_t from, uint64_t file_size) {
+    uint64_t end = from;
+    for (uint64_t p = from & ~7ull; p + 8 <= file_size; p += 8)
+        if (ld64(s->map + p)) end = p + 8;
+    return end;
+}
+
+/* Copy s[from, to) into <seg>.log.<from>.quarantine so cut bytes are never silently destroyed. */
+static int quarantine_bytes(nmq_log *log, nmq_seg *s, uint64_t from, uint64_t to) {
+    char name[96];
+    snprintf(name, sizeof name, "%020llu.log.%llu.quarantine", (unsigned long long)s->first_id,
+             (unsigned long long)from);
+    int fd = openat(log->dirfd, name, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+    if (fd < 0) return -errno;
+    int rc = x_pwrite_all(fd, s->map + from, to - from, 0) ? -errno : 0;
+    if (!rc && x_fsync(fd)) rc = -errno;
+    close(fd);
+    return rc;
+}
+
+static int quarantine_file(nmq_log *log, uint64_t first_id) {
+    char name[64], q[96];
+    seg_name(name, sizeof name, first_id, "log");
+    snprintf(q, sizeof q, "%s.quarantine", name);
+    if (renameat(log->dirfd, name, log->dirfd, q)) return -errno;
+    seg_name(name, sizeof name, first_id, "idx");
+    unlinkat(log->dirfd, name, 0);
+    return 0;
+}
+
+/* Is the bad record at off a single damaged record followed by valid data (corruption) rather
+ * than a torn tail? True when the next record after it is intact and carries the next id. */
+static int followed_by_valid(nmq_seg *s, uint64_t off, uint64_t limit) {
+    const uint8_t *r = s->map + off;
+    uint64_t span = nmq_record_span(ld32(r + 20));
+    uint64_t expect = s->last_id + 2;
+    if (span > limit - off || limit - off - span < NMQ_HEADER_SIZE) return 0;
+    const uint8_t *n = r + span;
+    uint32_t size = ld32(n + 20);
+    if (ld64(n) != expect || nmq_record_span(size) > limit - off - span) return 0;
+    return nmq_record_crc(n, size) == ld32(n + 24);
+}
+
+static int load_segments(nmq_log *log, uint64_t **ids, uint64_t *n) {
+    DIR *d = fdopendir(dup(log->dirfd));
+    if (!d) return -errno;
+    uint64_t cap = 16;
+    *ids = malloc(cap * sizeof **ids);
+    *n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        const char *nm = e->d_name;
+        size_t l = strlen(nm);
+        int digits = l >= 20;
+        for (int k = 0; digits && k < 20; k++) digits = nm[k] >= '0' && nm[k] <= '9';
+        if (!digits) continue;
+        if (l == 24 && strcmp(nm + 20, ".log") == 0) {
+            if (*n == cap) *ids = realloc(*ids, (cap *= 2) * sizeof **ids);
+            (*ids)[(*n)++] = strtoull(nm, NULL, 10);
+        } else if (l == 28 && strcmp(nm + 20, ".idx.tmp") == 0) {
+            unlinkat(log->dirfd, nm, 0);
+        }
+    }
+    closedir(d);
+    for (uint64_t i = 1; i < *n; i++) /* insertion sort: a topic has few segments */
+        for (uint64_t j = i; j > 0 && (*ids)[j - 1] > (*ids)[j]; j--) {
+            uint64_t t = (*ids)[j]; (*ids)[j] = (*ids)[j - 1]; (*ids)[j - 1] = t;
+        }
+    return 0;
+}
+
+static int open_seg_file(nmq_log *log, uint64_t first_id, nmq_seg **out, uint64_t *file_size) {
+    char name[64];
+    seg_name(name, sizeof name, first_id, "log");
+    nmq_seg *s = seg_new(first_id);
+    if (!s) return -ENOMEM;
+    s->fd = openat(log->dirfd, name, O_RDWR | O_CLOEXEC);
+    struct stat st;
+    int rc = 0;
+    if (s->fd < 0 || fstat(s->fd, &st)) rc = -errno;
+    if (!rc) {
+        *file_size = (uint64_t)st.st_size & ~7ull;
+        rc = seg_map(s, *file_size);
+    }
+    if (rc) { seg_destroy(s); return rc; }
+    *out = s;
+    return 0;
+}
+
+static void report_corrupt(nmq_recovery_report *rep, int kind, nmq_seg *s, uint64_t off, const char *what) {
+    if (rep->corruption) return;
+    rep->corruption = kind;
+    rep->corrupt_segment = s->first_id;
+    rep->corrupt_offset = off;
+    rep->corrupt_id = s->last_id + 1;
+    snprintf(rep->message, sizeof rep->message, "%s in segment %020llu at offset %llu (expected id %llu)", what,
+             (unsigned long long)s->first_id, (unsigned long long)off, (unsigned long long)(s->last_id + 1));
+}
+
+static int recover(nmq_log *log, nmq_recovery_report *rep) {
+    uint64_t *ids = NULL, n = 0;
+    int rc = load_segments(log, &ids, &n);
+    if (rc) return rc;
+    ckpt_t ck = ckpt_read(log);
+    rep->clean = ck.valid && ck.clean;
+    rep->checkpoint_used = ck.valid && !log->cfg.verify_all;
+    uint64_t expect = 0;
+    uint64_t cut_from = UINT64_MAX; /* index into ids[] from which segment files are quarantined */
+    for (uint64_t i = 0; i < n && rc == 0; i++) {
+        nmq_seg *s = NULL;
+        uint64_t fsize = 0;
+        int is_last = i == n - 1;
+        rc = open_seg_file(log, ids[i], &s, &fsize);
+        if (rc) { SETERR("cannot open segment %020llu: %s", (unsigned long long)ids[i], strerror(-rc)); break; }
+        if (i > 0 && s->first_id != expect) {
+            report_corrupt(rep, 2, s, 0, "id gap: segment does not start at the next id");
+            rep->corrupt_id = expect;
+            seg_destroy(s);
+            cut_from = i;
+            break;
+        }
+        int trusted = !log->cfg.verify_all && ck.valid && s->first_id <= ck.seg;
+        int loaded = 0;
+        if (trusted && (s->first_id < ck.seg || (ck.clean && s->first_id == ck.seg)) && idx_load(log, s, fsize) == 0 &&
+            (s->first_id < ck.seg || s->size == ck.off)) {
+            loaded = 1;
+            rep->indexes_loaded++;
+            rep->trusted_bytes += s->size;
+        }
+        uint64_t stop = 0;
+        int res = SCAN_END;
+        if (!loaded) {
+            if (s->first_id < ck.seg || !is_last) rep->indexes_rebuilt++;
+            uint64_t tlimit = trusted ? (s->first_id < ck.seg ? fsize : (ck.off < fsize ? ck.off : fsize)) : 0;
+            if (tlimit) {
+                /* durable and checked before the checkpoint: walk headers without CRCs */
+                res = scan(log, s, 0, tlimit, 0, &stop);
+                rep->trusted_bytes += stop;
+                if (res == SCAN_END && stop < tlimit && s->first_id == ck.seg) res = SCAN_BAD;
+            }
+            if (res == SCAN_END) {
+                uint64_t from = stop;
+                res = scan(log, s, from, fsize, 1, &stop);
+                rep->verified_bytes += stop - from;
+            }
+        }
+        int corrupt_here = 0;
+        if (res == SCAN_BAD) {
+            int torn = is_last && !followed_by_valid(s, stop, fsize) && !(trusted && stop < ck.off && s->first_id == ck.seg);
+            if (!torn) {
+                report_corrupt(rep, 1, s, stop, "record fails its check (bad CRC, id or length)");
+                corrupt_here = 1;
+                cut_from = i + 1;
+            }
+        }
+        if (corrupt_here && log->cfg.on_corrupt == NMQ_ON_CORRUPT_RAISE) { seg_destroy(s); break; }
+        /* Restore I2 after a cut, and after any unclean shutdown of the last segment: stale bytes
+         * beyond the tail (an unsynced torn write) must not survive to be misread later. */
+        if (res == SCAN_BAD || (is_last && !rep->clean)) {
+            uint64_t end = nonzero_end(s, stop, fsize);
+            if (end > stop) {
+                quarantine_bytes(log, s, stop, end); /* keep a copy: nothing is silently destroyed */
+                rep->quarantined_files++;
+                rep->truncated_bytes += end - stop;
+                if (!rep->truncated_segment) { rep->truncated_segment = s->first_id; rep->truncated_offset = stop; }
+                memset(s->map + stop, 0, end - stop);
+            }
+        }
+        /* After an unclean shutdown, data that survived only in the page cache (SIGKILL) is not yet
+         * durable: sync it before the checkpoint below vouches for it. */
+        if (!rep->clean && (!ck.valid || s->first_id >= ck.seg) && x_fdatasync(s->fd)) {
+            rc = -errno;
+            SETERR("recovery: fdatasync of segment %020llu: %s", (unsigned long long)s->first_id, strerror(errno));
+            seg_destroy(s);
+            break;
+        }
+        expect = s->last_id + 1;
+        s->durable_size = s->size;
+        if ((rc = segs_push(log, s))) { seg_destroy(s); break; }
+        log->total_bytes += s->size;
+        if (corrupt_here) break;
+    }
+    if (rc == 0 && rep->corruption && log->cfg.on_corrupt == NMQ_ON_CORRUPT_RAISE) {
+        SETERR("%s", rep->message);
+        rc = NMQ_LOG_ECORRUPT;
+    }
+    if (rc == 0 && cut_from != UINT64_MAX) {
+        for (uint64_t i = cut_from; i < n; i++) {
+            if (quarantine_file(log, ids[i]) == 0) rep->quarantined_files++;
+        }
+        fsync_dir(log);
+    }
+    free(ids);
+    if (rc) return rc;
+    if (log->nsegs == 0) {
+        /* empty directory, or every segment gone: ids never go back (the checkpoint remembers) */
+        uint64_t start = ck.valid && ck.next_id > 1 ? ck.next_id : 1;
+        nmq_seg *s = NULL;
+        if ((rc = seg_create(log, start, log->cfg.segment_bytes, &s))) return rc;
+        s->durable_size = 0;
+        segs_push(log, s);
+    }
+    nmq_seg *a = log->segs[log->nsegs - 1];
+    if (a->cap < log->cfg.segment_bytes) {
+        /* the last segment was sealed (truncated) or short: preallocate it again to write into */
+        if (x_fallocate(a->fd, (off_t)log->cfg.segment_bytes)) return -errno;
+        if ((rc = seg_map(a, log->cfg.segment_bytes))) return rc;
+    }
+    {
+        /* the active segment's index is rewritten at clean close; a stale one must never be trusted */
+        char name[64];
+        seg_name(name, sizeof name, a->first_id, "idx");
+        unlinkat(log->dirfd, name, 0);
+    }
+    log->next_id = a->last_id + 1;
+    log->last_ts = a->last_ts;
+    if (log->nsegs == 1 && a->last_id < a->first_id && ck.valid && ck.last_ts > log->last_ts) log->last_ts = ck.last_ts;
+    atomic_store(&log->durable_id, log->next_id - 1);
+    for (uint64_t i = 0; i < log->nsegs; i++) rep->records += log->segs[i]->last_id + 1 - log->segs[i]->first_id;
+    rep->segments = log->nsegs;
+    rep->bytes = log->total_bytes;
+    rep->first_id = log->segs[0]->first_id;
+    rep->next_id = log->next_id;
+    /* From now on a crash is not a clean shutdown: replace the marker before accepting appends. */
+    rc = ckpt_write(log, 0, a->first_id, a->size);
+    if (rc == 0) log->ckpt_seg = a->first_id;
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* open / close                                                                                 */
+
+int nmq_log_open(const char *dir, const nmq_log_config *cfg, nmq_log **out, nmq_recovery_report *rep) {
+    uint64_t t0 = mono_ns();
+    memset(rep, 0, sizeof *rep);
+    g_err[0] = 0;
+    if (cfg->segment_bytes < 4096 || cfg->segment_bytes > (1ull << 40) || cfg->max_payload > (1u << 30) ||
+        cfg->sync_policy < 0 || cfg->sync_policy > 2 || (cfg->sync_policy == NMQ_SYNC_INTERVAL && cfg->interval_ms == 0)) {
+        SETERR("invalid log configuration");
+        return NMQ_LOG_EINVAL;
+    }
+    if (mkdir(dir, 0755) && errno != EEXIST) { SETERR("mkdir %s: %s", dir, strerror(errno)); return -errno; }
+    nmq_log *log = calloc(1, sizeof *log);
+    if (!log) return -ENOMEM;
+    log->cfg = *cfg;
+    log->cfg.segment_bytes = (cfg->segment_bytes + 4095) & ~4095ull;
+    if (!log->cfg.index_interval) log->cfg.index_interval = 4096;
+    snprintf(log->dir, sizeof log->dir, "%s", dir);
+    pthread_mutex_init(&log->mu, NULL);
+    pthread_mutex_init(&log->sync_mu, NULL);
+    pthread_mutex_init(&log->tmu, NULL);
+    pthread_cond_init(&log->tcv, NULL);
+    log->refs = 1;
+    log->lockfd = -1;
+    int rc = 0;
+    log->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (log->dirfd < 0) rc = -errno;
+    if (!rc) {
+        log->lockfd = openat(log->dirfd, "lock", O_CREAT | O_RDWR | O_CLOEXEC, 0644);
+        if (log->lockfd < 0) rc = -errno;
+        else if (flock(log->lockfd, LOCK_EX | LOCK_NB)) {
+            rc = errno == EWOULDBLOCK ? NMQ_LOG_ELOCKED : -errno;
+            if (rc == NMQ_LOG_ELOCKED) SETERR("%s is locked by another process", dir);
+        }
+    }
+    if (!rc) rc = recover(log, rep);
+    if (!rc && cfg->sync_policy == NMQ_SYNC_INTERVAL) {
+        if (pthread_create(&log->syncer, NULL, syncer_main, log)) rc = -EAGAIN;
+        else log->syncer_on = 1;
+    }
+    rep->duration_ns = mono_ns() - t0;
+    if (rc) {
+        if (!g_err[0]) SETERR("opening log %s: %s", dir, rc > -1000 ? strerror(-rc) : "error");
+        for (uint64_t i = 0; i < log->nsegs; i++) seg_destroy(log->segs[i]);
+        if (log->lockfd >= 0) close(log->lockfd);
+        if (log->dirfd >= 0) close(log->dirfd);
+        log_destroy(log);
+        return rc;
+    }
+    *out = log;
+    return 0;
+}
+
+int nmq_log_close(nmq_log *log, int clean) {
+    /* stop the interval syncer first: it takes mu and sync_mu itself */
+    pthread_mutex_lock(&log->tmu);
+    int join = log->syncer_on;
+    log->syncer_on = 0;
+    log->stop = 1;
+    pthread_cond_broadcast(&log->tcv);
+    pthread_mutex_unlock(&log->tmu);
+    if (join) pthread_join(log->syncer, NULL);
+    int rc = 0;
+    if (clean) rc = nmq_log_sync(log, NULL);
+    pthread_mutex_lock(&log->mu);
+    if (log->closed) { pthread_mutex_unlock(&log->mu); return rc == NMQ_LOG_ECLOSED ? 0 : rc; }
+    if (clean && rc == 0) {
+        nmq_seg *a = log->segs[log->nsegs - 1];
+        rc = idx_write(log, a);
+        if (rc == 0) rc = ckpt_write(log, 1, a->first_id, a->size);
+    }
+    log->closed = 1;
+    for (uint64_t i = 0; i < log->nsegs; i++) {
+        nmq_seg *s = log->segs[i];
+        s->retired = 1;
+        if (s->pins == 0) seg_destroy(s);
+    }
+    log->nsegs = 0;
+    if (log->lockfd >= 0) close(log->lockfd); /* releases the flock */
+    if (log->dirfd >= 0) close(log->dirfd);
+    log->lockfd = log->dirfd = -1;
+    pthread_mutex_unlock(&log->mu);
+    return rc;
+}
+
+void nmq_log_free(nmq_log *log) {
+    if (!log) return;
+    nmq_log_close(log, 0);
+    pthread_mutex_lock(&log->mu);
+    long refs = --log->refs;
+    pthread_mutex_unlock(&log->mu);
+    if (refs == 0) log_destroy(log);
+}

@@ -1,0 +1,32 @@
+"""Topic logs and consumer-group offsets on disk (the Python side of the C write-ahead log).
+
+``TopicLog`` appends, syncs (group commit), reads zero-copy and recovers one topic's directory of
+segments; ``OffsetStore`` keeps committed consumer-group positions durably and atomically. The
+normative contract is spec/storage.md; docs/storage.md explains the design and measured figures.
+"""
+
+from nanomq.storage.errors import (
+    BadRecordsError,
+    LogClosedError,
+    LogCorruptError,
+    LogIOError,
+    LogLockedError,
+    OffsetStoreError,
+    StorageError,
+)
+from nanomq.storage.offsets import OffsetStore
+from nanomq.storage.topic_log import ReadResult, RecoveryReport, TopicLog
+
+__all__ = [
+    "TopicLog",
+    "ReadResult",
+    "RecoveryReport",
+    "OffsetStore",
+    "StorageError",
+    "LogIOError",
+    "LogCorruptError",
+    "LogLockedError",
+    "LogClosedError",
+    "BadRecordsError",
+    "OffsetStoreError",
+]
