@@ -64,13 +64,9 @@ def _reserved(value: int, rid: int, what: str) -> None:
 def _name(raw: bytes, rid: int, what: str, *, allow_empty: bool = False) -> str:
     if not raw and allow_empty:
         return ""
-    try:
-        s = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _fail(ErrorCode.MALFORMED, "NMQ-4.3-1", f"{what} is not valid UTF-8", rid) from None
-    if not valid_topic(s):
-        raise _fail(ErrorCode.INVALID_ARGUMENT, "NMQ-4.3-1", f"invalid {what} {s!r}", rid)
-    return s
+    if not _TOPIC_RE.fullmatch(raw) or raw in (b".", b".."):
+        raise _fail(ErrorCode.INVALID_ARGUMENT, "NMQ-4.3-1", f"invalid {what} {raw[:300]!r}", rid)
+    return raw.decode("ascii")
 
 
 def _enc_name(s: str, what: str, *, allow_empty: bool = False) -> bytes:

@@ -39,6 +39,7 @@ _SCAN_ERRORS = {
     -4: (ErrorCode.RESERVED_NONZERO, "NMQ-5.1-3", "record reserved bytes, raw_size or unknown flags set"),
     -5: (ErrorCode.MALFORMED, "NMQ-5.1-5", "bytes left after the last record of the batch"),
     -6: (ErrorCode.RESERVED_NONZERO, "NMQ-5.1-2", "record padding is not zero"),
+    -8: (ErrorCode.PAYLOAD_TOO_LARGE, "NMQ-5.3-2", "record raw_size (uncompressed) larger than max_payload"),
 }
 
 
@@ -128,8 +129,8 @@ class RecordBatch:
             c_flags = ffi.new("uint32_t[]", list(flags))
         c_raw = ffi.NULL
         if raw_sizes is not None:
-            if len(raw_sizes) != n:
-                raise ValueError("raw_sizes must give one value per payload")
+            if len(raw_sizes) != n or max(raw_sizes) > max_payload:
+                raise ValueError("raw_sizes must give one value <= max_payload per payload")
             c_raw = ffi.new("uint32_t[]", list(raw_sizes))
         total = int(lib.nmq_records_size(c_lengths, n))
         out = bytearray(total)
@@ -168,7 +169,7 @@ class RecordBatch:
         """Just the payloads, in order."""
         data = self.data
         sizes = [_unpack_header(data, off)[3] for off in self._offsets]
-        return [data[o + RECORD_HEADER_SIZE : o + RECORD_HEADER_SIZE + s] for o, s in zip(self._offsets, sizes)]
+        return [data[o + RECORD_HEADER_SIZE : o + RECORD_HEADER_SIZE + s] for o, s in zip(self._offsets, sizes, strict=False)]
 
     @property
     def offsets(self) -> tuple[int, ...]:

@@ -33,6 +33,8 @@ int nmq_records_scan(const uint8_t *buf, size_t len, uint32_t count, uint32_t ma
         if (ld32(r + 52) != 0 || ld64(r + 56) != 0) return NMQ_REC_RESERVED;
         /* raw_size is only meaningful for a compressed payload */
         if (!(ld32(r + 28) & NMQ_FLAG_LZ4) && ld32(r + 48) != 0) return NMQ_REC_RESERVED;
+        /* a compressed payload must not expand past the limit either (spec NMQ-5.3-2) */
+        if (ld32(r + 48) > max_payload) return NMQ_REC_RAW_TOO_LARGE;
         for (size_t p = NMQ_HEADER_SIZE + (size_t)size; p < span; p++)
             if (r[p] != 0) return NMQ_REC_PADDING;
         if (check_crc && nmq_record_crc(r, size) != ld32(r + 24)) return NMQ_REC_BAD_CRC;

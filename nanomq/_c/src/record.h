@@ -28,6 +28,7 @@
 #define NMQ_REC_TRAILING (-5)       /* bytes left after `count` records */
 #define NMQ_REC_PADDING (-6)        /* non-zero padding */
 #define NMQ_REC_NO_SPACE (-7)       /* output buffer too small */
+#define NMQ_REC_RAW_TOO_LARGE (-8)  /* raw_size (uncompressed size) > max_payload */
 
 static inline size_t nmq_record_span(uint32_t size) { return ((size_t)NMQ_HEADER_SIZE + size + 7u) & ~(size_t)7u; }
 

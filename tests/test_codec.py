@@ -1,0 +1,315 @@
+"""Properties and edge cases of the sans-IO codec (nanomq.protocol)."""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nanomq.protocol import (
+    Ack,
+    Commit,
+    Decoder,
+    Deliver,
+    Error,
+    ErrorCode,
+    Hello,
+    HelloOk,
+    Limits,
+    Metadata,
+    MetadataOk,
+    Ping,
+    ProtocolError,
+    Publish,
+    Record,
+    RecordBatch,
+    Start,
+    Subscribe,
+    TopicInfo,
+    encode,
+    frame_header,
+    record_span,
+    valid_topic,
+)
+from tests.strategies import requests, responses
+
+
+def _decode_all(role: str, raw: bytes, chunks: list[int] | None = None) -> list:
+    d = Decoder(role)
+    out = []
+    if chunks is None:
+        d.feed(raw)
+        out.extend(d)
+    else:
+        pos = 0
+        for n in chunks + [len(raw)]:
+            d.feed(raw[pos : pos + n])
+            pos += n
+            out.extend(d)
+    assert d.buffered == 0
+    return out
+
+
+@settings(max_examples=300)
+@given(st.lists(requests, min_size=1, max_size=5))
+def test_requests_roundtrip(frames: list) -> None:
+    raw = b"".join(encode(f) for f in frames)
+    assert _decode_all("server", raw) == frames
+
+
+@settings(max_examples=300)
+@given(st.lists(responses, min_size=1, max_size=5))
+def test_responses_roundtrip(frames: list) -> None:
+    raw = b"".join(encode(f) for f in frames)
+    assert _decode_all("client", raw) == frames
+
+
+@settings(max_examples=200)
+@given(st.lists(requests, min_size=1, max_size=4), st.lists(st.integers(0, 200), max_size=30))
+def test_any_chunking_gives_same_frames(frames: list, chunks: list[int]) -> None:
+    raw = b"".join(encode(f) for f in frames)
+    assert _decode_all("server", raw, chunks) == frames
+
+
+@settings(max_examples=1000)
+@given(st.binary(max_size=400), st.sampled_from(["server", "client"]))
+def test_arbitrary_bytes_raise_only_protocol_error(data: bytes, role: str) -> None:
+    d = Decoder(role, max_frame=1 << 16)
+    d.feed(data)
+    for _ in range(100):
+        try:
+            if d.next_frame() is None:
+                break
+        except ProtocolError as e:
+            assert isinstance(e.code, ErrorCode)
+            if e.fatal:
+                with pytest.raises(ProtocolError):
+                    d.next_frame()
+                break
+
+
+@settings(max_examples=300)
+@given(requests, st.integers(0, 10_000), st.integers(0, 255))
+def test_single_byte_corruption_never_crashes(frame, pos: int, value: int) -> None:
+    raw = bytearray(encode(frame))
+    raw[pos % len(raw)] = value
+    d = Decoder("server")
+    d.feed(bytes(raw))
+    with contextlib.suppress(ProtocolError):
+        d.next_frame()
+
+
+def test_record_fields_and_iteration() -> None:
+    b = RecordBatch.from_payloads([b"abc", b""], first_id=10, timestamp_ns=5, topic_id=2)
+    recs = b.records()
+    assert [r.id for r in recs] == [10, 11]
+    assert recs[0] == b[0] and isinstance(recs[0], Record)
+    assert recs[0].payload == b"abc" and recs[1].payload == b""
+    assert b.payloads() == [b"abc", b""]
+    assert len(b) == 2 and b.offsets == (0, record_span(3))
+    assert b == RecordBatch.parse(b.data, 2) and hash(b) == hash(RecordBatch.parse(b.data, 2))
+    assert b != "x" and "count=2" in repr(b)
+
+
+def test_record_span() -> None:
+    assert record_span(0) == 64 and record_span(1) == 72 and record_span(8) == 72 and record_span(9) == 80
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"payloads": []},
+        {"payloads": [b"x"] * 257},
+        {"payloads": [b"x" * 65537]},
+        {"payloads": [b"x"], "flags": [2]},
+        {"payloads": [b"x"], "flags": [0, 0]},
+        {"payloads": [b"x"], "raw_sizes": [1, 2]},
+        {"payloads": [b"x"], "flags": [1], "raw_sizes": [65537]},
+    ],
+)
+def test_encoder_refuses_invalid_batches(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        RecordBatch.from_payloads(**kwargs)
+
+
+def test_encoder_refuses_invalid_frames() -> None:
+    one = RecordBatch.from_payloads([b"x"])
+    empty = RecordBatch(b"", 0, ())
+    for bad in [
+        Publish(1, "bad/topic", Ack.DURABLE, one),
+        Publish(1, "t", Ack.DURABLE, empty),
+        Subscribe(1, "", Start.EARLIEST, 0, 0, ""),
+        Subscribe(1, "t", Start.EARLIEST, 0, 0, "bad group"),
+        Commit(1, 1, ()),
+        Commit(1, 1, tuple(range(1, 300))),
+        Hello(1, 1, "n" * 300, b""),
+        HelloOk(1, 1, 0, 0, 0, 0, "n" * 300),
+        Metadata(1, "a b"),
+        MetadataOk(1, (TopicInfo(1, "", 1, 1),)),
+        Ping(-1, 0),
+        Deliver(0, 1, empty),
+    ]:
+        with pytest.raises(ValueError):
+            encode(bad)
+
+
+def test_valid_topic() -> None:
+    assert valid_topic("orders") and valid_topic("a.b-c_D9") and valid_topic("x" * 255)
+    for bad in ["", ".", "..", "x" * 256, "a/b", "a b", "é"]:
+        assert not valid_topic(bad)
+
+
+def test_fatal_error_poisons_decoder_and_is_raised_early() -> None:
+    d = Decoder("server", max_frame=1000)
+    d.feed((5000).to_bytes(4, "little"))  # only the size field: already known to be too big
+    with pytest.raises(ProtocolError) as e:
+        d.next_frame()
+    assert e.value.fatal and e.value.code is ErrorCode.FRAME_TOO_LARGE
+    d.feed(encode(Ping(1, 1)))
+    with pytest.raises(ProtocolError):
+        d.next_frame()
+
+
+def test_nonfatal_error_consumes_frame_and_continues() -> None:
+    bad = bytearray(encode(Ping(9, 0)))
+    bad[4] = 0x40  # unknown opcode
+    d = Decoder("server")
+    d.feed(bytes(bad) + encode(Ping(10, 3)))
+    with pytest.raises(ProtocolError) as e:
+        d.next_frame()
+    assert not e.value.fatal and e.value.request_id == 9
+    assert d.next_frame() == Ping(10, 3)
+
+
+def test_partial_input_and_buffer_accounting() -> None:
+    raw = encode(Ping(1, 2))
+    d = Decoder("server")
+    d.feed(raw[:3])
+    assert d.next_frame() is None and d.pending_frame_size == 0
+    d.feed(raw[3:10])
+    assert d.next_frame() is None and d.pending_frame_size == len(raw)
+    d.feed(raw[10:])
+    assert d.next_frame() == Ping(1, 2) and d.buffered == 0
+
+
+def test_compaction_keeps_data() -> None:
+    d = Decoder("server")
+    frames = [Ping(i, i) for i in range(50)]
+    for f in frames:
+        d.feed(encode(f))
+    got = [d.next_frame() for _ in range(25)]
+    d.feed(encode(Ping(99, 99)))  # triggers compaction of the consumed prefix
+    got += list(d)
+    assert got == frames + [Ping(99, 99)]
+
+
+def test_limits_and_roles() -> None:
+    with pytest.raises(ValueError):
+        Decoder("broker")
+    one = encode(Publish(1, "t", Ack.DURABLE, RecordBatch.from_payloads([b"x" * 100] * 3)))
+    d = Decoder("server", limits=Limits(max_payload=50))
+    d.feed(one)
+    with pytest.raises(ProtocolError) as e:
+        d.next_frame()
+    assert e.value.code is ErrorCode.PAYLOAD_TOO_LARGE
+    d.set_limits(limits=Limits(max_batch=2), max_frame=100_000)
+    d.feed(one)
+    with pytest.raises(ProtocolError) as e:
+        d.next_frame()
+    assert e.value.code is ErrorCode.BATCH_TOO_LARGE
+
+
+def test_frame_header_and_error_helpers() -> None:
+    assert frame_header(0x09, 7, 8) == encode(Ping(7, 0))[:16]
+    err = Error(1, int(ErrorCode.BAD_CRC), "m", "NMQ-5.2-1")
+    assert err.error_code is ErrorCode.BAD_CRC
+    assert Error(1, 999, "", "").error_code == 999
+    pe = ProtocolError(ErrorCode.MALFORMED, "NMQ-3.1-2", "x", fatal=True, request_id=4)
+    back = pickle.loads(pickle.dumps(pe))
+    assert (back.code, back.rule, back.fatal, back.request_id) == (pe.code, pe.rule, True, 4)
+    assert "MALFORMED" in str(pe)
+
+
+@pytest.mark.parametrize(
+    ("role", "raw"),
+    [
+        # bodies shorter than their fixed part, one per frame type with a variable part
+        ("server", frame_header(0x01, 1, 2) + b"\0\0"),
+        ("server", frame_header(0x02, 1, 2) + b"\0\0"),
+        ("server", frame_header(0x02, 1, 8) + bytes([1, 0, 9, 0, 1, 0, 0, 0])),
+        ("server", frame_header(0x03, 1, 2) + b"\0\0"),
+        ("server", frame_header(0x06, 1, 2) + b"\0\0"),
+        ("server", frame_header(0x08, 1, 2) + b"\0\0"),
+        ("client", frame_header(0x81, 1, 2) + b"\0\0"),
+        ("client", frame_header(0x85, 1, 2) + b"\0\0"),
+        ("client", frame_header(0x88, 1, 2) + b"\0\0"),
+        ("client", frame_header(0x88, 1, 8) + (1).to_bytes(4, "little") + bytes(4)),
+        ("client", frame_header(0x88, 1, 8 + 24) + (1).to_bytes(4, "little") + bytes(4) + bytes([1, 0, 0, 0, 9, 0]) + bytes(18)),
+        ("client", frame_header(0xFF, 1, 2) + b"\0\0"),
+        ("client", frame_header(0xFF, 1, 9) + bytes([1, 0, 1, 0, 0, 0, 0, 0]) + b"\xff"),
+        ("client", frame_header(0x82, 1, 16) + bytes(12) + b"\1\0\0\0"),
+        ("client", frame_header(0x85, 1, 8) + bytes([0, 0, 0, 0, 0, 0, 0, 0])),
+        ("client", frame_header(0x85, 1, 8) + bytes([0, 0, 0, 0, 1, 0, 1, 0])),
+        ("client", frame_header(0x88, 1, 8) + bytes([0, 0, 0, 0, 1, 0, 0, 0])),
+        ("client", frame_header(0x88, 1, 32) + (1).to_bytes(4, "little") + bytes(4) + bytes([1, 0, 0, 0, 0, 0, 1, 0]) + bytes(16)),
+        ("client", frame_header(0xFF, 1, 8) + bytes([1, 0, 0, 0, 0, 0, 1, 0])),
+        ("server", frame_header(0x04, 1, 8) + bytes([1, 0, 0, 0, 1, 0, 0, 0])),
+        ("server", frame_header(0x08, 1, 8) + bytes([0, 0, 1, 0, 0, 0, 0, 0])),
+        ("server", frame_header(0x03, 1, 20) + bytes(13) + b"\1" + bytes(6)),
+        ("server", frame_header(0x06, 1, 8) + bytes([1, 0, 0, 0, 1, 0, 1, 0])),
+        ("server", frame_header(0x07, 1, 16) + bytes([1, 0, 0, 0, 3, 1, 0, 0]) + bytes(8)),
+        ("server", frame_header(0x02, 1, 8) + bytes([1, 1, 0, 0, 1, 0, 0, 0])),
+    ],
+)
+def test_malformed_bodies(role: str, raw: bytes) -> None:
+    d = Decoder(role)
+    d.feed(raw)
+    with pytest.raises(ProtocolError) as e:
+        d.next_frame()
+    assert not e.value.fatal and e.value.request_id == 1
+
+
+def test_small_helpers() -> None:
+    from nanomq.protocol import PublishAck
+    from nanomq.protocol.jsonform import from_dict
+
+    assert PublishAck(1, 41, 2).last_id == 42
+    d = Decoder("server")
+    d.set_limits(max_frame=20)
+    d.set_limits(limits=None)
+    d.feed(encode(Metadata(1, "x" * 10)))
+    with pytest.raises(ProtocolError):
+        d.next_frame()
+    assert from_dict({"type": "Ping", "request_id": 3}) == Ping(3, 0)
+
+
+@settings(max_examples=500)
+@given(st.lists(st.binary(max_size=100), min_size=1, max_size=6), st.integers(0, 2000), st.integers(0, 255),
+       st.integers(1, 8), st.integers(0, 200))
+def test_c_and_python_record_scanners_agree(payloads, pos: int, value: int, count: int, max_payload: int) -> None:
+    """Differential check of record.c against the independent pure-Python scanner."""
+    from nanomq._c._core import ffi, lib
+    from nanomq.protocol import _pyrecords
+
+    raw = bytearray(RecordBatch.from_payloads(payloads).data)
+    raw[pos % len(raw)] = value
+    offsets = ffi.new("uint32_t[]", count)
+    err = ffi.new("uint32_t *")
+    rc = lib.nmq_records_scan(bytes(raw), len(raw), count, max_payload, 1, offsets, err)
+    py_rc, py_index, py_offsets = _pyrecords.scan(bytes(raw), count, max_payload)
+    assert (rc, err[0]) == (py_rc, py_index)
+    if rc == 0:
+        assert list(ffi.unpack(offsets, count)) == py_offsets
+
+
+def test_scanners_agree_on_truncated_payload() -> None:
+    from nanomq.protocol import _pyrecords
+
+    data = RecordBatch.from_payloads([b"x" * 40]).data[:-8]
+    assert _pyrecords.scan(data, 1, 65536)[:2] == (-1, 0)
+    with pytest.raises(ProtocolError) as e:
+        RecordBatch.parse(data, 1)
+    assert e.value.code is ErrorCode.MALFORMED
