@@ -313,3 +313,9 @@ def test_scanners_agree_on_truncated_payload() -> None:
     with pytest.raises(ProtocolError) as e:
         RecordBatch.parse(data, 1)
     assert e.value.code is ErrorCode.MALFORMED
+
+
+def test_batch_summary() -> None:
+    assert RecordBatch.from_payloads([b"a"]).summary() == (0, False)
+    b = RecordBatch.from_payloads([b"a", b"b"], flags=[1, 0], raw_sizes=[3, 0], producer_id=5)
+    assert b.summary() == (1, True)

@@ -146,6 +146,14 @@ class RecordBatch:
     def __len__(self) -> int:
         return self.count
 
+    def summary(self) -> tuple[int, bool]:
+        """(OR of every record's flags, whether any record has a producer_id), in one C call.
+
+        A server uses it to refuse features it did not announce (LZ4, idempotence) per batch.
+        """
+        s = int(lib.nmq_records_summary(self.data, len(self.data), self.count))
+        return s & KNOWN_RECORD_FLAGS, bool(s & 0x80000000)
+
     def _record_at(self, off: int) -> Record:
         h = _unpack_header(self.data, off)
         start = off + RECORD_HEADER_SIZE

@@ -17,3 +17,4 @@ void nmq_records_stamp(uint8_t *buf, const uint32_t *offsets, uint32_t count, ui
                        uint64_t timestamp_ns, uint32_t topic_id);
 uint64_t nmq_records_size(const uint32_t *lengths, uint32_t count);
 int nmq_malloc_top_pad(size_t bytes);
+uint32_t nmq_records_summary(const uint8_t *buf, size_t len, uint32_t count);

@@ -107,3 +107,16 @@ int nmq_malloc_top_pad(size_t bytes) {
     return 0;
 #endif
 }
+
+uint32_t nmq_records_summary(const uint8_t *buf, size_t len, uint32_t count) {
+    uint32_t out = 0;
+    size_t off = 0;
+    for (uint32_t i = 0; i < count && len - off >= NMQ_HEADER_SIZE; i++) {
+        const uint8_t *r = buf + off;
+        out |= ld32(r + 28) & NMQ_FLAGS_KNOWN;
+        if (ld64(r + 32) != 0) out |= NMQ_SUMMARY_PRODUCER;
+        off += nmq_record_span(ld32(r + 20));
+        if (off > len) break;
+    }
+    return out;
+}

@@ -58,6 +58,11 @@ int64_t nmq_records_encode(uint8_t *out, size_t out_cap, const uint8_t *payloads
 void nmq_records_stamp(uint8_t *buf, const uint32_t *offsets, uint32_t count, uint64_t first_id,
                        uint64_t timestamp_ns, uint32_t topic_id);
 
+/* OR of the flags of `count` validated records, plus NMQ_SUMMARY_PRODUCER if any has a
+ * producer_id: lets a server refuse features it did not announce with one call per batch. */
+#define NMQ_SUMMARY_PRODUCER 0x80000000u
+uint32_t nmq_records_summary(const uint8_t *buf, size_t len, uint32_t count);
+
 /* Total encoded size of `count` records with the given payload lengths. */
 uint64_t nmq_records_size(const uint32_t *lengths, uint32_t count);
 
