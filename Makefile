@@ -56,7 +56,7 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 run: $(STAMP)
-	@echo "nanomq-broker does not exist yet (issue 5); nothing to run." >&2; exit 1
+	$(BIN)/nanomq-broker --port $(PORT) --data-dir $(DATA_DIR)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .benchmarks .tox .mypy_cache .ruff_cache

@@ -1,0 +1,422 @@
+"""One client connection: decode requests, act on them, answer in order, push deliveries.
+
+Theory of operation
+-------------------
+``data_received`` feeds the shared sans-IO decoder and handles each complete frame at once, on the
+event loop (the log calls it makes are short C calls; the only slow one, fsync, runs in a worker
+thread through :class:`~nanomq.broker.topics.Topic`).
+
+Responses leave in request order [NMQ-3.3-2] through a queue of slots: a request answered at once
+writes directly when nothing is queued; a durable PUBLISH reserves a slot that its group-commit
+callback fills later, and everything behind it waits.
+
+Deliveries are pushed by ``_pump`` whenever a subscribed topic grows, credit arrives or the socket
+drains. A subscription delivers only once its SUBSCRIBED / SEEK_OK has been written (so no DELIVER
+overtakes it), never beyond its credit, and never while the transport's buffer is above
+``write_buffer_bytes``: then ``pause_writing`` stops the pump *and* stops reading the client's
+requests until the client drains its socket. So a slow or malicious client costs at most about
+``write_buffer_bytes`` + ``max_frame`` of memory, and everyone else keeps being served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from nanomq.broker.subscription import Subscription
+from nanomq.protocol import (
+    PROTOCOL_VERSION,
+    Ack,
+    Capability,
+    Commit,
+    Committed,
+    Credit,
+    Decoder,
+    Deliver,
+    Error,
+    ErrorCode,
+    Frame,
+    Hello,
+    HelloOk,
+    Limits,
+    Metadata,
+    MetadataOk,
+    Opcode,
+    Ping,
+    Pong,
+    ProtocolError,
+    Publish,
+    PublishAck,
+    RecordFlag,
+    Seek,
+    SeekOk,
+    Start,
+    Subscribe,
+    Subscribed,
+    TopicInfo,
+    Unsubscribe,
+    Unsubscribed,
+    encode,
+    frame_header,
+)
+from nanomq.storage import StorageError
+
+if TYPE_CHECKING:
+    from nanomq.broker.server import Broker
+    from nanomq.broker.topics import Topic
+
+__all__ = ["Connection"]
+
+_log = logging.getLogger("nanomq.broker")
+
+_BATCHES_PER_PUMP = 16
+"""Deliveries per subscription per pump turn, so one backlog cannot monopolise the loop."""
+_DELIVER_MAX_BYTES = 1 << 20
+
+
+class _Failure(Exception):
+    """A request that fails with an ERROR frame (non-fatal unless ``fatal``)."""
+
+    def __init__(self, code: ErrorCode, message: str, rule: str = "", fatal: bool = False) -> None:
+        super().__init__(message)
+        self.code, self.message, self.rule, self.fatal = code, message, rule, fatal
+
+
+class Connection(asyncio.Protocol):
+    """The broker side of one client connection."""
+
+    def __init__(self, broker: Broker) -> None:
+        cfg = broker.config
+        self.broker = broker
+        self.decoder = Decoder("server", max_frame=cfg.max_frame,
+                               limits=Limits(max_payload=cfg.max_payload, max_batch=cfg.max_batch))
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.hello_done = False
+        self.closed = False
+        self.subs: dict[int, Subscription] = {}
+        self._next_sub_id = 1
+        self._queue: deque[list[object]] = deque()
+        self._paused = False
+        self._pump_scheduled = False
+        self.opened_at = time.monotonic()
+        self.partial_since: float | None = None
+        """When the frame now being received began arriving (None: no partial frame)."""
+
+    # ------------------------------------------------------------------ transport events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peer = str(transport.get_extra_info("peername"))
+        transport.set_write_buffer_limits(high=self.broker.config.write_buffer_bytes)
+        if not self.broker.admit(self):
+            self._fatal(ErrorCode.TOO_MANY_CONNECTIONS, "connection limit reached", "NMQ-6.2-1")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        for sub in self.subs.values():
+            self._detach(sub)
+        self.subs.clear()
+        self._queue.clear()
+        self.broker.forget(self)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+            self._schedule_pump()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.decoder.feed(data)
+        completed = False
+        while not self.closed:
+            try:
+                frame = self.decoder.next_frame()
+            except ProtocolError as e:
+                completed = True
+                if e.fatal or not self.hello_done:
+                    self._fatal(e.code, e.message, e.rule)
+                    return
+                self._respond_error(e.request_id, e.code, e.message, e.rule)
+                continue
+            if frame is None:
+                break
+            completed = True
+            try:
+                self._dispatch(frame)
+            except _Failure as f:
+                if f.fatal:
+                    self._fatal(f.code, f.message, f.rule)
+                    return
+                self._respond_error(frame.request_id, f.code, f.message, f.rule)
+            except Exception:  # a bug must not take the broker down with it [NMQ-8-4]
+                _log.exception("internal error handling %s from %s", type(frame).__name__, self.peer)
+                self._fatal(ErrorCode.INTERNAL, "internal server error", "NMQ-8-4")
+                return
+        if self.decoder.buffered == 0:
+            self.partial_since = None
+        elif completed or self.partial_since is None:
+            self.partial_since = time.monotonic()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    # ------------------------------------------------------------------ output
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def _respond(self, frame: Frame, on_written: Callable[[], None] | None = None) -> None:
+        """Send a response in request order (after any still-pending earlier ones)."""
+        data = encode(frame)
+        if not self._queue:
+            self._write(data)
+            if on_written is not None:
+                on_written()
+        else:
+            self._queue.append([data, on_written])
+
+    def _reserve(self) -> list[object]:
+        slot: list[object] = [None, None]
+        self._queue.append(slot)
+        return slot
+
+    def _fill(self, slot: list[object], frame: Frame) -> None:
+        if self.closed:
+            return
+        slot[0] = encode(frame)
+        while self._queue and self._queue[0][0] is not None:
+            data, cb = self._queue.popleft()
+            self._write(data)  # type: ignore[arg-type]
+            if cb is not None:
+                cb()  # type: ignore[operator]
+
+    def _respond_error(self, request_id: int, code: ErrorCode, message: str, rule: str) -> None:
+        self._respond(Error(request_id, int(code), message, rule))
+
+    def _fatal(self, code: ErrorCode, message: str, rule: str = "") -> None:
+        """Send ERROR (request_id 0) and close: the stream or the session cannot go on."""
+        if self.closed or self.transport is None:
+            return
+        _log.info("closing %s: %s %s", self.peer, code.name, message)
+        self.transport.write(encode(Error(0, int(code), message, rule)))
+        self.closed = True
+        self.transport.close()
+
+    def close(self, code: ErrorCode = ErrorCode.SHUTTING_DOWN, message: str = "broker is shutting down") -> None:
+        """Close from the broker's side (shutdown)."""
+        self._fatal(code, message)
+
+    # ------------------------------------------------------------------ requests
+
+    def _dispatch(self, frame: Frame) -> None:
+        if not self.hello_done:
+            if not isinstance(frame, Hello):
+                raise _Failure(ErrorCode.BAD_STATE, "the first frame must be HELLO", "NMQ-4.1-1", fatal=True)
+            self._on_hello(frame)
+            return
+        handler = _HANDLERS.get(type(frame))
+        if handler is None:  # HELLO again
+            raise _Failure(ErrorCode.BAD_STATE, "HELLO was already received", "NMQ-4.1-1", fatal=True)
+        handler(self, frame)
+
+    def _on_hello(self, f: Hello) -> None:
+        if f.version != PROTOCOL_VERSION:
+            raise _Failure(ErrorCode.UNSUPPORTED_VERSION, f"version {f.version} not supported (1 is)",
+                           "NMQ-4.1-5", fatal=True)
+        self.hello_done = True
+        cfg = self.broker.config
+        self._respond(HelloOk(f.request_id, PROTOCOL_VERSION, int(self.broker.capabilities), cfg.max_frame,
+                              cfg.max_payload, cfg.max_batch, cfg.server_name))
+
+    def _on_publish(self, f: Publish) -> None:
+        flags, has_producer = f.records.summary()
+        caps = self.broker.capabilities
+        if flags & RecordFlag.LZ4 and not caps & Capability.COMPRESSION_LZ4:
+            raise _Failure(ErrorCode.NOT_SUPPORTED, "LZ4 records are disabled on this broker", "NMQ-5.3-1")
+        if has_producer and not caps & Capability.IDEMPOTENT:
+            raise _Failure(ErrorCode.NOT_SUPPORTED, "idempotent publish is not supported", "NMQ-4.2-6")
+        topic = self._topic(f.topic)
+        try:
+            first, last = topic.append(f.records.data, f.records.count)
+        except StorageError as e:
+            raise _Failure(ErrorCode.STORAGE_ERROR, f"append failed, nothing stored: {e}", "NMQ-SEM-3-4") from e
+        if f.ack == Ack.NONE:
+            return
+        ack = PublishAck(f.request_id, first, f.records.count)
+        if f.ack == Ack.WRITTEN:
+            self._respond(ack)
+            return
+        # Durable: whatever the log's background policy, the ack waits for a sync that covers
+        # the batch (group commit) [NMQ-SEM-3-1].
+        slot = self._reserve()
+
+        def done(exc: BaseException | None) -> None:
+            if exc is None:
+                self._fill(slot, ack)
+            else:
+                self._fill(slot, Error(f.request_id, int(ErrorCode.STORAGE_ERROR),
+                                       f"sync failed; records {first}..{last} may or may not survive: {exc}",
+                                       "NMQ-SEM-3-1"))
+
+        topic.when_durable(last, done)
+
+    def _on_subscribe(self, f: Subscribe) -> None:
+        if f.group:
+            raise _Failure(ErrorCode.NOT_SUPPORTED, "consumer groups are not supported by this broker", "NMQ-4.4-3")
+        if len(self.subs) >= self.broker.config.max_subscriptions:
+            raise _Failure(ErrorCode.RESOURCE_LIMIT, "too many subscriptions on this connection", "NMQ-6.2-2")
+        topic = self._topic(f.topic)
+        start = self._resolve(topic, f.start, f.start_value)
+        sub = Subscription(self._next_sub_id, topic, start, f.credit)
+        self._next_sub_id += 1
+        self.subs[sub.sub_id] = sub
+        sub.wake = self._schedule_pump
+        topic.listeners.add(self._schedule_pump)
+        self._respond(Subscribed(f.request_id, sub.sub_id, topic.topic_id, start, topic.log.next_id),
+                      on_written=lambda: self._ready(sub))
+
+    def _on_unsubscribe(self, f: Unsubscribe) -> None:
+        sub = self._sub(f.sub_id)
+        del self.subs[sub.sub_id]
+        self._detach(sub)
+        self._respond(Unsubscribed(f.request_id))
+
+    def _on_credit(self, f: Credit) -> None:
+        self._sub(f.sub_id).add_credit(f.credit)
+        self._schedule_pump()
+
+    def _on_commit(self, f: Commit) -> None:
+        sub = self._sub(f.sub_id)
+        bad = [i for i in f.ids if not sub.can_commit(i)]
+        if bad:
+            raise _Failure(ErrorCode.INVALID_ARGUMENT,
+                           f"id {bad[0]} was not delivered on subscription {sub.sub_id}", "NMQ-4.7-1")
+        self._respond(Committed(f.request_id, sub.commit(f.ids)))
+
+    def _on_seek(self, f: Seek) -> None:
+        sub = self._sub(f.sub_id)
+        start = self._resolve(sub.topic, f.start, f.value)
+        sub.reposition(start)
+        sub.ready = False
+        self._respond(SeekOk(f.request_id, start), on_written=lambda: self._ready(sub))
+
+    def _on_metadata(self, f: Metadata) -> None:
+        reg = self.broker.topics
+        if f.topic:
+            t = reg.get(f.topic)
+            if t is None:
+                raise _Failure(ErrorCode.UNKNOWN_TOPIC, f"no topic {f.topic!r}", "NMQ-4.9-1")
+            topics = [t]
+        else:
+            topics = sorted(reg.topics.values(), key=lambda t: t.name)
+        self._respond(MetadataOk(f.request_id, tuple(
+            TopicInfo(t.topic_id, t.name, t.log.first_id, t.log.next_id) for t in topics)))
+
+    def _on_ping(self, f: Ping) -> None:
+        self._respond(Pong(f.request_id, f.token))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _topic(self, name: str) -> Topic:
+        try:
+            return self.broker.topics.get_or_create(name)
+        except LookupError as e:
+            raise _Failure(ErrorCode.RESOURCE_LIMIT, str(e), "NMQ-6.2-2") from e
+        except StorageError as e:
+            raise _Failure(ErrorCode.STORAGE_ERROR, str(e), "NMQ-SEM-3-4") from e
+
+    def _sub(self, sub_id: int) -> Subscription:
+        sub = self.subs.get(sub_id)
+        if sub is None:
+            raise _Failure(ErrorCode.UNKNOWN_SUBSCRIPTION, f"no subscription {sub_id} on this connection", "NMQ-4.5-1")
+        return sub
+
+    def _resolve(self, topic: Topic, start: Start, value: int) -> int:
+        """The id a SUBSCRIBE/SEEK start position denotes ([NMQ-4.4-2..4], semantics §4)."""
+        log = topic.log
+        if start == Start.EARLIEST:
+            return log.first_id
+        if start == Start.LATEST:
+            return log.next_id
+        if start == Start.COMMITTED:
+            raise _Failure(ErrorCode.INVALID_ARGUMENT, "start 'committed' needs a consumer group", "NMQ-4.4-3")
+        if start == Start.TIMESTAMP:
+            return max(log.find_by_timestamp(value), log.first_id)
+        if value > log.next_id:
+            raise _Failure(ErrorCode.OUT_OF_RANGE, f"id {value} is beyond the topic's next id {log.next_id}", "NMQ-4.4-4")
+        return max(value, log.first_id)
+
+    def _ready(self, sub: Subscription) -> None:
+        sub.ready = True
+        self._schedule_pump()
+
+    def _detach(self, sub: Subscription) -> None:
+        # The pump listener is shared by every subscription of this connection on that topic.
+        if not any(s.topic is sub.topic for s in self.subs.values() if s is not sub):
+            sub.topic.listeners.discard(self._schedule_pump)
+
+    # ------------------------------------------------------------------ delivery
+
+    def _schedule_pump(self) -> None:
+        if not self._pump_scheduled and not self.closed and not self._paused:
+            self._pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._pump_scheduled = False
+        if self.closed or self._paused or self.transport is None:
+            return
+        max_batch = self.broker.config.max_batch
+        again = False
+        for sub in tuple(self.subs.values()):
+            turns = 0
+            while sub.ready and sub.credit > 0 and not self._paused and not self.closed:
+                if turns == _BATCHES_PER_PUMP:
+                    again = True
+                    break
+                log = sub.topic.log
+                if sub.next_id >= log.next_id:
+                    break
+                r = log.read(sub.next_id, min(sub.credit, max_batch), _DELIVER_MAX_BYTES)
+                if r.count == 0:
+                    if r.first_id > sub.next_id:  # retention removed what was next
+                        sub.next_id = r.first_id
+                        continue
+                    break
+                if r.first_id != sub.next_id:  # ids below first_id were retained away
+                    sub.next_id = r.first_id
+                body_len = 8 + len(r.data)
+                self.transport.write(frame_header(Opcode.DELIVER, 0, body_len)
+                                     + Deliver.prefix(sub.sub_id, r.count) + r.data)
+                r.data.release()
+                sub.next_id += r.count
+                sub.credit -= r.count
+                turns += 1
+        if again:
+            self._schedule_pump()
+
+
+_HANDLERS: dict[type[Frame], Callable[[Connection, Frame], None]] = {
+    Publish: Connection._on_publish,  # type: ignore[dict-item]
+    Subscribe: Connection._on_subscribe,  # type: ignore[dict-item]
+    Unsubscribe: Connection._on_unsubscribe,  # type: ignore[dict-item]
+    Credit: Connection._on_credit,  # type: ignore[dict-item]
+    Commit: Connection._on_commit,  # type: ignore[dict-item]
+    Seek: Connection._on_seek,  # type: ignore[dict-item]
+    Metadata: Connection._on_metadata,  # type: ignore[dict-item]
+    Ping: Connection._on_ping,  # type: ignore[dict-item]
+}

@@ -1,0 +1,182 @@
+"""The broker process: listening socket, connections, topics, timers, shutdown.
+
+Start-up opens and recovers every topic, then listens. Shutdown (SIGTERM/SIGINT or
+:meth:`Broker.stop`) stops accepting, tells every client SHUTTING_DOWN, lets durable acks that are
+waiting for a sync finish, syncs every topic and closes the logs cleanly (writing the
+clean-shutdown marker, so the next start scans nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from nanomq.broker.config import BrokerConfig
+from nanomq.broker.connection import Connection
+from nanomq.broker.topics import TopicRegistry
+from nanomq.protocol import Capability, ErrorCode
+
+__all__ = ["Broker", "BrokerLockedError", "run"]
+
+_log = logging.getLogger("nanomq.broker")
+
+
+class BrokerLockedError(RuntimeError):
+    """Another broker process already uses this data directory."""
+
+
+class Broker:
+    """A NanoMQ broker serving one data directory on one address."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        config.validate()
+        self.config = config
+        self.capabilities = Capability.SEEK_TIME
+        if config.compression == "lz4":
+            self.capabilities |= Capability.COMPRESSION_LZ4
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="nanomq-sync")
+        self.topics = TopicRegistry(config, self._executor)
+        self.connections: set[Connection] = set()
+        self._server: asyncio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lock_fd: int | None = None
+        self._stopped = asyncio.Event()
+        self.started_at = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Lock the data directory, recover every topic and start listening."""
+        data = Path(self.config.data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        self._lock(data)
+        t0 = time.monotonic()
+        self.topics.open_all()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: Connection(self), self.config.host, self.config.port, reuse_address=True, backlog=1024
+        )
+        self._tasks = [loop.create_task(self._watchdog()), loop.create_task(self._retention())]
+        self.started_at = time.monotonic()
+        _log.info("recovered %d topic(s) in %.3f s", len(self.topics.topics), self.started_at - t0)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) actually bound (port 0 in the config picks a free one)."""
+        assert self._server is not None and self._server.sockets
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return host, port
+
+    async def serve_until_stopped(self) -> None:
+        """Run until :meth:`stop` has completed."""
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        """Graceful shutdown: drain, sync, mark clean. Idempotent."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.close()
+        for task in self._tasks:
+            task.cancel()
+        # Let durable acks already waiting for a sync be answered before saying goodbye.
+        deadline = time.monotonic() + 5.0
+        while any(t.pending_durable for t in self.topics.topics.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        for conn in tuple(self.connections):
+            conn.close()
+        await asyncio.sleep(0)  # let transports flush what they can
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.topics.sync_all)
+        self.topics.close_all(clean=True)
+        self._executor.shutdown(wait=True)
+        self._unlock()
+        self._stopped.set()
+
+    # ------------------------------------------------------------------ connections
+
+    def admit(self, conn: Connection) -> bool:
+        """Register a new connection; False when over the connection limit [NMQ-6.2-1]."""
+        if self._server is None or len(self.connections) >= self.config.max_connections:
+            return False
+        self.connections.add(conn)
+        return True
+
+    def forget(self, conn: Connection) -> None:
+        """A connection has closed."""
+        self.connections.discard(conn)
+
+    # ------------------------------------------------------------------ timers
+
+    async def _watchdog(self) -> None:
+        """Close connections that never say HELLO or dribble a frame (slow-loris) [NMQ-2-3]."""
+        cfg = self.config
+        while True:
+            await asyncio.sleep(min(1.0, cfg.hello_timeout_s / 2, cfg.frame_timeout_s / 2))
+            now = time.monotonic()
+            for conn in tuple(self.connections):
+                if not conn.hello_done and now - conn.opened_at > cfg.hello_timeout_s:
+                    conn.close(ErrorCode.BAD_STATE, "no HELLO within the handshake timeout")
+                elif conn.partial_since is not None and now - conn.partial_since > cfg.frame_timeout_s:
+                    conn.close(ErrorCode.MALFORMED, "a frame took too long to arrive")
+
+    async def _retention(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.config.retention_check_s)
+            if self.config.retention_ms or self.config.retention_bytes:
+                deleted = await loop.run_in_executor(self._executor, self.topics.apply_retention)
+                if deleted:
+                    _log.info("retention deleted %d segment(s)", deleted)
+
+    # ------------------------------------------------------------------ data dir lock
+
+    def _lock(self, data: Path) -> None:
+        fd = os.open(data / "broker.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BrokerLockedError(f"data directory {data} is in use by another broker") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+async def _main(config: BrokerConfig, ready: str) -> int:
+    broker = Broker(config)
+    await broker.start()
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_signal(signame: str) -> None:
+        if not stopping:
+            _log.info("%s received: shutting down", signame)
+            stopping.append(loop.create_task(broker.stop()))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    host, port = broker.address
+    print(ready.format(host=host, port=port, data_dir=config.data_dir), flush=True)
+    await broker.serve_until_stopped()
+    with contextlib.suppress(Exception):
+        for t in stopping:
+            await t
+    return 0
+
+
+def run(config: BrokerConfig, ready: str = "nanomq-broker listening on {host}:{port} (data dir {data_dir})") -> int:
+    """Run a broker in this process until SIGTERM/SIGINT; returns the exit status."""
+    return asyncio.run(_main(config, ready))

@@ -1,0 +1,1 @@
+"""Command-line tools: ``nanomq-broker`` (broker.py) and ``nanomq-cli`` (client.py)."""
