@@ -131,6 +131,8 @@ class LogStats:
     last_timestamp_ns: int
     last_sync_errno: int
     closed: bool
+    fdatasyncs: int
+    """How many group commits (fdatasyncs of the active segment) sync() has performed."""
 
 
 _CORRUPTION = {0: "none", 1: "bad-record", 2: "id-gap", 3: "unreadable"}
@@ -320,7 +322,7 @@ class CLog:
         lib.nmq_log_stats_get(self._h, st)
         return LogStats(
             st.first_id, st.next_id, st.durable_id, st.segments, st.total_bytes,
-            st.last_timestamp_ns, st.last_sync_errno, bool(st.closed),
+            st.last_timestamp_ns, st.last_sync_errno, bool(st.closed), st.fdatasyncs,
         )
 
     def close(self, clean: bool = True) -> None:

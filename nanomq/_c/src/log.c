@@ -71,6 +71,7 @@ struct nmq_log {
     _Atomic uint64_t durable_id;
     int last_sync_errno;
     int closed;
+    _Atomic uint64_t fdatasyncs; /* group commits performed (fdatasync calls on the active segment) */
     long refs; /* 1 for the handle + one per pin */
 };
 
@@ -426,7 +427,24 @@ int nmq_log_sync(nmq_log *log, uint64_t *durable_id) {
     pthread_mutex_lock(&log->sync_mu);
     int rc = 0;
     if (atomic_load(&log->durable_id) < target_id) {
+        /* Leader: widen the target to everything published by now, so the appenders that queued
+         * behind the previous fdatasync are all covered by this one (the group). Ids in earlier
+         * segments are durable already: rotation synced them before sealing. */
+        pthread_mutex_lock(&log->mu);
+        if (!log->closed) {
+            nmq_seg *a = log->segs[log->nsegs - 1];
+            a->pins++;
+            log->refs++;
+            int destroy_seg;
+            unpin_locked(log, s, &destroy_seg); /* refs stays >= 1: we hold a's pin */
+            if (destroy_seg) seg_destroy(s);
+            s = a;
+            target_id = log->next_id - 1;
+            target_size = a->size;
+        }
+        pthread_mutex_unlock(&log->mu);
         rc = seg_sync(s, target_size);
+        atomic_fetch_add(&log->fdatasyncs, 1);
         if (rc == 0) {
             uint64_t d = atomic_load(&log->durable_id);
             while (d < target_id && !atomic_compare_exchange_weak(&log->durable_id, &d, target_id)) {
@@ -803,6 +821,7 @@ int nmq_log_stats_get(nmq_log *log, nmq_log_stats *st) {
     st->durable_id = atomic_load(&log->durable_id);
     st->total_bytes = log->total_bytes;
     st->last_timestamp_ns = log->last_ts;
+    st->fdatasyncs = atomic_load(&log->fdatasyncs);
     pthread_mutex_unlock(&log->mu);
     pthread_mutex_lock(&log->tmu);
     st->last_sync_errno = log->last_sync_errno;

@@ -91,6 +91,7 @@ typedef struct {
     uint64_t total_bytes;
     uint64_t last_timestamp_ns;
     int last_sync_errno;        /* errno of the last failed background sync (0: none) */
+    uint64_t fdatasyncs;         /* group commits performed by sync() */
     int closed;
 } nmq_log_stats;
 
