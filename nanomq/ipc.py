@@ -152,6 +152,11 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+def _check_wait(wait: str) -> None:
+    if wait not in _STRATEGIES:
+        raise ValueError(f"wait must be one of {sorted(_STRATEGIES)}, not {wait!r}")
+
+
 def _deadline(timeout_us: float | None) -> int | None:
     return None if timeout_us is None else time.monotonic_ns() + max(0, int(timeout_us * 1000))
 
@@ -176,8 +181,7 @@ class Channel:
         creator: bool,
     ) -> None:
         """Internal: use :meth:`create` or :meth:`open`."""
-        if wait not in _STRATEGIES:
-            raise ValueError(f"wait must be one of {sorted(_STRATEGIES)}, not {wait!r}")
+        _check_wait(wait)
         self.path = path
         self._fd = fd
         self._mm: mmap.mmap | None = mm
@@ -218,6 +222,7 @@ class Channel:
         Raises FileExistsError if it exists, unless ``replace`` is true.
         """
         path = _channel_path(name)
+        _check_wait(wait)
         if capacity_bytes < 64 or capacity_bytes & (capacity_bytes - 1):
             raise ValueError(f"capacity_bytes must be a power of two >= 64, not {capacity_bytes}")
         if replace:
@@ -243,6 +248,7 @@ class Channel:
     def open(cls, name: str, *, wait: WaitStrategy = "block", spin_us: float = 50.0) -> Channel:
         """Open an existing channel; raises :class:`NotAChannel` / :class:`LayoutVersionError`."""
         path = _channel_path(name)
+        _check_wait(wait)
         fd = os.open(path, os.O_RDWR)
         try:
             size = os.fstat(fd).st_size

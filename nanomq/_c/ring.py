@@ -107,13 +107,17 @@ class Ring:
 
     def __init__(self, buf: Any, owner: object = None) -> None:
         """Attach to the ring in ``buf`` (a cdata ``uint8_t *`` block or any writable buffer)."""
-        if not isinstance(buf, ffi.CData):
+        mine = not isinstance(buf, ffi.CData)
+        if mine:
             buf = ffi.from_buffer("uint8_t[]", buf, require_writable=True)
         self._buf = buf
         self._owner = owner  # keeps the memory alive as long as the handle
         err = ffi.new("int *")
         h = lib.nmq_ring_attach(buf, len(buf), err)
         if h == ffi.NULL:
+            if mine:
+                ffi.release(buf)  # so the caller can close an mmap it passed in
+            self._buf = None
             _raise(err[0], "attach")
         self._h = ffi.gc(h, lib.nmq_ring_free)
         self._max = int(lib.nmq_ring_max_record(self._h))
@@ -129,10 +133,13 @@ class Ring:
     def format(cls, buf: Any, capacity: int, mode: int = SPSC) -> Ring:
         """Write an empty ring of ``capacity`` bytes into ``buf`` and attach to it."""
         _check_capacity(capacity)
-        if not isinstance(buf, ffi.CData):
+        mine = not isinstance(buf, ffi.CData)
+        if mine:
             buf = ffi.from_buffer("uint8_t[]", buf, require_writable=True)
         rc = lib.nmq_ring_init(buf, len(buf), capacity, mode)
         if rc:
+            if mine:
+                ffi.release(buf)
             _raise(rc, "init")
         return cls(buf)
 
