@@ -188,3 +188,32 @@ def test_reopen_keeps_ids_after_everything_retained(tmp_path):
             os.unlink(d / f)
     with TopicLog.open(d) as log:
         assert log.next_id == 3 and log.first_id == 3
+
+
+def test_concurrent_sync_and_rotation_no_deadlock(tmp_path):
+    """sync() leaders take the log mutex while holding the sync mutex; rotation (under the log
+    mutex) must never wait for the sync mutex, or the two would deadlock."""
+    with TopicLog.open(tmp_path / "t", fsync="always", segment_bytes=8192) as log:
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def syncer() -> None:
+            try:
+                while not stop.is_set():
+                    log.sync()
+            except BaseException as e:  # pragma: no cover
+                errors.append(e)
+
+        ts = [threading.Thread(target=syncer, daemon=True) for _ in range(2)]
+        for t in ts:
+            t.start()
+        for i in range(400):
+            log.append_batch(batch([payload(i, 900)]), 1, sync=False)
+        stop.set()
+        for t in ts:
+            t.join(timeout=30)
+            assert not t.is_alive(), "deadlock"
+        assert not errors
+        assert log.stats().segments > 30
+        assert log.sync() == 400
+        assert [g[3] for g in read_all(log)] == [payload(i, 900) for i in range(400)]

@@ -9,7 +9,10 @@
  *  I4  `durable_size` (per segment) and `durable_id` only grow, and only after a successful
  *      fdatasync covering them. Sealed segments are fully durable (rotation syncs them first).
  *  I5  A segment's memory and fd live until it is retired (retention/close) *and* unpinned.
- *  Lock order: mu before sync_mu. The fdatasync of a group commit holds only sync_mu.
+ *  Locks: sync_mu orders sync() callers (taken first); mu guards the segment list and the tail
+ *  (taken second, never held across an fdatasync of sync()); seg_mu is a leaf guarding each
+ *  segment's durable_size/redirty/fail_gen. Order: sync_mu -> mu -> seg_mu. Rotation, which runs
+ *  under mu, therefore never takes sync_mu: its seal sync coordinates with sync() through seg_mu.
  */
 #define _GNU_SOURCE
 #include "log.h"
@@ -45,8 +48,9 @@ struct nmq_seg {
     uint64_t first_ts, last_ts;
     uint64_t size;              /* bytes of published records */
     uint64_t cap;               /* mapped length */
-    uint64_t durable_size;      /* guarded by log->sync_mu */
+    uint64_t durable_size;      /* guarded by log->seg_mu */
     int redirty;                /* a sync failed: rewrite [durable_size, size) before the next one */
+    uint64_t fail_gen;          /* failed syncs so far: a sync that raced a failure proves nothing */
     int fd;
     uint8_t *map;
     idx_entry *idx;
@@ -58,7 +62,7 @@ struct nmq_seg {
 };
 
 struct nmq_log {
-    pthread_mutex_t mu, sync_mu, tmu;
+    pthread_mutex_t mu, sync_mu, tmu, seg_mu;
     pthread_cond_t tcv;
     pthread_t syncer;
     int syncer_on, stop;
@@ -239,6 +243,7 @@ static void unpin_locked(nmq_log *log, nmq_seg *s, int *destroy_seg) {
 static void log_destroy(nmq_log *log) {
     pthread_mutex_destroy(&log->mu);
     pthread_mutex_destroy(&log->sync_mu);
+    pthread_mutex_destroy(&log->seg_mu);
     pthread_mutex_destroy(&log->tmu);
     pthread_cond_destroy(&log->tcv);
     free(log->segs);
@@ -386,23 +391,35 @@ static ckpt_t ckpt_read(nmq_log *log) {
 /* ------------------------------------------------------------------------------------------ */
 /* sync                                                                                         */
 
-/* Make s durable up to `upto` bytes. Caller holds sync_mu (and must keep s alive: pinned or mu). */
-static int seg_sync(nmq_seg *s, uint64_t upto) {
-    if (s->durable_size >= upto && !s->redirty) return 0;
-    if (s->redirty && upto > s->durable_size) {
+/* Make s durable up to `upto` bytes. The caller keeps s alive (pin or mu). May run concurrently
+ * for the same segment (a sync() leader and a rotation): shared state is under the leaf seg_mu,
+ * and the fdatasync itself runs without it. */
+static int seg_sync(nmq_log *log, nmq_seg *s, uint64_t upto) {
+    pthread_mutex_lock(&log->seg_mu);
+    uint64_t from = s->durable_size, gen = s->fail_gen;
+    int redirty = s->redirty;
+    pthread_mutex_unlock(&log->seg_mu);
+    if (from >= upto && !redirty) return 0;
+    if (redirty && upto > from) {
         /* After a failed fdatasync the kernel may have marked the pages clean without writing
          * them (the "fsyncgate" behaviour); rewriting the bytes from the mapping re-dirties them
          * so the next fdatasync really covers them. */
-        if (x_pwrite_all(s->fd, s->map + s->durable_size, upto - s->durable_size, (off_t)s->durable_size))
-            return -errno;
+        if (x_pwrite_all(s->fd, s->map + from, upto - from, (off_t)from)) return -errno;
     }
-    if (x_fdatasync(s->fd)) {
+    int rc = x_fdatasync(s->fd) ? -errno : 0;
+    pthread_mutex_lock(&log->seg_mu);
+    if (rc) {
         s->redirty = 1;
-        return -errno;
+        s->fail_gen++;
+    } else if (s->fail_gen == gen) {
+        /* no failure raced this sync: it really covered [0, upto), rewritten range included */
+        s->redirty = 0;
+        if (upto > s->durable_size) s->durable_size = upto;
+    } else {
+        rc = -EIO; /* a concurrent sync failed meanwhile: the error may have been consumed there */
     }
-    s->redirty = 0;
-    if (upto > s->durable_size) s->durable_size = upto;
-    return 0;
+    pthread_mutex_unlock(&log->seg_mu);
+    return rc;
 }
 
 int nmq_log_sync(nmq_log *log, uint64_t *durable_id) {
@@ -443,7 +460,7 @@ int nmq_log_sync(nmq_log *log, uint64_t *durable_id) {
             target_size = a->size;
         }
         pthread_mutex_unlock(&log->mu);
-        rc = seg_sync(s, target_size);
+        rc = seg_sync(log, s, target_size);
         atomic_fetch_add(&log->fdatasyncs, 1);
         if (rc == 0) {
             uint64_t d = atomic_load(&log->durable_id);
@@ -527,9 +544,7 @@ static int rotate(nmq_log *log) {
     }
     int rc = seg_create(log, log->next_id, log->cfg.segment_bytes, &s);
     if (rc) return rc;
-    pthread_mutex_lock(&log->sync_mu);
-    rc = seg_sync(old, old->size);
-    pthread_mutex_unlock(&log->sync_mu);
+    rc = seg_sync(log, old, old->size); /* under mu only: see the lock order at the top */
     if (rc) {
         char name[64];
         seg_name(name, sizeof name, s->first_id, "log");
@@ -1135,6 +1150,7 @@ int nmq_log_open(const char *dir, const nmq_log_config *cfg, nmq_log **out, nmq_
     snprintf(log->dir, sizeof log->dir, "%s", dir);
     pthread_mutex_init(&log->mu, NULL);
     pthread_mutex_init(&log->sync_mu, NULL);
+    pthread_mutex_init(&log->seg_mu, NULL);
     pthread_mutex_init(&log->tmu, NULL);
     pthread_cond_init(&log->tcv, NULL);
     log->refs = 1;
