@@ -68,6 +68,8 @@ class BrokerConfig:
             raise ValueError("max frame is too small for one maximum record")
         if self.max_connections < 1:
             raise ValueError("max connections must be at least 1")
+        if self.hello_timeout_s <= 0 or self.frame_timeout_s <= 0:
+            raise ValueError("timeouts must be positive")
         if self.retention_ms is not None and self.retention_ms <= 0:
             raise ValueError("retention must be positive")
         if self.retention_bytes is not None and self.retention_bytes <= 0:

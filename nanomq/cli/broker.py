@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-connections", type=int, default=1024, help="connection limit (default 1024)")
     ap.add_argument("--max-payload", type=parse_size, default=65536, metavar="SIZE",
                     help="largest record payload accepted (default 64KiB)")
+    ap.add_argument("--handshake-timeout", type=float, default=10.0, metavar="S",
+                    help="close connections that send no HELLO within this many seconds (default 10)")
+    ap.add_argument("--frame-timeout", type=float, default=30.0, metavar="S",
+                    help="close connections that take longer than this to send one frame (default 30)")
     ap.add_argument("--tls-cert", metavar="PEM", help="not available yet: rejected with an error")
     ap.add_argument("--tls-key", metavar="PEM", help="not available yet: rejected with an error")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -65,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         compression=args.compression,
         max_connections=args.max_connections,
         max_payload=max_payload,
+        hello_timeout_s=args.handshake_timeout,
+        frame_timeout_s=args.frame_timeout,
         max_frame=max(16 * 1024 * 1024 + 64 * 1024, 256 * (64 + max_payload) + 1024),
     )
     try:

@@ -216,9 +216,10 @@ class ClientCore:
                 self.decoder.set_limits(max_frame=max(frame.max_frame, 1 << 16),
                                         limits=Limits(frame.max_payload, frame.max_batch))
             elif isinstance(frame, Subscribed) and kind == "subscribe":
-                topic, window = ctx  # type: ignore[misc]
-                st = SubState(topic, frame.sub_id, frame.next_id, window, granted=window)
-                self.subs[topic] = st
+                assert isinstance(ctx, tuple)
+                topic_name, window = ctx
+                st = SubState(topic_name, frame.sub_id, frame.next_id, window, granted=window)
+                self.subs[topic_name] = st
                 self._by_id[frame.sub_id] = st
             elif isinstance(frame, SeekOk) and kind == "seek":
                 st = ctx  # type: ignore[assignment]
@@ -262,6 +263,8 @@ class ClientCore:
             if self.subs.get(st.topic) is not st:
                 continue
             n = min(max_msgs - len(out), len(st.buffer))
+            if n == 0:  # emptied by a SEEK since it was queued
+                continue
             for _ in range(n):
                 out.append(st.buffer.popleft())
             st.handed += n

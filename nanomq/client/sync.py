@@ -7,6 +7,7 @@ Ctrl-C and timeouts are honoured promptly.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -14,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Self
 
-from nanomq.client.core import ACK_MODES, ClientCore, check, parse_address, split, topics_of
+from nanomq.client.core import ACK_MODES, ClientCore, SubState, check, parse_address, split, topics_of
 from nanomq.client.errors import ConnectionLostError, RequestTimeoutError, ServerError
 from nanomq.client.message import Message
 from nanomq.protocol import (
@@ -48,6 +49,7 @@ class _SyncClient:
         self._core = ClientCore(client_name)
         self._sock: socket.socket | None = None
         self._responses: dict[int, Frame] = {}
+        self._pending_resubscribe: list[SubState] = []
         self._lock = threading.RLock()
         self._closed = False
         self._connect()
@@ -348,7 +350,6 @@ class Subscriber(_SyncClient):
         if not 1 <= window <= 1 << 20:
             raise ValueError("window must be 1 .. 1048576 records")
         self._window = window
-        self._pending_resubscribe: list = []
         super().__init__(address, client_name=client_name, timeout=timeout, connect_timeout=connect_timeout)
         self.consumer_group = consumer_group
         if consumer_group:
@@ -410,10 +411,9 @@ class Subscriber(_SyncClient):
                 msgs, credits = self._core.take(max_msgs)
                 if msgs:
                     if credits:
-                        try:
+                        # On failure the messages are still ours; the next poll reconnects and resumes.
+                        with contextlib.suppress(ConnectionLostError):
                             self._send(b"".join(credits))
-                        except ConnectionLostError:
-                            pass  # the messages are ours; the next poll reconnects and resumes
                     return msgs
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
