@@ -196,6 +196,7 @@ class Channel:
         self._cons_pid = 0
         self._out_cap = 65536
         self._out = ffi.new("uint8_t[]", self._out_cap)
+        self._outc = ffi.cast("char *", self._out)  # ffi.unpack of a char* gives bytes in one call
         self._batch_cap = 1 << 18
         self._batch_out = ffi.new("uint8_t[]", self._batch_cap)
         self._lens = ffi.new("uint32_t[]", MAX_BATCH)
@@ -446,14 +447,16 @@ class Channel:
         """
         if self._prod_pid != _pid:
             self._become_producer()
-        rc = lib.nmq_ring_push(self._h, ffi.from_buffer(data), len(data))
+        # cffi passes a bytes object's buffer directly (no from_buffer: ~120 ns saved per call).
+        buf = data if type(data) is bytes else ffi.from_buffer(data)
+        rc = lib.nmq_ring_push(self._h, buf, len(data))
         if rc == 0:
             return
         deadline = _deadline(timeout_us)
         while rc == _EAGAIN:
             if not self._wait(True, len(data), deadline):
                 raise ChannelFull(f"{self.path}: ring full for {timeout_us} µs")
-            rc = lib.nmq_ring_push(self._h, ffi.from_buffer(data), len(data))
+            rc = lib.nmq_ring_push(self._h, buf, len(data))
         if rc:
             self._raise(rc, len(data))
 
@@ -500,13 +503,14 @@ class Channel:
         h = self._h
         rc = lib.nmq_ring_pop(h, self._out, self._out_cap, self._len1)
         if rc == 1:
-            data: bytes = ffi.buffer(self._out, self._len1[0])[:]
+            data: bytes = ffi.unpack(self._outc, self._len1[0])
             return data
         deadline = _deadline(timeout_us)
         while True:
             if rc == _EBUFSIZE:
                 self._out_cap = int(self._len1[0])
                 self._out = ffi.new("uint8_t[]", self._out_cap)
+                self._outc = ffi.cast("char *", self._out)
             elif rc == 0:
                 if not self._wait(False, 0, deadline):
                     self._check_producers(force=timeout_us is not None and timeout_us > 0)
@@ -515,7 +519,7 @@ class Channel:
                 self._raise(rc, 0)
             rc = lib.nmq_ring_pop(h, self._out, self._out_cap, self._len1)
             if rc == 1:
-                out: bytes = ffi.buffer(self._out, self._len1[0])[:]
+                out: bytes = ffi.unpack(self._outc, self._len1[0])
                 return out
 
     def recv_batch(self, max_msgs: int = MAX_BATCH, timeout_us: float | None = None) -> list[bytes]:
