@@ -34,6 +34,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import contextlib
+
 from benchmarks.hist import Histogram, format_table
 from nanomq import ipc
 from nanomq._c import ring as R
@@ -147,10 +149,8 @@ class QueueTransport(Transport):
         return self.q.get()  # type: ignore[no-any-return]
 
     def idle_wait(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.q.get(timeout=seconds)
-        except Exception:
-            pass
 
 
 class PipeTransport(Transport):
@@ -188,7 +188,7 @@ class ZmqTransport(Transport):
         time.sleep(0.05)  # let the connection come up
 
     def send(self, data: bytes) -> None:
-        self.sock.send(data, copy=False if len(data) > 4096 else True)
+        self.sock.send(data, copy=not len(data) > 4096)
 
     def recv(self) -> bytes:
         return self.sock.recv()  # type: ignore[no-any-return]
@@ -202,10 +202,8 @@ class ZmqTransport(Transport):
             self.ctx.term()
         path = self.addr[len("ipc://") :]
         if os.path.exists(path) and os.getpid() == getattr(self, "_owner_pid", os.getpid()):
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(path)
-            except OSError:
-                pass
 
 
 # ---- the three measurements (consumer in a forked child, producer in the parent) ---------------
@@ -376,7 +374,6 @@ def main(argv: list[str] | None = None) -> int:
     n_thr = 50_000 if q else 1_000_000
     n_thr_peer = 20_000 if q else 200_000
     idle_s = 0.3 if q else 1.0
-    interval = int(args.interval_us * 1000)
 
     print(f"bench_ipc: {NCPU} CPU(s) available; producer on core 0, consumer on core 1"
           f"{'' if NCPU >= 2 else ' (NOT pinned: one core)'}; Python {sys.version.split()[0]}; "
