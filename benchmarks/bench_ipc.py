@@ -36,6 +36,7 @@ if __package__ in (None, ""):
 
 import contextlib
 
+from benchmarks import budgets
 from benchmarks.hist import Histogram, format_table
 from nanomq import ipc
 from nanomq._c import ring as R
@@ -368,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="short run (smoke test)")
     ap.add_argument("--interval-us", type=float, default=100.0, help="latency test send interval")
     ap.add_argument("--no-peers", action="store_true", help="only nanomq.ipc")
+    ap.add_argument("--only", choices=["latency", "throughput", "idle"], help="run one section")
     args = ap.parse_args(argv)
     q = args.quick
     n_lat = 2_000 if q else 30_000
@@ -410,57 +412,94 @@ def _cross_process(
     idle_s: float,
 ) -> int:
     interval = int(args.interval_us * 1000)
-    # Latency
-    lat_rows = []
+    only = args.only
     lat: dict[str, Histogram] = {}
-    for mk in [lambda: RingTransport("spin"), lambda: RingTransport("block", ), *peers]:  # fmt: skip
-        t = mk()
-        lat[t.name] = latency(t, n_lat, interval)
-    base = lat.get("multiprocessing.Queue")
-    for name, h in lat.items():
-        row: dict[str, object] = {"transport (64 B, one-way)": name, "n": h.count}
-        for p, key in ((50, "p50_us"), (99, "p99_us"), (99.9, "p99.9_us")):
-            row[key] = _us(h.percentile(p))
-        row["max_us"] = _us(h.max)
-        if base is not None:
-            row["p50 vs Queue"] = f"{base.percentile(50) / max(1.0, h.percentile(50)):.1f}x faster"
-        lat_rows.append(row)
-    print(f"\nCross-process one-way latency, open loop, one record every {args.interval_us:g} µs "
-          "(nanomq 'spin' = busy-polling consumer; 'block' = futex wake-up):")  # fmt: skip
-    print(format_table(lat_rows))
-
-    # Throughput
-    thr_rows = []
     results: dict[tuple[str, int], float] = {}
-    for size in (64, 1024):
-        makers: list[Callable[[], Transport]] = [
-            lambda: RingTransport("spin"),
-            lambda: RingTransport("spin", batch=True),
-            lambda: RingTransport("spin", batch=True, raw=True),
-            *peers,
-        ]
-        for mk in makers:
-            t = mk()
-            n = n_thr if t.name.startswith("nanomq") else n_thr_peer
-            if size == 1024:
-                n //= 2
-            results[(t.name, size)] = throughput(t, n, size)
-    for (name, size), rate in results.items():
-        base_rate = results.get(("multiprocessing.Queue", size))
-        thr_rows.append({
-            "transport": name, "size_B": size, "msgs_per_s": round(rate), "MB_per_s": round(rate * size / 1e6, 1),
-            "vs Queue": f"{rate / base_rate:.1f}x" if base_rate else "",
-        })  # fmt: skip
-    print("\nCross-process throughput (consumer timed first to last record; batch = 256 per call):")
-    print(format_table(thr_rows))
+    idle_rows: list[dict[str, object]] = []
 
-    # Idle CPU
-    idle_rows = []
-    for mk in [lambda: RingTransport("block"), lambda: RingTransport("yield"), lambda: RingTransport("spin"), *peers]:  # fmt: skip
-        t = mk()
-        idle_rows.append({"transport": t.name, "idle_consumer_cpu_pct": round(100 * idle_cpu(t, idle_s), 2)})
-    print(f"\nCPU of a consumer blocked {idle_s:g} s on an idle channel:")
-    print(format_table(idle_rows))
+    if only in (None, "latency"):
+        lat_rows = []
+        for mk in [lambda: RingTransport("spin"), lambda: RingTransport("block"), *peers]:
+            t = mk()
+            lat[t.name] = latency(t, n_lat, interval)
+        base = lat.get("multiprocessing.Queue")
+        for name, h in lat.items():
+            row: dict[str, object] = {"transport (64 B, one-way)": name, "n": h.count}
+            for p, key in ((50, "p50_us"), (99, "p99_us"), (99.9, "p99.9_us")):
+                row[key] = _us(h.percentile(p))
+            row["max_us"] = _us(h.max)
+            if base is not None:
+                row["Queue_p50/this_p50"] = round(base.percentile(50) / max(1.0, h.percentile(50)), 1)
+            lat_rows.append(row)
+        print(f"\nCross-process one-way latency, open loop, one record every {args.interval_us:g} µs "
+              "(nanomq 'spin' = busy-polling consumer; 'block' = futex wake-up):")  # fmt: skip
+        print(format_table(lat_rows))
+
+    if only in (None, "throughput"):
+        thr_rows = []
+        for size in (64, 1024):
+            makers: list[Callable[[], Transport]] = [
+                lambda: RingTransport("spin"),
+                lambda: RingTransport("spin", batch=True),
+                lambda: RingTransport("spin", batch=True, raw=True),
+                *peers,
+            ]
+            for mk in makers:
+                t = mk()
+                n = n_thr if t.name.startswith("nanomq") else n_thr_peer
+                if size == 1024:
+                    n //= 2
+                results[(t.name, size)] = throughput(t, n, size)
+        for (name, size), rate in results.items():
+            base_rate = results.get(("multiprocessing.Queue", size))
+            thr_rows.append({
+                "transport": name, "size_B": size, "msgs_per_s": round(rate), "MB_per_s": round(rate * size / 1e6, 1),
+                "this/Queue": round(rate / base_rate, 1) if base_rate else "",
+            })  # fmt: skip
+        print("\nCross-process throughput (consumer timed first to last record; batch = 256 per call):")
+        print(format_table(thr_rows))
+
+    if only in (None, "idle"):
+        for mk in [lambda: RingTransport("block"), lambda: RingTransport("yield"), lambda: RingTransport("spin"), *peers]:  # fmt: skip
+            t = mk()
+            idle_rows.append(
+                {"transport": t.name, "idle_consumer_cpu_pct": round(100 * idle_cpu(t, idle_s), 2)}
+            )
+        print(f"\nCPU of a consumer blocked {idle_s:g} s on an idle channel:")
+        print(format_table(idle_rows))
+
+    # Budgets ([ipc] in spec/budgets.toml): measured against target, this run only.
+    b = budgets.load("ipc")
+    checks: list[tuple[str, float, float, bool]] = []  # name, measured, budget, higher_is_better
+    spin = lat.get("nanomq.ipc spin single")
+    if spin is not None:
+        checks += [
+            ("one_way_64b_p50_us", _us(spin.percentile(50)), b.get("one_way_64b_p50_us", 0), False),
+            ("one_way_64b_p99_us", _us(spin.percentile(99)), b.get("one_way_64b_p99_us", 0), False),
+            ("one_way_64b_p999_us", _us(spin.percentile(99.9)), b.get("one_way_64b_p999_us", 0), False),
+        ]
+    if results:
+        checks += [
+            ("single_64b_records_per_s", results[("nanomq.ipc spin single", 64)], b.get("single_64b_records_per_s", 0), True),
+            ("batch256_64b_records_per_s", results[("nanomq.ipc spin batch256", 64)], b.get("batch256_64b_records_per_s", 0), True),
+            ("batch256_1k_mb_s", results[("nanomq.ipc spin batch256", 1024)] * 1024 / 1e6, b.get("batch256_1k_mb_s", 0), True),
+        ]  # fmt: skip
+    if idle_rows:
+        idle = float(idle_rows[0]["idle_consumer_cpu_pct"])  # type: ignore[arg-type]
+        checks.append(
+            ("idle_blocked_consumer_cpu_pct", idle, b.get("idle_blocked_consumer_cpu_pct", 0), False)
+        )
+    rows = []
+    for key, got, want, higher in checks:
+        if not want:
+            continue
+        ok = got >= want if higher else got <= want
+        rows.append(
+            {"budget": key, "measured": round(got, 2), "target": want, "verdict": "met" if ok else "MISSED"}
+        )
+    if rows:
+        print("\nBudgets ([ipc] in spec/budgets.toml; 'batch256' rows use recv_batch -> list[bytes]):")
+        print(format_table(rows))
     return 0
 
 

@@ -210,7 +210,8 @@ class Ring:
 
     def push(self, data: Buffer) -> bool:
         """Append one record; False when the ring is full (nothing written)."""
-        rc = lib.nmq_ring_push(self._h, ffi.from_buffer(data), len(data))
+        buf = data if type(data) is bytes else ffi.from_buffer(data)  # bytes go in without a copy
+        rc = lib.nmq_ring_push(self._h, buf, len(data))
         if rc == 0:
             return True
         if rc == lib.NMQ_RING_EAGAIN:
@@ -260,7 +261,8 @@ class Ring:
 
     def pop(self) -> bytes | None:
         """Remove and return the next record, or None when the ring is empty."""
-        self._ensure_out(min(self._max, 65536) or 1)
+        if self._out_cap == 0:
+            self._ensure_out(min(self._max, 65536))
         while True:
             rc = lib.nmq_ring_pop(self._h, self._out, self._out_cap, self._len1)
             if rc == 1:
