@@ -544,8 +544,11 @@ static int wait_common(nmq_ring *r, int writer, uint32_t len, int strategy, uint
     uint64_t spin_until = strategy == NMQ_WAIT_SPIN ? deadline : start + (spin_ns < timeout_ns ? spin_ns : timeout_ns);
     for (unsigned i = 1;; i++) {
         if (READY()) return 1;
-        cpu_relax();
-        if ((i & 63) == 0 && now_ns() >= spin_until) break;
+        /* A waiting producer backs off between probes: each probe pulls the head line into its
+         * cache, and the consumer's next head store must then take it back (a cross-core round
+         * trip per record). A consumer probes tightly: tail only changes when data arrives. */
+        for (int k = writer ? 32 : 1; k > 0; k--) cpu_relax();
+        if ((i & (writer ? 3 : 63)) == 0 && now_ns() >= spin_until) break;
     }
     if (strategy == NMQ_WAIT_SPIN) return 0;
     if (strategy == NMQ_WAIT_YIELD) {
