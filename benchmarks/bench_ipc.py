@@ -49,11 +49,12 @@ except ImportError:  # optional benchmark extra
 FORK = mp.get_context("fork")
 CORES = sorted(os.sched_getaffinity(0))  # taken once: children inherit the parent's pinned mask
 NCPU = len(CORES)
+PIN = True
 
 
 def pin(core: int) -> None:
     """Pin the calling process to ``core`` (an index into CORES) when there is more than one."""
-    if NCPU >= 2:
+    if PIN and NCPU >= 2:
         os.sched_setaffinity(0, {CORES[core % NCPU]})
 
 
@@ -369,16 +370,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="short run (smoke test)")
     ap.add_argument("--interval-us", type=float, default=100.0, help="latency test send interval")
     ap.add_argument("--no-peers", action="store_true", help="only nanomq.ipc")
+    ap.add_argument("--no-pin", action="store_true", help="let the scheduler place the processes")
     ap.add_argument("--only", choices=["latency", "throughput", "idle"], help="run one section")
     args = ap.parse_args(argv)
+    global PIN
+    PIN = not args.no_pin
     q = args.quick
     n_lat = 2_000 if q else 30_000
     n_thr = 50_000 if q else 1_000_000
     n_thr_peer = 20_000 if q else 200_000
     idle_s = 0.3 if q else 1.0
 
-    print(f"bench_ipc: {NCPU} CPU(s) available; producer on core 0, consumer on core 1"
-          f"{'' if NCPU >= 2 else ' (NOT pinned: one core)'}; Python {sys.version.split()[0]}; "
+    print(f"bench_ipc: {NCPU} CPU(s) available; "
+          f"{'producer pinned to core 0, consumer to core 1' if PIN and NCPU >= 2 else 'processes NOT pinned'}; Python {sys.version.split()[0]}; "
           f"load average at start {os.getloadavg()[0]:.2f} (other processes on these cores inflate tails)")  # fmt: skip
 
     raw, api, timer = inproc_latency(20_000 if q else 200_000)
