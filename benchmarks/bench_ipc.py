@@ -323,6 +323,33 @@ def idle_cpu(t: Transport, seconds: float) -> float:
     return float(_run(t, child, lambda t: None))
 
 
+def c_ring_latency(n: int, interval_ns: int) -> tuple[int, int, int, int] | None:
+    """The same ring between two C processes (benchmarks/c/ring_latency.c): the hardware floor and a
+    noise gauge for this run. None when there is no C compiler."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = os.path.join(tmp, "ring_latency")
+        build = subprocess.run(
+            [cc, "-O2", "-std=gnu11", f"-I{root}/nanomq/_c/src", f"{root}/benchmarks/c/ring_latency.c",
+             f"{root}/nanomq/_c/src/ring.c", "-o", exe],
+            capture_output=True,
+        )  # fmt: skip
+        if build.returncode:
+            return None
+        out = subprocess.run(
+            [exe, str(n), str(interval_ns), "1" if PIN else "0"], capture_output=True, text=True
+        )
+        p50, p99, p999, mx = (int(x) for x in out.stdout.split())
+        return p50, p99, p999, mx
+
+
 def inproc_latency(n: int) -> tuple[Histogram, Histogram, Histogram]:
     """Ring push+pop in one process: via the C calls, via Channel.send/recv, and the timer alone."""
     ring = R.Ring.heap(1 << 16)
@@ -427,6 +454,14 @@ def _cross_process(
             t = mk()
             lat[t.name] = latency(t, n_lat, interval)
         base = lat.get("multiprocessing.Queue")
+        calib = c_ring_latency(n_lat, interval)
+        if calib is not None:
+            lat_rows.append({
+                "transport (64 B, one-way)": "raw C ring, C on both ends (calibration)", "n": n_lat - n_lat // 20,
+                "p50_us": _us(calib[0]), "p99_us": _us(calib[1]), "p99.9_us": _us(calib[2]), "max_us": _us(calib[3]),
+            })  # fmt: skip
+            if base is not None:
+                lat_rows[-1]["Queue_p50/this_p50"] = round(base.percentile(50) / max(1.0, calib[0]), 1)
         for name, h in lat.items():
             row: dict[str, object] = {"transport (64 B, one-way)": name, "n": h.count}
             for p, key in ((50, "p50_us"), (99, "p99_us"), (99.9, "p99.9_us")):
