@@ -39,6 +39,7 @@ import os
 import re
 import time
 from collections.abc import Iterator, Sequence
+from itertools import accumulate
 from types import TracebackType
 from typing import Any, Literal
 
@@ -526,13 +527,8 @@ class Channel:
         """Remove up to ``max_msgs`` (≤ 256) records in one C call, waiting up to ``timeout_us`` for
         the first one. Returns [] on timeout."""
         blob, lens = self.recv_batch_raw(max_msgs, timeout_us)
-        out = []
-        pos = 0
-        for n in lens:
-            end = pos + n
-            out.append(blob[pos:end])
-            pos = end
-        return out
+        offs = list(accumulate(lens, initial=0))
+        return [blob[a:b] for a, b in zip(offs, offs[1:], strict=False)]  # fastest split measured
 
     def recv_batch_raw(
         self, max_msgs: int = MAX_BATCH, timeout_us: float | None = None

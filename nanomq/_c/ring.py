@@ -7,6 +7,7 @@ by ``ffi.gc``). It does not know about processes, names or liveness: that is :mo
 
 from __future__ import annotations
 
+from itertools import accumulate
 from typing import Any
 
 from nanomq._c._ring import ffi, lib
@@ -277,12 +278,8 @@ class Ring:
     def pop_batch(self, max_records: int = MAX_BATCH) -> list[bytes]:
         """Remove up to ``max_records`` (<= 256) records in one C call; [] when empty."""
         blob, lens = self.pop_batch_raw(max_records)
-        out = []
-        pos = 0
-        for n in lens:
-            out.append(blob[pos : pos + n])
-            pos += n
-        return out
+        offs = list(accumulate(lens, initial=0))
+        return [blob[a:b] for a, b in zip(offs, offs[1:], strict=False)]
 
     def pop_batch_raw(self, max_records: int = MAX_BATCH) -> tuple[bytes, list[int]]:
         """Like :meth:`pop_batch` but returns the records back to back in one bytes, plus lengths.
