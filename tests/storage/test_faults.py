@@ -381,3 +381,24 @@ def test_checkpoint_garbage_and_stray_files(tmp_path):
     with TopicLog.open(d, segment_bytes=8192, on_corrupt="raise") as log:
         assert not log.report.clean and log.report.verified_bytes > 0
         assert [g[3] for g in read_all(log)] == ps
+
+
+def test_unpublished_run_is_a_torn_tail(tmp_path):
+    """A writer killed after writing a run but before storing its first id word (the publish
+    store) leaves complete, valid-looking records behind a zero id word: they were never visible,
+    so recovery cuts them as a torn tail rather than calling them corruption."""
+    d = tmp_path / "t"
+    with TopicLog.open(d, segment_bytes=SEG, fsync="never") as log:
+        log.append_batch(batch([b"a", b"b"]), 2)
+        log.append_batch(batch([b"c" * 10, b"d", b"e"]), 3)
+        log.close(clean=False)
+    seg = _segments(d)[0]
+    data = bytearray(seg.read_bytes())
+    off = 2 * 72  # the second batch starts after two 1-byte records (72 bytes each)
+    assert data[off : off + 8] == (3).to_bytes(8, "little")
+    data[off : off + 8] = bytes(8)
+    seg.write_bytes(data)
+    with TopicLog.open(d, segment_bytes=SEG, on_corrupt="raise") as log:
+        assert log.report.corruption == "none"
+        assert log.report.truncated_offset == off and log.report.truncated_bytes > 0
+        assert [g[3] for g in read_all(log)] == [b"a", b"b"]

@@ -1083,7 +1083,11 @@ static int recover(nmq_log *log, nmq_recovery_report *rep) {
         if (res == SCAN_BAD) {
             /* bytes the checkpoint vouched for were durable: damage there is never a torn write */
             int vouched = ck.valid && (s->first_id < ck.seg || (s->first_id == ck.seg && stop < ck.off));
-            int torn = is_last && !vouched && !followed_by_valid(s, stop, fsize);
+            /* A zero id word over a non-zero header is a run whose writer died before publishing
+             * it (NMQ-S6-3): the rest of the run may be complete and valid, yet it was never
+             * visible, so it is a torn tail whatever follows it. */
+            int unpublished = stop + 8 <= fsize && ld64(s->map + stop) == 0;
+            int torn = is_last && !vouched && (unpublished || !followed_by_valid(s, stop, fsize));
             if (!torn) {
                 report_corrupt(rep, 1, s, stop, "record fails its check (bad CRC, id or length)");
                 corrupt_here = 1;
