@@ -18,6 +18,7 @@ help:
 	@echo "make lint         ruff + mypy"
 	@echo "make fuzz         every atheris target for FUZZ_SECONDS (default 60) each"
 	@echo "make benchmark    the benchmark tables"
+	@echo "make conformance  the conformance kit against the reference broker (KIT_ARGS=... for another)"
 	@echo "make run          start the broker on PORT=$(PORT), DATA_DIR=$(DATA_DIR)"
 	@echo "make clean        remove the venv and build products"
 
@@ -54,6 +55,11 @@ fuzz-smoke: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# The conformance kit against the reference broker (or: make conformance KIT_ARGS="--target t.toml").
+KIT_ARGS ?=
+conformance: $(STAMP)
+	$(BIN)/python -m conformance $(KIT_ARGS)
 
 run: $(STAMP)
 	$(BIN)/nanomq-broker --port $(PORT) --data-dir $(DATA_DIR)

@@ -319,3 +319,25 @@ def test_batch_summary() -> None:
     assert RecordBatch.from_payloads([b"a"]).summary() == (0, False)
     b = RecordBatch.from_payloads([b"a", b"b"], flags=[1, 0], raw_sizes=[3, 0], producer_id=5)
     assert b.summary() == (1, True)
+
+
+def test_codec_from_many_threads_right_after_import() -> None:
+    """cffi realizes C types lazily and two threads racing on it could abort the process
+    (python-cffi/cffi#271); the codec realizes everything at import, so this must just work."""
+    import subprocess
+    import sys
+
+    code = (
+        "import threading\n"
+        "from nanomq.protocol import RecordBatch\n"
+        "def work():\n"
+        "    for _ in range(200):\n"
+        "        b = RecordBatch.from_payloads([b'x' * 10] * 5)\n"
+        "        RecordBatch.parse(b.data, 5)\n"
+        "ts = [threading.Thread(target=work) for _ in range(8)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "print('ok')\n"
+    )
+    for _ in range(3):
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr

@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 from typing import Literal
 
+from nanomq._c import realize_all
 from nanomq._c._core import ffi, lib
 
 __all__ = ["crc32c", "crc32c_sw", "crc32c_hw", "HAVE_HW", "select", "active_path"]
 
 Buffer = bytes | bytearray | memoryview
+
+realize_all(ffi, lib)
 
 HAVE_HW: bool = bool(lib.nmq_crc32c_hw_available())
 """True when the CPU has the SSE4.2 crc32 instruction."""

@@ -399,15 +399,20 @@ class Connection(asyncio.Protocol):
                     break
                 if r.first_id != sub.next_id:  # ids below first_id were retained away
                     sub.next_id = r.first_id
-                body_len = 8 + len(r.data)
-                self.transport.write(frame_header(Opcode.DELIVER, 0, body_len)
-                                     + Deliver.prefix(sub.sub_id, r.count) + r.data)
+                self._deliver(sub.sub_id, r.data, r.count)
                 r.data.release()
                 sub.next_id += r.count
                 sub.credit -= r.count
                 turns += 1
         if again:
             self._schedule_pump()
+
+
+    def _deliver(self, sub_id: int, records: memoryview, count: int) -> None:
+        """Write one DELIVER of ``count`` stored records, their bytes as they are [NMQ-4.6-3]."""
+        assert self.transport is not None
+        self.transport.write(frame_header(Opcode.DELIVER, 0, 8 + len(records))
+                             + Deliver.prefix(sub_id, count) + records)
 
 
 _HANDLERS: dict[type[Frame], Callable[[Connection, Frame], None]] = {

@@ -1,0 +1,131 @@
+"""``nanomq-conformance`` / ``python -m conformance``: run the kit against a broker."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tomllib
+from pathlib import Path
+
+from conformance.registry import LAYERS, Context
+from conformance.report import write_reports
+from conformance.rules import SPEC_DIR, load_rules
+from conformance.runner import CaseResult, all_cases, run_cases
+from conformance.target import REFERENCE_LAUNCH, Target, TargetError, TargetSpec
+from conformance.wire import WireClient
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of the kit."""
+    ap = argparse.ArgumentParser(
+        prog="nanomq-conformance",
+        description="Test a NanoMQ broker against spec/protocol.md and spec/semantics.md, over the wire. "
+        "Without a target the reference broker is launched. Exit status is non-zero only when a MUST "
+        "rule fails (--strict: a SHOULD too).")
+    ap.add_argument("--target", type=Path, help="target.toml describing the broker ([target] table)")
+    ap.add_argument("--address", default=os.environ.get("NANOMQ_TARGET_ADDRESS", ""),
+                    help="host:port of a running broker (no crash cases without --launch)")
+    ap.add_argument("--launch", default=os.environ.get("NANOMQ_TARGET_LAUNCH", ""),
+                    help="command that starts the broker; placeholders {port} {data_dir} {python}")
+    ap.add_argument("--kill", default=os.environ.get("NANOMQ_TARGET_KILL", ""),
+                    help="command that crashes it ({pid}); default SIGKILL to the launched process group")
+    ap.add_argument("--ready-timeout", type=float, default=None, help="seconds to wait for start-up (default 20)")
+    ap.add_argument("--layers", default=",".join(LAYERS), help=f"comma-separated subset of {','.join(LAYERS)}")
+    ap.add_argument("--only", action="append", default=[], help="run cases whose id contains this (repeatable)")
+    ap.add_argument("--strict", action="store_true", help="SHOULD failures also make the exit status non-zero")
+    ap.add_argument("--seed", type=int, default=None, help="seed of every randomised case (printed; default random)")
+    ap.add_argument("--enforce-budgets", action="store_true", help="budget figures worse than spec/budgets.toml FAIL")
+    ap.add_argument("--crash-iterations", type=int, default=3, help="kill/restart cycles per crash case (default 3)")
+    ap.add_argument("--report-dir", type=Path, default=Path("reports/conformance"),
+                    help="where index.json, junit.xml and index.html go (default reports/conformance)")
+    ap.add_argument("--list", action="store_true", help="list the cases and the rules they check, then exit")
+    ap.add_argument("--quiet", action="store_true", help="print only failures and the summary")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; 0 when every MUST case passed (and with --strict every SHOULD)."""
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    layers = [x.strip() for x in args.layers.split(",") if x.strip()]
+    bad = [x for x in layers if x not in LAYERS]
+    if bad:
+        ap.error(f"unknown layer(s) {bad}; known: {', '.join(LAYERS)}")
+    if args.crash_iterations < 1:
+        ap.error("--crash-iterations must be >= 1")
+    cases = [c for c in all_cases() if c.layer in layers and (not args.only or any(o in c.id for o in args.only))]
+    rules = load_rules()
+    if args.list:
+        for c in cases:
+            print(f"{c.id:48s} {c.layer:8s} {' '.join(c.rules)}")
+        covered = {r for c in all_cases() for r in c.rules}
+        for level in ("MUST", "SHOULD"):
+            gap = [rid for rid, r in rules.items() if r.level == level and rid not in covered]
+            print(f"{level} rules without a case ({len(gap)}): {' '.join(gap) or '-'}")
+        return 0
+    if not cases:
+        ap.error("no case selected")
+
+    try:
+        spec = TargetSpec.from_toml(args.target) if args.target else TargetSpec()
+    except (OSError, tomllib.TOMLDecodeError, TargetError) as e:
+        ap.error(f"bad target file: {e}")
+    spec.address = args.address or spec.address
+    spec.launch = args.launch or spec.launch
+    spec.kill = args.kill or spec.kill
+    if args.ready_timeout is not None:
+        spec.ready_timeout = args.ready_timeout
+    if not spec.address and not spec.launch:
+        spec.launch = REFERENCE_LAUNCH
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
+
+    target = Target(spec)
+    try:
+        target.start()
+    except TargetError as e:
+        print(f"nanomq-conformance: {e}", file=sys.stderr)
+        return 2
+    try:
+        with WireClient(target.host, target.port) as w:
+            hello = w.hello()
+        caps = spec.narrow(hello.capabilities)
+        with open(SPEC_DIR / "budgets.toml", "rb") as f:
+            budgets = tomllib.load(f)
+        ctx = Context(target, caps, seed, budgets, args.enforce_budgets, args.crash_iterations,
+                      hello.max_batch, hello.max_payload)
+        print(f"target {target.host}:{target.port} ({hello.server_name!r}, capabilities 0x{caps:x}); "
+              f"{len(cases)} cases; seed {seed}", flush=True)
+
+        def progress(r: CaseResult) -> None:
+            if args.quiet and r.verdict in ("OK", "INFORMATIONAL", "UNIMPLEMENTED"):
+                return
+            line = f"[{r.verdict:13s}] {r.case.id} ({r.duration_s:.2f}s)"
+            if r.verdict not in ("OK",) and r.message:
+                line += f": {r.message.splitlines()[0]}"
+            for n in r.notes:
+                line += f"\n    {n}"
+            print(line, flush=True)
+
+        run = run_cases(cases, ctx, rules, progress)
+        meta = {
+            "target": {"address": f"{target.host}:{target.port}", "launch": spec.launch, "kill": spec.kill},
+            "server": {"name": hello.server_name, "capabilities": caps, "max_frame": hello.max_frame,
+                       "max_payload": hello.max_payload, "max_batch": hello.max_batch},
+            "layers": layers,
+        }
+        index = write_reports(run, rules, args.report_dir, meta)
+    finally:
+        target.stop()
+    print(index["summary_line"])
+    failed = [r for r in run.results if r.verdict == "FAILED"]
+    soft = [r for r in run.results if r.verdict == "NON-STRICT"]
+    if failed or soft:
+        print(f"failed: {', '.join(r.case.id for r in failed + soft)} (reproduce with --seed {seed})")
+    print(f"reports: {args.report_dir}/index.html, index.json, junit.xml ({run.duration_s:.1f} s)")
+    return 1 if failed or (args.strict and soft) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

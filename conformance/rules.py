@@ -1,0 +1,44 @@
+"""The spec's rules, read from the normative text: ID, level and sentence.
+
+A rule is a line of spec/*.md that carries ``[NMQ-…]`` followed by MUST, SHOULD or MAY. The kit
+checks wire-observable behaviour, so its coverage report is over protocol.md and semantics.md;
+storage.md rules are about files on disk and are listed as out of the kit's reach.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Rule", "load_rules", "SPEC_DIR", "WIRE_SPECS"]
+
+SPEC_DIR = Path(__file__).resolve().parents[1] / "spec"
+WIRE_SPECS = ("protocol.md", "semantics.md")
+_RULE = re.compile(r"\[(NMQ-(?:SEM-|S)?\d[\d.]*-\d+)\]\**\s*(MUST|SHOULD|MAY)\b\**:?\s*(.*)")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One normative sentence."""
+
+    id: str
+    level: str
+    """MUST, SHOULD or MAY."""
+    text: str
+    source: str
+    """The spec file it is in."""
+
+
+def load_rules(spec_dir: Path = SPEC_DIR, files: tuple[str, ...] = WIRE_SPECS) -> dict[str, Rule]:
+    """Every rule defined in ``files`` (first definition wins; later mentions are references)."""
+    rules: dict[str, Rule] = {}
+    for name in files:
+        path = spec_dir / name
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            m = _RULE.search(line)
+            if m and line.lstrip().startswith("-") and m.group(1) not in rules:
+                rules[m.group(1)] = Rule(m.group(1), m.group(2), m.group(3).strip(), name)
+    return rules

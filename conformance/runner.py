@@ -1,0 +1,122 @@
+"""Run cases against a target and turn outcomes into verdicts per case and per spec rule."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from conformance.registry import CASES, Case, Context, Failed, Skipped, Unimplemented
+from conformance.rules import Rule
+
+__all__ = ["CaseResult", "RunResult", "run_cases", "VERDICTS", "rule_verdicts"]
+
+VERDICTS = ("OK", "NON-STRICT", "INFORMATIONAL", "UNIMPLEMENTED", "FAILED")
+
+
+@dataclass
+class CaseResult:
+    """What one case gave."""
+
+    case: Case
+    verdict: str
+    message: str = ""
+    failed_rules: tuple[str, ...] = ()
+    notes: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+
+
+@dataclass
+class RunResult:
+    """Every case result plus the seed that reproduces the run."""
+
+    results: list[CaseResult]
+    seed: int
+    duration_s: float
+
+
+def _level(rule_ids: tuple[str, ...], rules: dict[str, Rule]) -> str:
+    levels = {rules[r].level for r in rule_ids if r in rules}
+    return "MUST" if "MUST" in levels or not levels else ("SHOULD" if "SHOULD" in levels else "MAY")
+
+
+def run_one(c: Case, ctx: Context, rules: dict[str, Rule]) -> CaseResult:
+    """Run one case; never raises."""
+    ctx.notes = []
+    t0 = time.monotonic()
+    if c.needs is not None and not ctx.has(c.needs):
+        return CaseResult(c, "UNIMPLEMENTED", f"capability {c.needs.name} not announced", duration_s=0.0)
+    try:
+        c.fn(ctx)
+        verdict, msg, failed = ("INFORMATIONAL" if c.layer == "budgets" else "OK"), "", ()
+    except Failed as e:
+        failed = e.rules or c.rules
+        budget = any(r.startswith("BUDGET:") for r in failed)
+        verdict = "FAILED" if budget or _level(tuple(r for r in failed if r in rules), rules) == "MUST" else "NON-STRICT"
+        msg = str(e)
+    except Unimplemented as e:
+        verdict, msg, failed = "UNIMPLEMENTED", str(e), ()
+    except Skipped as e:
+        verdict, msg, failed = "INFORMATIONAL", f"skipped: {e}", ()
+    except Exception as e:  # the target did something the case did not foresee: a failure
+        failed = c.rules
+        verdict = "FAILED" if _level(c.rules, rules) == "MUST" else "NON-STRICT"
+        msg = f"{type(e).__name__}: {e}\n" + "".join(traceback.format_exc(limit=4))
+    return CaseResult(c, verdict, msg, tuple(failed), list(ctx.notes), time.monotonic() - t0)
+
+
+def run_cases(cases: list[Case], ctx: Context, rules: dict[str, Rule],
+              progress: Callable[[CaseResult], None] | None = None) -> RunResult:
+    """Run ``cases`` in order (layer order is the caller's choice)."""
+    t0 = time.monotonic()
+    out = []
+    for c in cases:
+        r = run_one(c, ctx, rules)
+        out.append(r)
+        if progress is not None:
+            progress(r)
+    return RunResult(out, ctx.seed, time.monotonic() - t0)
+
+
+def rule_verdicts(run: RunResult, rules: dict[str, Rule]) -> dict[str, dict[str, object]]:
+    """Per spec rule: its level, the verdict its cases add up to, and those cases.
+
+    A rule is FAILED (NON-STRICT for SHOULD/MAY) if a case failed on it, UNIMPLEMENTED if every
+    case for it was, OK if at least one case verified it and none failed, and UNTESTED when no
+    case names it (the coverage gap).
+    """
+    table: dict[str, dict[str, object]] = {
+        rid: {"level": r.level, "text": r.text, "source": r.source, "verdict": "UNTESTED", "cases": []}
+        for rid, r in rules.items()
+    }
+    for res in run.results:
+        for rid in res.case.rules:
+            entry = table.setdefault(rid, {"level": "?", "text": "", "source": "", "verdict": "UNTESTED", "cases": []})
+            entry["cases"].append(res.case.id)  # type: ignore[attr-defined]
+            if res.verdict in ("FAILED", "NON-STRICT"):
+                v = res.verdict if rid in res.failed_rules else None
+            else:
+                v = res.verdict
+            if v is None:
+                continue
+            order = ["UNTESTED", "INFORMATIONAL", "UNIMPLEMENTED", "OK", "NON-STRICT", "FAILED"]
+            cur = str(entry["verdict"])
+            if v in ("FAILED", "NON-STRICT"):
+                v = "FAILED" if entry["level"] == "MUST" else "NON-STRICT"
+            if v == "UNIMPLEMENTED" and cur == "OK":
+                continue
+            if order.index(v) > order.index(cur) or (cur == "UNIMPLEMENTED" and v == "OK"):
+                entry["verdict"] = v
+    return table
+
+
+def all_cases() -> list[Case]:
+    """Every registered case, layers in order (importing the case modules registers them)."""
+    from conformance import cases_budgets, cases_crash, cases_history, cases_vectors, cases_wire  # noqa: F401
+    from conformance.registry import LAYERS
+
+    return sorted(CASES, key=lambda c: LAYERS.index(c.layer))
+
+
+__all__ += ["all_cases"]

@@ -1,0 +1,75 @@
+"""Deliberately broken variants of the reference broker, to prove the conformance kit catches them.
+
+``python -m tests.broken_broker --fault NAME <nanomq-broker flags>`` runs the reference broker
+with one fault patched in:
+
+* ``early-durable-ack``: acks ``durable`` at once and never syncs;
+* ``drop``: leaves one record out of every 40th delivery (ids skip);
+* ``duplicate``: sends one record twice in every 40th delivery;
+* ``reorder``: swaps two records in every 40th delivery of two or more;
+* ``ignore-seek``: answers SEEK_OK but keeps delivering from where it was;
+* ``accept-bad-crc``: appends records without checking their CRC.
+"""
+
+from __future__ import annotations
+
+import sys
+
+FAULTS = ("early-durable-ack", "drop", "duplicate", "reorder", "ignore-seek", "accept-bad-crc")
+
+
+def _patch(fault: str) -> None:
+    from nanomq.broker import connection, topics
+    from nanomq.protocol import RecordBatch, SeekOk, records
+
+    if fault == "early-durable-ack":
+        topics.Topic.when_durable = lambda self, last_id, callback: callback(None)  # type: ignore[method-assign]
+    elif fault in ("drop", "duplicate", "reorder"):
+        original = connection.Connection._deliver
+        state = {"n": 0}
+
+        def mangled(self, sub_id, data, count):  # type: ignore[no-untyped-def]
+            state["n"] += 1
+            if state["n"] % 40 or (fault == "reorder" and count < 2) or (fault == "drop" and count < 2):
+                return original(self, sub_id, data, count)
+            batch = RecordBatch.parse(bytes(data), count, max_payload=1 << 30)
+            spans = [bytes(batch.data[o : (batch.offsets + (len(batch.data),))[i + 1]])
+                     for i, o in enumerate(batch.offsets)]
+            if fault == "drop":
+                spans = spans[:-1]
+            elif fault == "duplicate":
+                spans = spans + spans[-1:]
+            else:
+                spans[0], spans[1] = spans[1], spans[0]
+            return original(self, sub_id, memoryview(b"".join(spans)), len(spans))
+
+        connection.Connection._deliver = mangled  # type: ignore[method-assign]
+    elif fault == "ignore-seek":
+        def on_seek(self, f):  # type: ignore[no-untyped-def]
+            sub = self._sub(f.sub_id)
+            self._respond(SeekOk(f.request_id, self._resolve(sub.topic, f.start, f.value)))
+
+        connection._HANDLERS[connection.Seek] = on_seek
+    elif fault == "accept-bad-crc":
+        parse = records.RecordBatch.parse.__func__  # type: ignore[attr-defined]
+
+        def parse_no_crc(cls, data, count, *, max_payload=65536, check_crc=True, request_id=0):  # type: ignore[no-untyped-def]
+            return parse(cls, data, count, max_payload=max_payload, check_crc=False, request_id=request_id)
+
+        records.RecordBatch.parse = classmethod(parse_no_crc)  # type: ignore[method-assign,assignment]
+    else:
+        raise SystemExit(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or argv[0] != "--fault":
+        print(f"usage: python -m tests.broken_broker --fault {{{','.join(FAULTS)}}} [broker flags]", file=sys.stderr)
+        return 2
+    _patch(argv[1])
+    from nanomq.cli.broker import main as broker_main
+
+    return broker_main(argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
