@@ -38,6 +38,7 @@ import mmap
 import os
 import re
 import time
+from array import array
 from collections.abc import Iterator, Sequence
 from itertools import accumulate
 from types import TracebackType
@@ -470,15 +471,15 @@ class Channel:
         if self._prod_pid != _pid:
             self._become_producer()
         h = self._h
-        lens = self._lens
         n = len(records)
         sent = 0
         deadline: int | None = -1
         while sent < n:
             chunk = records[sent : sent + MAX_BATCH]
             k = len(chunk)
-            for i in range(k):
-                lens[i] = len(chunk[i])
+            # array('I', map(len, ...)) builds the length table in C: ~3x cheaper than assigning
+            # 256 cdata items from Python.
+            lens = ffi.from_buffer("uint32_t[]", array("I", map(len, chunk)))
             blob = b"".join(chunk)
             rc = lib.nmq_ring_push_batch(h, blob, lens, k)
             if rc < 0:

@@ -7,6 +7,7 @@ by ``ffi.gc``). It does not know about processes, names or liveness: that is :mo
 
 from __future__ import annotations
 
+from array import array
 from itertools import accumulate
 from typing import Any
 
@@ -227,9 +228,7 @@ class Ring:
             raise ValueError(f"at most {MAX_BATCH} records per batch, not {n}")
         if n == 0:
             return 0
-        lens = self._lens
-        for i, rec in enumerate(records):
-            lens[i] = len(rec)
+        lens = ffi.from_buffer("uint32_t[]", array("I", map(len, records)))
         rc = lib.nmq_ring_push_batch(self._h, b"".join(records), lens, n)
         if rc < 0:
             _raise(rc, "push_batch")
