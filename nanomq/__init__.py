@@ -3,20 +3,15 @@
 >>> import nanomq
 >>> with nanomq.Publisher("127.0.0.1:9000") as pub:          # doctest: +SKIP
 ...     msg_id = pub.publish("my-topic", b"Hello, NanoMQ!")
+
+Names are imported on first use (PEP 562), so ``import nanomq.testing`` — the pytest plugin every
+pytest run in an environment with nanomq loads — stays cheap and imports no C extension.
 """
 
-from nanomq.client import (
-    ConnectionLostError,
-    Message,
-    NanoMQError,
-    NotSupportedError,
-    Publisher,
-    RecordHeader,
-    RequestTimeoutError,
-    ServerError,
-    Subscriber,
-)
-from nanomq.protocol import ProtocolError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "ConnectionLostError", "Message", "NanoMQError", "NotSupportedError", "ProtocolError", "Publisher",
@@ -24,3 +19,32 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+_HOME = {name: "nanomq.client" for name in __all__ if name not in ("ProtocolError", "__version__")}
+_HOME["ProtocolError"] = "nanomq.protocol"
+
+if TYPE_CHECKING:
+    from nanomq.client import (
+        ConnectionLostError,
+        Message,
+        NanoMQError,
+        NotSupportedError,
+        Publisher,
+        RecordHeader,
+        RequestTimeoutError,
+        ServerError,
+        Subscriber,
+    )
+    from nanomq.protocol import ProtocolError
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        value = getattr(importlib.import_module(_HOME[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'nanomq' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
