@@ -1110,7 +1110,15 @@ static int recover(nmq_log *log, nmq_recovery_report *rep) {
                 quarantine_bytes(log, s, stop, end); /* keep a copy: nothing is silently destroyed */
                 rep->quarantined_files++;
                 rep->truncated_bytes += end - stop;
-                if (!rep->truncated_segment) { rep->truncated_segment = s->first_id; rep->truncated_offset = stop; }
+                if (!rep->truncated_segment) {
+                    rep->truncated_segment = s->first_id;
+                    rep->truncated_offset = stop;
+                    if (!rep->corruption)
+                        snprintf(rep->message, sizeof rep->message,
+                                 "cut a torn tail of %llu bytes in segment %020llu at offset %llu (kept in a "
+                                 ".quarantine file)", (unsigned long long)(end - stop),
+                                 (unsigned long long)s->first_id, (unsigned long long)stop);
+                }
                 memset(s->map + stop, 0, end - stop);
             }
         }
