@@ -44,7 +44,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not slow" -x -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check nanomq tests fuzz benchmarks
+	$(BIN)/ruff check nanomq tests fuzz benchmarks conformance
 	$(BIN)/mypy
 
 fuzz: $(STAMP)

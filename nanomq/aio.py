@@ -367,7 +367,7 @@ class AsyncSubscriber(_AsyncClient):
             raise ValueError("nothing to commit")
         async with self._lock:
             await self._ensure()
-            t = self._one_topic(topic)
+            t = self._core.one_topic(topic)
             position = 0
             for rid_data in self._core.commit(t, list(ids)):
                 position = (await self._request(rid_data, Committed)).position  # type: ignore[attr-defined]
@@ -385,9 +385,7 @@ class AsyncSubscriber(_AsyncClient):
         async with self._lock:
             await self._ensure()
             ok = True
-            for t in [topic] if topic is not None else list(self._core.subs):
-                if t not in self._core.subs:
-                    raise ValueError(f"not subscribed to {t!r}")
+            for t in self._core.seek_targets(topic):
                 try:
                     await self._request(self._core.seek(t, start, value), SeekOk)
                 except ServerError as e:
@@ -395,12 +393,3 @@ class AsyncSubscriber(_AsyncClient):
                         raise
                     ok = False
             return ok
-
-    def _one_topic(self, topic: str | None) -> str:
-        if topic is not None:
-            if topic not in self._core.subs:
-                raise ValueError(f"not subscribed to {topic!r}")
-            return topic
-        if len(self._core.subs) != 1:
-            raise ValueError("several topics are subscribed: say which one (topic=...)")
-        return next(iter(self._core.subs))

@@ -176,6 +176,22 @@ class ClientCore:
         rid = self._next("ping")
         return rid, encode(Ping(rid, token))
 
+    def one_topic(self, topic: str | None) -> str:
+        """``topic`` if subscribed; with None, the only subscribed topic (else ValueError)."""
+        if topic is not None:
+            if topic not in self.subs:
+                raise ValueError(f"not subscribed to {topic!r}")
+            return topic
+        if len(self.subs) != 1:
+            raise ValueError("several topics are subscribed: say which one (topic=...)")
+        return next(iter(self.subs))
+
+    def seek_targets(self, topic: str | None) -> list[str]:
+        """The topics a seek applies to: ``topic``, or every subscribed one when None."""
+        if topic is None:
+            return list(self.subs)
+        return [self.one_topic(topic)]
+
     def _sub(self, topic: str) -> SubState:
         st = self.subs.get(topic)
         if st is None:

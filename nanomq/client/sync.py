@@ -437,7 +437,7 @@ class Subscriber(_SyncClient):
             raise ValueError("nothing to commit")
         with self._lock:
             self._ensure()
-            t = self._one_topic(topic)
+            t = self._core.one_topic(topic)
             position = 0
             for rid_data in self._core.commit(t, list(ids)):
                 position = check(self._request_raw(rid_data), Committed).position  # type: ignore[attr-defined]
@@ -460,11 +460,8 @@ class Subscriber(_SyncClient):
     def _seek(self, start: Start, value: int, topic: str | None) -> bool:
         with self._lock:
             self._ensure()
-            targets = [topic] if topic is not None else list(self._core.subs)
             ok = True
-            for t in targets:
-                if t not in self._core.subs:
-                    raise ValueError(f"not subscribed to {t!r}")
+            for t in self._core.seek_targets(topic):
                 try:
                     self._request(self._core.seek(t, start, value), SeekOk)
                 except ServerError as e:
@@ -472,12 +469,3 @@ class Subscriber(_SyncClient):
                         raise
                     ok = False
             return ok
-
-    def _one_topic(self, topic: str | None) -> str:
-        if topic is not None:
-            if topic not in self._core.subs:
-                raise ValueError(f"not subscribed to {topic!r}")
-            return topic
-        if len(self._core.subs) != 1:
-            raise ValueError("several topics are subscribed: say which one (topic=...)")
-        return next(iter(self._core.subs))
