@@ -217,3 +217,23 @@ def test_concurrent_sync_and_rotation_no_deadlock(tmp_path):
         assert log.stats().segments > 30
         assert log.sync() == 400
         assert [g[3] for g in read_all(log)] == [payload(i, 900) for i in range(400)]
+
+
+def test_timestamps_never_decrease_across_rotation_and_restart(tmp_path):
+    """After a restart whose recovery leaves the active segment empty, the clamp still uses the
+    last timestamp of the previous segment."""
+    d = tmp_path / "t"
+    with TopicLog.open(d, segment_bytes=8192, fsync="never") as log:
+        for _ in range(9):  # 8 records of 968 bytes fill segment 1; the 9th starts segment 2
+            log.append_batch(batch([payload(0, 900)]), 1, timestamp_ns=5_000)
+        assert log.stats().segments == 2
+        log.close(clean=False)
+    last = sorted(p for p in d.iterdir() if p.suffix == ".log")[-1]
+    data = bytearray(last.read_bytes())
+    data[0:8] = bytes(8)  # the 9th record was never published: recovery cuts it
+    last.write_bytes(data)
+    with TopicLog.open(d, segment_bytes=8192, fsync="never") as log:
+        assert log.next_id == 9 and log.report.truncated_offset == 0
+        log.append_batch(batch([b"x"]), 1, timestamp_ns=1_000)  # clock behind: clamped
+        ts = [g[1] for g in read_all(log)]
+        assert ts[-1] == 5_000 and ts == sorted(ts)

@@ -1169,8 +1169,11 @@ static int recover(nmq_log *log, nmq_recovery_report *rep) {
         unlinkat(log->dirfd, name, 0);
     }
     log->next_id = a->last_id + 1;
-    log->last_ts = a->last_ts;
-    if (log->nsegs == 1 && a->last_id < a->first_id && ck.valid && ck.last_ts > log->last_ts) log->last_ts = ck.last_ts;
+    /* timestamps never decrease (NMQ-S3-5), also across an empty active segment or a restart */
+    log->last_ts = ck.valid ? ck.last_ts : 0;
+    for (uint64_t i = 0; i < log->nsegs; i++)
+        if (log->segs[i]->last_id >= log->segs[i]->first_id && log->segs[i]->last_ts > log->last_ts)
+            log->last_ts = log->segs[i]->last_ts;
     atomic_store(&log->durable_id, log->next_id - 1);
     for (uint64_t i = 0; i < log->nsegs; i++) rep->records += log->segs[i]->last_id + 1 - log->segs[i]->first_id;
     rep->segments = log->nsegs;
