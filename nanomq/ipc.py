@@ -63,6 +63,7 @@ __all__ = [
 ]
 
 WaitStrategy = Literal["spin", "yield", "block"]
+"""How a process waits on an empty (recv) or full (send) ring: see the theory of operation."""
 
 SHM_DIR = "/dev/shm"
 """Where named channels live (a tmpfs: the pages are the shared memory itself)."""
