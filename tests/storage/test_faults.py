@@ -318,8 +318,10 @@ def test_middle_segment_deleted(tmp_path):
     ps = _three_segments(d)
     segs = _segments(d)
     os.unlink(segs[1])
+    before = _snapshot(d)
     with pytest.raises(LogCorruptError, match="gap"):
         TopicLog.open(d, segment_bytes=8192, on_corrupt="raise")
+    assert _snapshot(d) == before
     with TopicLog.open(d, segment_bytes=8192) as log:  # quarantine mode: keep what precedes the gap
         assert log.report.corruption == "id-gap"
         assert log.report.quarantined_files == len(segs) - 2
@@ -402,3 +404,23 @@ def test_unpublished_run_is_a_torn_tail(tmp_path):
         assert log.report.corruption == "none"
         assert log.report.truncated_offset == off and log.report.truncated_bytes > 0
         assert [g[3] for g in read_all(log)] == [b"a", b"b"]
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_last_segment_deleted(tmp_path, clean):
+    """Losing the newest segment file must not silently hand its ids out again."""
+    d = tmp_path / "t"
+    ps = _three_segments(d)
+    with TopicLog.open(d, segment_bytes=8192) as log:
+        log.close(clean=clean)
+    last = _segments(d)[-1]
+    first_lost = int(last.name[:20])
+    last.unlink()
+    before = _snapshot(d)
+    with pytest.raises(LogCorruptError, match="missing"):
+        TopicLog.open(d, segment_bytes=8192, on_corrupt="raise")
+    assert _snapshot(d) == before  # a refused open changes nothing
+    with TopicLog.open(d, segment_bytes=8192) as log:  # quarantine mode: reported, log usable
+        assert log.report.corruption == "id-gap"
+        assert log.report.corrupt_id == first_lost
+        assert [g[3] for g in read_all(log)] == ps[: first_lost - 1]

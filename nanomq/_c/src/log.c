@@ -1065,7 +1065,7 @@ static int recover(nmq_log *log, nmq_recovery_report *rep) {
             rep->trusted_bytes += s->size;
             s->trust_end = s->size;
         }
-        uint64_t stop = 0;
+        uint64_t stop = loaded ? s->size : 0; /* where the records end */
         int res = SCAN_END;
         if (!loaded) {
             if (want_idx || !is_last) rep->indexes_rebuilt++;
@@ -1135,6 +1135,18 @@ static int recover(nmq_log *log, nmq_recovery_report *rep) {
         if ((rc = segs_push(log, s))) { seg_destroy(s); break; }
         log->total_bytes += s->size;
         if (corrupt_here) break;
+    }
+    if (rc == 0 && !rep->corruption && ck.valid && log->nsegs > 0) {
+        /* Every id below the checkpoint's next id was durable when it was written: if the log now
+         * ends earlier, segment files are missing at the end (deleted or lost), and appending
+         * would hand out those ids again. */
+        nmq_seg *l = log->segs[log->nsegs - 1];
+        if (l->last_id + 1 < ck.next_id) {
+            report_corrupt(rep, 2, l, l->size, "segments missing at the end of the log");
+            snprintf(rep->message, sizeof rep->message,
+                     "segments missing at the end of the log: it ends at id %llu but the checkpoint vouches "
+                     "for ids up to %llu", (unsigned long long)l->last_id, (unsigned long long)(ck.next_id - 1));
+        }
     }
     if (rc == 0 && rep->corruption && log->cfg.on_corrupt == NMQ_ON_CORRUPT_RAISE) {
         SETERR("%s", rep->message);
