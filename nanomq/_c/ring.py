@@ -11,7 +11,12 @@ from array import array
 from itertools import accumulate
 from typing import Any
 
+from nanomq._c import realize_all
 from nanomq._c._ring import ffi, lib
+
+# Realize every C type and function now, in the importing thread (cffi#271: lazy realization
+# racing between threads can abort the process).
+realize_all(ffi, lib, "int *", "uint32_t *", "uint32_t[]", "uint8_t **", "uint8_t[]")
 
 __all__ = [
     "Ring",
