@@ -253,90 +253,122 @@ def recovery(d: str, **kw: object) -> tuple[float, int, int]:
     return dt, rep.verified_bytes, rep.bytes
 
 
+COLUMNS = ("case", "rec/s", "MB/s", "p50 us", "p99 us", "ratio", "ms", "note")
+
+
+def one_round(root: str, quick: bool) -> tuple[list[dict[str, object]], float, float]:
+    """Every case once; returns the rows and the raw fdatasync p50/p99 (ns) of this round."""
+    secs = 0.25 if quick else 1.5
+    rows: list[dict[str, object]] = []
+    raw = raw_fdatasync(root, 200 if quick else 2000)
+    raw_p50 = raw.percentile(50)
+    rs = raw.summary()
+    rows.append({"case": "raw pwrite 4KiB + fdatasync (baseline)", "rec/s": 1e9 / rs.mean, "MB/s": "",
+                 "p50 us": rs.p50 / 1e3, "p99 us": rs.p99 / 1e3, "ratio": 1.0, "note": "per fdatasync"})
+    for size in (64, 1024):
+        for batch in (1, 256):
+            for policy in ("never", "interval", "always"):
+                r = append_throughput(root, size, batch, policy, secs)
+                note = ""
+                ratio: object = ""
+                if policy == "always":
+                    # durable batches per second relative to raw fdatasyncs per second
+                    ratio = r["syncs/s"] / (1e9 / raw_p50)  # type: ignore[operator]
+                    note = "1 fdatasync per batch; ratio = batches/s vs raw syncs/s"
+                rows.append({"case": f"append {size}B x{batch} fsync={policy}", "rec/s": r["rec/s"],
+                             "MB/s": r["MB/s"], "p50 us": "", "p99 us": "", "ratio": ratio, "note": note})
+    lat = durable_latency(root, 300 if quick else 3000).summary()
+    rows.append({"case": "durable 1 rec 1KiB append+sync (1 appender)", "rec/s": 1e9 / lat.mean, "MB/s": "",
+                 "p50 us": lat.p50 / 1e3, "p99 us": lat.p99 / 1e3, "ratio": lat.p50 / raw_p50,
+                 "note": "ratio = p50 / raw fdatasync p50"})
+    for n_app in (4, 16, 64):
+        h, rate, syncs = asyncio_group_commit(root, n_app, secs)
+        s = h.summary()
+        rows.append({"case": f"durable 1 rec 1KiB, {n_app} asyncio appenders + committer", "rec/s": rate,
+                     "MB/s": "", "p50 us": s.p50 / 1e3, "p99 us": s.p99 / 1e3, "ratio": s.p50 / raw_p50,
+                     "note": f"{h.count / max(syncs, 1):.1f} rec per fdatasync; ratio = p50 / raw p50"})
+    h, rate, syncs = group_commit(root, 4, secs)
+    s = h.summary()
+    rows.append({"case": "durable 1 rec 1KiB, 4 threads each calling sync()", "rec/s": rate, "MB/s": "",
+                 "p50 us": s.p50 / 1e3, "p99 us": s.p99 / 1e3, "ratio": s.p50 / raw_p50,
+                 "note": f"{h.count / max(syncs, 1):.1f} rec per fdatasync (GIL hand-offs dominate)"})
+    size = (128 if quick else 1024) * MiB
+    d = os.path.join(root, "big")
+    n, nbytes = build_log(d, size)
+    dt, got = scan(d, verify=False)
+    rows.append({"case": f"scan read() zero-copy {got / MiB:.0f} MiB", "rec/s": n / dt, "MB/s": got / dt / 1e6,
+                 "p50 us": "", "p99 us": "", "ratio": "", "note": "views, bytes not touched"})
+    dt, got = scan(d, verify=True)
+    rows.append({"case": f"scan read() + CRC verify {got / MiB:.0f} MiB", "rec/s": n / dt,
+                 "MB/s": got / dt / 1e6, "p50 us": "", "p99 us": "", "ratio": "", "note": "warm page cache"})
+    # the scans above closed cleanly; make the stop unclean again for the recovery cases
+    with TopicLog.open(d) as log:
+        log.close(clean=False)
+    dt, verified, total = recovery(d, verify_all=True)
+    rows.append({"case": f"recover {total / MiB:.0f} MiB, verify all CRCs", "rec/s": n / dt,
+                 "MB/s": verified / dt / 1e6, "p50 us": "", "p99 us": "", "ratio": "",
+                 "ms": dt * 1e3, "note": "warm page cache"})
+    drop_cache(d)
+    dt, verified, total = recovery(d, verify_all=True)
+    rows.append({"case": f"recover {total / MiB:.0f} MiB, verify all CRCs, cold cache", "rec/s": n / dt,
+                 "MB/s": verified / dt / 1e6, "p50 us": "", "p99 us": "", "ratio": "",
+                 "ms": dt * 1e3, "note": "pages evicted with fadvise(DONTNEED)"})
+    # a crash after appending more: only what follows the checkpoint is verified
+    buf = encode_records([b"t" * 1024] * 256)
+    with TopicLog.open(d, fsync="never") as log:
+        for _ in range((16 if quick else 64) * MiB // len(buf)):
+            log.append_batch(buf, 256)
+        log.close(clean=False)
+    dt, verified, total = recovery(d)
+    rows.append({"case": f"recover {total / MiB:.0f} MiB, unclean, checkpoint", "rec/s": "", "MB/s": "",
+                 "p50 us": "", "p99 us": "", "ratio": "", "ms": dt * 1e3, "note": f"{verified / MiB:.0f} MiB verified"})
+    with TopicLog.open(d) as log:
+        pass  # clean close
+    dt, verified, total = recovery(d)
+    rows.append({"case": f"recover {total / MiB:.0f} MiB, after clean close", "rec/s": "", "MB/s": "",
+                 "p50 us": "", "p99 us": "", "ratio": "", "ms": dt * 1e3, "note": "indexes loaded, no data read"})
+    shutil.rmtree(d)
+    return [{k: r.get(k, "") for k in COLUMNS} for r in rows], raw_p50, rs.p99
+
+
+def aggregate(rounds: list[list[dict[str, object]]]) -> list[dict[str, object]]:
+    """Median of every numeric cell over the rounds, plus the min-max range of the row's key metric."""
+    out = []
+    for i, first in enumerate(rounds[0]):
+        row: dict[str, object] = {}
+        for k in COLUMNS:
+            vals = [r[i][k] for r in rounds]
+            nums = sorted(float(v) for v in vals if isinstance(v, float | int))
+            row[k] = nums[len(nums) // 2] if nums and len(nums) == len(vals) else first[k]
+        key = "MB/s" if isinstance(first["MB/s"], float | int) else "ms" if isinstance(first["ms"], float | int) \
+            else "p50 us" if isinstance(first["p50 us"], float | int) else "rec/s"
+        nums = sorted(float(r[i][key]) for r in rounds if isinstance(r[i][key], float | int))
+        row["range"] = f"{key} {nums[0]:,.4g}-{nums[-1]:,.4g}" if nums else ""
+        out.append(row)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short run (CI smoke test)")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds; the table shows medians and the range")
     ap.add_argument("--dir", default=None, help="where to put the temporary data (default: system temp)")
     args = ap.parse_args(argv)
-    quick = args.quick
-    secs = 0.25 if quick else 1.5
     root = tempfile.mkdtemp(prefix="nanomq-bench-log-", dir=args.dir)
-    rows: list[dict[str, object]] = []
+    rounds: list[list[dict[str, object]]] = []
+    raws: list[tuple[float, float]] = []
     try:
-        warm_up(root, (128 if quick else 1024) * MiB)
-        raw = raw_fdatasync(root, 200 if quick else 2000)
-        raw_p50 = raw.percentile(50)
-        rs = raw.summary()
-        rows.append({"case": "raw pwrite 4KiB + fdatasync (baseline)", "rec/s": 1e9 / rs.mean, "MB/s": "",
-                     "p50 us": rs.p50 / 1e3, "p99 us": rs.p99 / 1e3, "ratio": 1.0, "note": "per fdatasync"})
-        for size in (64, 1024):
-            for batch in (1, 256):
-                for policy in ("never", "interval", "always"):
-                    r = append_throughput(root, size, batch, policy, secs)
-                    note = ""
-                    ratio: object = ""
-                    if policy == "always":
-                        # durable batches per second relative to raw fdatasyncs per second
-                        ratio = r["syncs/s"] / (1e9 / raw_p50)  # type: ignore[operator]
-                        note = "1 fdatasync per batch; ratio = batches/s vs raw syncs/s"
-                    rows.append({"case": f"append {size}B x{batch} fsync={policy}", "rec/s": r["rec/s"],
-                                 "MB/s": r["MB/s"], "p50 us": "", "p99 us": "", "ratio": ratio, "note": note})
-        lat = durable_latency(root, 300 if quick else 3000).summary()
-        rows.append({"case": "durable 1 rec 1KiB append+sync (1 appender)", "rec/s": 1e9 / lat.mean, "MB/s": "",
-                     "p50 us": lat.p50 / 1e3, "p99 us": lat.p99 / 1e3, "ratio": lat.p50 / raw_p50,
-                     "note": "ratio = p50 / raw fdatasync p50"})
-        for n_app in (4, 16, 64):
-            h, rate, syncs = asyncio_group_commit(root, n_app, secs)
-            s = h.summary()
-            rows.append({"case": f"durable 1 rec 1KiB, {n_app} asyncio appenders + committer", "rec/s": rate,
-                         "MB/s": "", "p50 us": s.p50 / 1e3, "p99 us": s.p99 / 1e3, "ratio": s.p50 / raw_p50,
-                         "note": f"{h.count / max(syncs, 1):.1f} rec per fdatasync; ratio = p50 / raw p50"})
-        h, rate, syncs = group_commit(root, 4, secs)
-        s = h.summary()
-        rows.append({"case": "durable 1 rec 1KiB, 4 threads each calling sync()", "rec/s": rate, "MB/s": "",
-                     "p50 us": s.p50 / 1e3, "p99 us": s.p99 / 1e3, "ratio": s.p50 / raw_p50,
-                     "note": f"{h.count / max(syncs, 1):.1f} rec per fdatasync (GIL hand-offs dominate)"})
-        size = (128 if quick else 1024) * MiB
-        d = os.path.join(root, "big")
-        n, nbytes = build_log(d, size)
-        dt, got = scan(d, verify=False)
-        rows.append({"case": f"scan read() zero-copy {got / MiB:.0f} MiB", "rec/s": n / dt, "MB/s": got / dt / 1e6,
-                     "p50 us": "", "p99 us": "", "ratio": "", "note": "views, bytes not touched"})
-        dt, got = scan(d, verify=True)
-        rows.append({"case": f"scan read() + CRC verify {got / MiB:.0f} MiB", "rec/s": n / dt,
-                     "MB/s": got / dt / 1e6, "p50 us": "", "p99 us": "", "ratio": "", "note": "warm page cache"})
-        # the scans above closed cleanly; make the stop unclean again for the recovery cases
-        with TopicLog.open(d) as log:
-            log.close(clean=False)
-        dt, verified, total = recovery(d, verify_all=True)
-        rows.append({"case": f"recover {total / MiB:.0f} MiB, verify all CRCs", "rec/s": n / dt,
-                     "MB/s": verified / dt / 1e6, "p50 us": "", "p99 us": "", "ratio": "",
-                     "note": f"{dt * 1e3:.0f} ms, warm page cache"})
-        drop_cache(d)
-        dt, verified, total = recovery(d, verify_all=True)
-        rows.append({"case": f"recover {total / MiB:.0f} MiB, verify all CRCs, cold cache", "rec/s": n / dt,
-                     "MB/s": verified / dt / 1e6, "p50 us": "", "p99 us": "", "ratio": "",
-                     "note": f"{dt * 1e3:.0f} ms, pages evicted with fadvise(DONTNEED)"})
-        # a crash after appending more: only what follows the checkpoint is verified
-        buf = encode_records([b"t" * 1024] * 256)
-        with TopicLog.open(d, fsync="never") as log:
-            for _ in range((16 if quick else 64) * MiB // len(buf)):
-                log.append_batch(buf, 256)
-            log.close(clean=False)
-        dt, verified, total = recovery(d)
-        rows.append({"case": f"recover {total / MiB:.0f} MiB, unclean, checkpoint", "rec/s": "", "MB/s": "",
-                     "p50 us": "", "p99 us": "", "ratio": "", "note": f"{dt * 1e3:.1f} ms, {verified / MiB:.0f} MiB verified"})
-        with TopicLog.open(d) as log:
-            pass  # clean close
-        dt, verified, total = recovery(d)
-        rows.append({"case": f"recover {total / MiB:.0f} MiB, after clean close", "rec/s": "", "MB/s": "",
-                     "p50 us": "", "p99 us": "", "ratio": "", "note": f"{dt * 1e3:.1f} ms (indexes loaded)"})
-        shutil.rmtree(d)
+        warm_up(root, (128 if args.quick else 1024) * MiB)
+        for _ in range(max(1, args.repeat)):
+            rows, p50, p99 = one_round(root, args.quick)
+            rounds.append(rows)
+            raws.append((p50, p99))
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    print(format_table(rows))
-    print(f"\nraw fdatasync p50 {raw_p50 / 1e3:.0f} us, p99 {rs.p99 / 1e3:.0f} us; "
-          f"{'quick run' if quick else 'full run'}; {os.cpu_count()} CPUs")
+    print(format_table(rounds[0] if len(rounds) == 1 else aggregate(rounds)))
+    p50s = ", ".join(f"{a / 1e3:.0f}/{b / 1e3:.0f}" for a, b in raws)
+    print(f"\nraw fdatasync p50/p99 us per round: {p50s}; {'quick' if args.quick else 'full'} run, "
+          f"{len(rounds)} round(s){' (medians shown)' if len(rounds) > 1 else ''}; {os.cpu_count()} CPUs")
     return 0
 
 
