@@ -24,7 +24,7 @@ help:
 
 $(STAMP): pyproject.toml setup.py $(C_DEPS)
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -U pip
+	$(BIN)/python -m pip install -q -U pip "setuptools>=77"
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	@touch $@
 

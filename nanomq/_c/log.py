@@ -18,7 +18,12 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from nanomq._c import realize_all
 from nanomq._c._log import ffi, lib
+
+# Realize every C type and function now, in the importing thread: the broker calls sync() from a
+# worker thread, and cffi's lazy realization racing between threads can abort the process (cffi#271).
+realize_all(ffi, lib, "const uint8_t **", "nmq_log **", "nmq_log_config *", "nmq_log_stats *", "nmq_recovery_report *", "nmq_seg **", "uint32_t *", "uint32_t[]", "uint64_t *")
 
 __all__ = [
     "Buffer",
