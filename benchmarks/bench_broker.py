@@ -217,13 +217,18 @@ def _lat_publisher(tx: Any, address: str, topic: str, ack: str, rate: float, n: 
     tx.send((late, call, cpu / 1000 / max(n, 1)))
 
 
-def e2e_latency(address: str, ack: str, rate: float, seconds: float, broker_pid: int = 0) -> E2E:
-    """Open-loop publisher process -> broker -> this process, 64 B records at ``rate``/s."""
+SPIN_US = 2000
+"""Spin-then-block budget of the subscriber in the extra latency row (covers the 1 ms gaps)."""
+
+
+def e2e_latency(address: str, ack: str, rate: float, seconds: float, broker_pid: int = 0, spin_us: int = 0) -> E2E:
+    """Open-loop publisher process -> broker -> this process, 64 B records at ``rate``/s.
+    ``spin_us`` > 0: the subscriber spins that long before blocking (spin-then-block)."""
     topic = f"lat-{ack}-{os.getpid()}-{time.monotonic_ns()}"
     n = max(1, int(rate * seconds))
     warm = max(50, n // 20)
     h = Histogram()
-    with nanomq.Subscriber(address, window=4096) as sub:
+    with nanomq.Subscriber(address, window=4096, spin_us=spin_us) as sub:
         sub.subscribe(topic, start="earliest")
         go = FORK.Event()
         p, rx = _child(_lat_publisher, address, topic, ack, rate, n, warm, go)
@@ -589,6 +594,8 @@ def run(sizes: Sizes, rate: float, durable_rate: float, log: Callable[[str], Non
         for ack, r in (("written", rate), ("durable", durable_rate)):
             log(f"end-to-end latency, 64 B, ack={ack}, open loop at {r:,.0f}/s for {sizes.lat_seconds:g} s ...")
             res[f"e2e_{ack}"] = e2e_latency(broker.address, ack, r, sizes.lat_seconds, broker.pid)
+        log(f"end-to-end latency, 64 B, ack=written, subscriber spin-then-block ({SPIN_US} us) ...")
+        res["e2e_written_spin"] = e2e_latency(broker.address, "written", rate, sizes.lat_seconds, broker.pid, SPIN_US)
         tput: list[tuple[int, int, str, list[float]]] = []
         disk: dict[tuple[int, str], list[float]] = {}
         for size, batch, ack in ((64, 1, "none"), (64, 1, "written"), (1024, 1, "written"), (64, 256, "written"),
@@ -676,6 +683,7 @@ def report(res: dict[str, Any], rate: float, durable_rate: float) -> tuple[str, 
         lat_rows.append({"case": f"e2e ack={ack} 64 B", **_summ(e.latency)})
         lat_rows.append({"case": f"  publish() call ({ack})", **_summ(e.call)})
         lat_rows.append({"case": f"  publisher lateness ({ack})", **_summ(e.lateness)})
+    lat_rows.append({"case": f"e2e ack=written 64 B, sub spins {SPIN_US} us", **_summ(res["e2e_written_spin"].latency)})
     zmq_res = res["peers"].get("zmq")
     if zmq_res:
         lat_rows.append({"case": "pyzmq PUSH/PULL one-way 64 B", **_summ(zmq_res["lat64"])})

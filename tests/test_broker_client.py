@@ -295,3 +295,14 @@ def test_second_broker_on_same_data_dir_is_refused(nanomq_broker) -> None:
     r = subprocess.run([sys.executable, "-m", "nanomq.cli.broker", "--port", "0", "--data-dir",
                         str(nanomq_broker.data_dir)], capture_output=True, timeout=30)
     assert r.returncode == 1 and b"in use by another broker" in r.stderr
+
+
+def test_spin_then_block_subscriber(nanomq_broker) -> None:
+    with nanomq.Publisher(nanomq_broker.address, ack="written") as pub, \
+            nanomq.Subscriber(nanomq_broker.address, spin_us=500) as sub:
+        sub.subscribe("spin")
+        assert sub.poll(10_000) is None  # spins 0.5 ms, then blocks for the rest of the timeout
+        pub.publish("spin", b"s")
+        assert sub.poll(1_000_000).data == b"s"
+    with pytest.raises(ValueError):
+        nanomq.Subscriber(nanomq_broker.address, spin_us=-1)

@@ -255,10 +255,14 @@ class Connection(asyncio.Protocol):
         except StorageError as e:
             raise _Failure(ErrorCode.STORAGE_ERROR, f"append failed, nothing stored: {e}", "NMQ-SEM-3-4") from e
         if f.ack == Ack.NONE:
+            topic.notify()
             return
         ack = PublishAck(f.request_id, first, f.records.count)
         if f.ack == Ack.WRITTEN:
+            # Ack first, then deliver in the same turn: the publisher's answer is not delayed by
+            # the delivery work, and subscribers do not wait for another loop iteration.
             self._respond(ack)
+            topic.notify()
             return
         # Durable: whatever the log's background policy, the ack waits for a sync that covers
         # the batch (group commit) [NMQ-SEM-3-1].
@@ -273,6 +277,7 @@ class Connection(asyncio.Protocol):
                                        "NMQ-SEM-3-1"))
 
         topic.when_durable(last, done)
+        topic.notify()
 
     def _on_subscribe(self, f: Subscribe) -> None:
         if f.group:
@@ -284,8 +289,7 @@ class Connection(asyncio.Protocol):
         sub = Subscription(self._next_sub_id, topic, start, f.credit)
         self._next_sub_id += 1
         self.subs[sub.sub_id] = sub
-        sub.wake = self._schedule_pump
-        topic.listeners.add(self._schedule_pump)
+        topic.listeners.add(self._on_append)
         self._respond(Subscribed(f.request_id, sub.sub_id, topic.topic_id, start, topic.log.next_id),
                       on_written=lambda: self._ready(sub))
 
@@ -367,9 +371,15 @@ class Connection(asyncio.Protocol):
     def _detach(self, sub: Subscription) -> None:
         # The pump listener is shared by every subscription of this connection on that topic.
         if not any(s.topic is sub.topic for s in self.subs.values() if s is not sub):
-            sub.topic.listeners.discard(self._schedule_pump)
+            sub.topic.listeners.discard(self._on_append)
 
     # ------------------------------------------------------------------ delivery
+
+    def _on_append(self) -> None:
+        """A subscribed topic grew: deliver now, in the publisher's turn of the loop, so a waiting
+        subscriber gets the record without waiting for another loop iteration."""
+        if not self.closed and not self._paused:
+            self._pump()
 
     def _schedule_pump(self) -> None:
         if not self._pump_scheduled and not self.closed and not self._paused:

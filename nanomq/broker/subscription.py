@@ -15,7 +15,7 @@ class Subscription:
     committed ids above ``committed``, so ``committed`` is the lowest uncommitted delivered id.
     """
 
-    __slots__ = ("sub_id", "topic", "next_id", "start_id", "credit", "committed", "_acked", "ready", "wake")
+    __slots__ = ("sub_id", "topic", "next_id", "start_id", "credit", "committed", "_acked", "ready")
 
     def __init__(self, sub_id: int, topic: Topic, start_id: int, credit: int) -> None:
         self.sub_id = sub_id
@@ -23,7 +23,6 @@ class Subscription:
         self.credit = credit
         self.ready = False
         """False until SUBSCRIBED / SEEK_OK has been written: no DELIVER may overtake it."""
-        self.wake: object = None
         self.start_id = self.next_id = self.committed = start_id
         self._acked: set[int] = set()
 

@@ -41,11 +41,13 @@ class Topic:
         """Called (synchronously, on the event loop) after every append."""
 
     def append(self, data: bytes, count: int) -> tuple[int, int]:
-        """Append a validated batch (not yet synced) and wake the subscriptions of this topic."""
-        first, last = self.log.append_batch(data, count, sync=False)
+        """Append a validated batch (not yet synced); call :meth:`notify` once it is acked."""
+        return self.log.append_batch(data, count, sync=False)
+
+    def notify(self) -> None:
+        """Wake the subscriptions of this topic (they deliver synchronously, see Connection)."""
         for wake in tuple(self.listeners):
             wake()
-        return first, last
 
     def when_durable(self, last_id: int, callback: DurableCallback) -> None:
         """Call ``callback(None)`` once ``last_id`` is on stable storage, or ``callback(exc)``."""
