@@ -24,6 +24,9 @@ help:
 
 $(STAMP): pyproject.toml setup.py $(C_DEPS)
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@# an in-place build (ffibuilder.compile) leaves *.cpython-311-*.so, which Python prefers over
+	@# the abi3 module pip builds: remove them so the fresh build is the one imported
+	rm -f nanomq/_c/*.cpython-*.so
 	$(BIN)/python -m pip install -q -U pip "setuptools>=77"
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	@touch $@

@@ -321,6 +321,15 @@ class CLog:
             _raise(rc, "retention")
         return int(out[0])
 
+    def trim(self) -> int:
+        """Drop the mapped log pages from this process's resident set (they stay in the page
+        cache; later reads map them again). Returns the bytes of log covered."""
+        out = ffi.new("uint64_t *")
+        rc = lib.nmq_log_trim(self._h, out)
+        if rc:
+            _raise(rc, "trim")
+        return int(out[0])
+
     def stats(self) -> LogStats:
         """A snapshot of ids, sizes and the last background sync error."""
         st = ffi.new("nmq_log_stats *")

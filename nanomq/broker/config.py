@@ -48,6 +48,8 @@ class BrokerConfig:
     frame_timeout_s: float = 30.0
     """A connection holding a partial frame this long is closed (slow-loris defence)."""
     retention_check_s: float = 60.0
+    trim_interval_s: float = 10.0
+    """How often the logs' mapped pages are dropped from the broker's resident set."""
     server_name: str = "nanomq"
 
     def validate(self) -> None:

@@ -22,6 +22,7 @@ from nanomq.broker.config import BrokerConfig
 from nanomq.broker.connection import Connection
 from nanomq.broker.topics import TopicRegistry
 from nanomq.protocol import Capability, ErrorCode
+from nanomq.storage import StorageError
 
 __all__ = ["Broker", "BrokerLockedError", "run"]
 
@@ -63,7 +64,8 @@ class Broker:
         self._server = await loop.create_server(
             lambda: Connection(self), self.config.host, self.config.port, reuse_address=True, backlog=1024
         )
-        self._tasks = [loop.create_task(self._watchdog()), loop.create_task(self._retention())]
+        self._tasks = [loop.create_task(self._watchdog()), loop.create_task(self._retention()),
+                       loop.create_task(self._trim())]
         self.started_at = time.monotonic()
         _log.info("recovered %d topic(s) in %.3f s", len(self.topics.topics), self.started_at - t0)
 
@@ -135,6 +137,18 @@ class Broker:
                 deleted = await loop.run_in_executor(self._executor, self.topics.apply_retention)
                 if deleted:
                     _log.info("retention deleted %d segment(s)", deleted)
+
+    async def _trim(self) -> None:
+        """Every ``trim_interval_s``, drop the logs' mapped pages from the broker's resident set:
+        pages a subscriber read stay mapped otherwise, and the broker's RSS would grow with the
+        log (they remain in the page cache; the next read maps them again)."""
+        while True:
+            await asyncio.sleep(self.config.trim_interval_s)
+            for t in tuple(self.topics.topics.values()):
+                try:
+                    t.log.trim_memory()
+                except StorageError as e:
+                    _log.warning("topic %s: trim failed: %s", t.name, e)
 
     # ------------------------------------------------------------------ data dir lock
 

@@ -200,6 +200,11 @@ class TopicLog:
         beyond ``retention_bytes`` (oldest first); returns how many were deleted."""
         return self._c.retain(now_ns if now_ns is not None else time.time_ns())
 
+    def trim_memory(self) -> int:
+        """Drop the log's mapped pages from this process's resident set (nothing is lost: they
+        stay in the page cache and reads map them again); returns the bytes of log covered."""
+        return self._c.trim()
+
     def close(self, clean: bool = True) -> None:
         """Close the log. ``clean`` syncs, writes the active index and the clean-shutdown marker,
         so the next open trusts the indexes and scans nothing. Idempotent."""

@@ -73,6 +73,7 @@ int nmq_log_read(nmq_log *log, uint64_t from_id, uint32_t max_records, uint64_t 
 void nmq_log_unpin(nmq_log *log, nmq_seg *seg);
 int nmq_log_find_ts(nmq_log *log, uint64_t ts_ns, uint64_t *id);
 int nmq_log_retain(nmq_log *log, uint64_t now_ns, uint64_t *deleted_segments);
+int nmq_log_trim(nmq_log *log, uint64_t *trimmed_bytes);
 int nmq_log_stats_get(nmq_log *log, nmq_log_stats *st);
 int nmq_log_close(nmq_log *log, int clean);
 void nmq_log_free(nmq_log *log);

@@ -859,6 +859,23 @@ int nmq_log_retain(nmq_log *log, uint64_t now, uint64_t *deleted) {
     return rc;
 }
 
+int nmq_log_trim(nmq_log *log, uint64_t *trimmed_bytes) {
+    /* MADV_DONTNEED on a MAP_SHARED file mapping only drops this process's page-table entries:
+     * the pages stay in the page cache (dirty ones are written back as usual) and the next read
+     * through the mapping maps them again. Nothing is lost, and views handed out stay valid. It
+     * keeps the broker's resident size from growing with every segment a subscriber has read. */
+    pthread_mutex_lock(&log->mu);
+    if (log->closed) { pthread_mutex_unlock(&log->mu); return NMQ_LOG_ECLOSED; }
+    uint64_t n = 0;
+    for (uint64_t i = 0; i < log->nsegs; i++) {
+        nmq_seg *s = log->segs[i];
+        if (s->size && madvise(s->map, (size_t)s->cap, MADV_DONTNEED) == 0) n += s->size;
+    }
+    pthread_mutex_unlock(&log->mu);
+    if (trimmed_bytes) *trimmed_bytes = n;
+    return 0;
+}
+
 int nmq_log_stats_get(nmq_log *log, nmq_log_stats *st) {
     pthread_mutex_lock(&log->mu);
     memset(st, 0, sizeof *st);

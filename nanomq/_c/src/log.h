@@ -113,6 +113,9 @@ void nmq_log_unpin(nmq_log *log, nmq_seg *seg);
 int nmq_log_find_ts(nmq_log *log, uint64_t ts_ns, uint64_t *id);
 /* Delete whole segments beyond retention (never the active one). now_ns = 0 means "now". */
 int nmq_log_retain(nmq_log *log, uint64_t now_ns, uint64_t *deleted_segments);
+/* Drop the log's mapped pages from this process's resident set (they stay in the page cache;
+ * reads map them again). Safe at any time, views included. */
+int nmq_log_trim(nmq_log *log, uint64_t *trimmed_bytes);
 int nmq_log_stats_get(nmq_log *log, nmq_log_stats *st);
 /* Close: with clean = 1 sync, write the active index and a clean-shutdown checkpoint. Idempotent. */
 int nmq_log_close(nmq_log *log, int clean);
