@@ -20,6 +20,7 @@ help:
 	@echo "make benchmark    the benchmark tables"
 	@echo "make conformance  the conformance kit against the reference broker (KIT_ARGS=... for another)"
 	@echo "make run          start the broker on PORT=$(PORT), DATA_DIR=$(DATA_DIR)"
+	@echo "make sanitize     the C ring and log drivers under TSan and ASan/UBSan"
 	@echo "make clean        remove the venv and build products"
 
 $(STAMP): pyproject.toml setup.py $(C_DEPS)
@@ -71,13 +72,19 @@ clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .benchmarks .tox .mypy_cache .ruff_cache
 	rm -f nanomq/_c/*.so nanomq/_c/_core.c nanomq/_c/_ring.c nanomq/_c/_log.c nanomq/_c/*.o
 
-# The C ring under ThreadSanitizer, then AddressSanitizer + UndefinedBehaviorSanitizer (issue 3).
+# The C ring and the C log under ThreadSanitizer, then AddressSanitizer + UndefinedBehaviorSanitizer.
 # A multi-threaded SPSC/MPSC driver with sequence and payload checks; SANITIZE_N records/producer.
 SANITIZE_N ?= 100000
 RING_TEST_SRC := tests/c/test_ring.c nanomq/_c/src/ring.c
+# The log: appender with rotation/retention, concurrent sync(), a verifying reader, then damage.
+LOG_TEST_SRC := tests/c/test_log.c nanomq/_c/src/log.c nanomq/_c/src/record.c nanomq/_c/src/crc32c.c
 sanitize:
 	@mkdir -p build
 	$(CC) -O1 -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter -fsanitize=thread -Inanomq/_c/src $(RING_TEST_SRC) -o build/test_ring_tsan -lpthread
 	TSAN_OPTIONS=halt_on_error=1 ./build/test_ring_tsan $(SANITIZE_N)
 	$(CC) -O1 -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Inanomq/_c/src $(RING_TEST_SRC) -o build/test_ring_asan -lpthread
 	ASAN_OPTIONS=detect_leaks=1 ./build/test_ring_asan $(SANITIZE_N)
+	$(CC) -O1 -g -std=gnu11 -fsanitize=thread -Inanomq/_c/src $(LOG_TEST_SRC) -o build/test_log_tsan -lpthread
+	TSAN_OPTIONS=halt_on_error=1 ./build/test_log_tsan 3000 0
+	$(CC) -O1 -g -std=gnu11 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Inanomq/_c/src $(LOG_TEST_SRC) -o build/test_log_asan -lpthread
+	ASAN_OPTIONS=detect_leaks=1 ./build/test_log_asan 1000 500
