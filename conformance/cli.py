@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="command that starts the broker; placeholders {port} {data_dir} {python}")
     ap.add_argument("--kill", default=os.environ.get("NANOMQ_TARGET_KILL", ""),
                     help="command that crashes it ({pid}); default SIGKILL to the launched process group")
+    ap.add_argument("--tls-ca", default=os.environ.get("NANOMQ_TARGET_TLS_CA", ""),
+                    help="speak TLS to the target, trusting this PEM certificate")
     ap.add_argument("--ready-timeout", type=float, default=None, help="seconds to wait for start-up (default 20)")
     ap.add_argument("--layers", default=",".join(LAYERS), help=f"comma-separated subset of {','.join(LAYERS)}")
     ap.add_argument("--only", action="append", default=[], help="run cases whose id contains this (repeatable)")
@@ -75,20 +77,21 @@ def main(argv: list[str] | None = None) -> int:
     spec.address = args.address or spec.address
     spec.launch = args.launch or spec.launch
     spec.kill = args.kill or spec.kill
+    spec.tls_ca = args.tls_ca or spec.tls_ca
     if args.ready_timeout is not None:
         spec.ready_timeout = args.ready_timeout
     if not spec.address and not spec.launch:
         spec.launch = REFERENCE_LAUNCH
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
 
-    target = Target(spec)
     try:
+        target = Target(spec)
         target.start()
     except TargetError as e:
         print(f"nanomq-conformance: {e}", file=sys.stderr)
         return 2
     try:
-        with WireClient(target.host, target.port) as w:
+        with WireClient(target.host, target.port, ssl_context=target.ssl) as w:
             hello = w.hello()
         caps = spec.narrow(hello.capabilities)
         with open(SPEC_DIR / "budgets.toml", "rb") as f:

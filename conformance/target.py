@@ -7,6 +7,7 @@ A target is described by a TOML file, flags or environment variables::
     launch = "mybroker --port {port} --data {data_dir}"   # with launch: the kit starts it
     kill = "kill -9 {pid}"              # optional; default SIGKILL to the launched process group
     ready_timeout = 20                  # seconds to wait for the port to answer HELLO
+    tls_ca = "ca.pem"                   # optional: speak TLS, trusting this certificate
     [target.capabilities]               # may only narrow what HELLO_OK announces
     COMPRESSION_LZ4 = false
 
@@ -22,6 +23,7 @@ import os
 import shlex
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -52,6 +54,8 @@ class TargetSpec:
     kill: str = ""
     ready_timeout: float = 20.0
     capabilities: dict[str, bool] = field(default_factory=dict)
+    tls_ca: str = ""
+    """Speak TLS to the target, trusting this PEM certificate (empty: plain TCP)."""
     trace_syncs: bool = False
     """Run the launch command under strace to observe fsync-family calls (durability cases)."""
 
@@ -60,7 +64,7 @@ class TargetSpec:
         """Read a target.toml (table ``[target]``)."""
         with open(path, "rb") as f:
             data = tomllib.load(f).get("target", {})
-        unknown = set(data) - {"address", "launch", "kill", "ready_timeout", "capabilities"}
+        unknown = set(data) - {"address", "launch", "kill", "ready_timeout", "capabilities", "tls_ca"}
         if unknown:
             raise TargetError(f"{path}: unknown keys in [target]: {sorted(unknown)}")
         caps = data.get("capabilities", {})
@@ -68,7 +72,8 @@ class TargetSpec:
             if name not in Capability.__members__:
                 raise TargetError(f"{path}: unknown capability {name!r} (known: {list(Capability.__members__)})")
         return cls(str(data.get("address", "")), str(data.get("launch", "")), str(data.get("kill", "")),
-                   float(data.get("ready_timeout", 20.0)), {k: bool(v) for k, v in caps.items()})
+                   float(data.get("ready_timeout", 20.0)), {k: bool(v) for k, v in caps.items()},
+                   str(data.get("tls_ca", "")))
 
     def narrow(self, announced: int) -> int:
         """The capabilities to test: what HELLO_OK announced, minus what the spec switches off."""
@@ -102,6 +107,12 @@ class Target:
         if spec.address:
             host, _, port = spec.address.rpartition(":")
             self.host, self.port = host or "127.0.0.1", int(port)
+        self.ssl: ssl.SSLContext | None = None
+        if spec.tls_ca:
+            try:
+                self.ssl = ssl.create_default_context(cafile=spec.tls_ca)
+            except (OSError, ssl.SSLError) as e:
+                raise TargetError(f"cannot load tls_ca {spec.tls_ca}: {e}") from e
 
     @property
     def can_crash(self) -> bool:
@@ -137,7 +148,7 @@ class Target:
             if self.proc is not None and self.proc.poll() is not None:
                 raise TargetError(f"target exited with {self.proc.returncode} during start-up; log: {self.log_path}")
             try:
-                with WireClient(self.host, self.port, timeout=2.0) as w:
+                with WireClient(self.host, self.port, timeout=2.0, ssl_context=self.ssl) as w:
                     w.hello()
                 return
             except Exception as e:  # not up yet
@@ -191,10 +202,10 @@ class Target:
 
     def client(self, timeout: float = 10.0) -> WireClient:
         """A new connection that has done HELLO."""
-        w = WireClient(self.host, self.port, timeout=timeout)
+        w = WireClient(self.host, self.port, timeout=timeout, ssl_context=self.ssl)
         w.hello()
         return w
 
     def raw_client(self, timeout: float = 10.0) -> WireClient:
         """A new connection without HELLO."""
-        return WireClient(self.host, self.port, timeout=timeout)
+        return WireClient(self.host, self.port, timeout=timeout, ssl_context=self.ssl)

@@ -7,6 +7,7 @@ break the protocol, and sees exactly what comes back.
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from collections.abc import Iterable
 
@@ -41,13 +42,18 @@ class Closed(Exception):
 class WireClient:
     """One TCP connection to the target, speaking raw frames."""
 
-    def __init__(self, host: str, port: int, timeout: float = 10.0, rcvbuf: int = 0) -> None:
-        """``rcvbuf`` > 0 shrinks the socket's receive buffer (to play a slow reader)."""
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    def __init__(self, host: str, port: int, timeout: float = 10.0, rcvbuf: int = 0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        """``rcvbuf`` > 0 shrinks the socket's receive buffer (to play a slow reader);
+        ``ssl_context`` wraps the connection in TLS."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(timeout)
-        self.sock.connect((host, port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(timeout)
+        sock.connect((host, port))
+        if ssl_context is not None:
+            sock = ssl_context.wrap_socket(sock, server_hostname=host)
+        self.sock = sock
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.timeout = timeout
         self.decoder = Decoder("client")

@@ -13,12 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from nanomq.client.core import ACK_MODES, ClientCore, SubState, check, parse_address, split, topics_of
+from nanomq.client.core import (
+    ACK_MODES,
+    ClientCore,
+    SubState,
+    check,
+    parse_address,
+    split,
+    tls_context,
+    topics_of,
+)
 from nanomq.client.errors import ConnectionLostError, RequestTimeoutError, ServerError
 from nanomq.client.message import Message
 from nanomq.client.sync import START_POSITIONS
@@ -40,9 +50,11 @@ __all__ = ["AsyncPublisher", "AsyncSubscriber"]
 
 
 class _AsyncClient:
-    def __init__(self, address: str, *, client_name: str, timeout: float, connect_timeout: float) -> None:
+    def __init__(self, address: str, *, client_name: str, timeout: float, connect_timeout: float,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.address = address
         self._host, self._port = parse_address(address)
+        self._tls = tls_context(address, ssl_context)
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._core = ClientCore(client_name)
@@ -75,7 +87,9 @@ class _AsyncClient:
         while True:
             try:
                 self._reader, self._writer = await asyncio.wait_for(
-                    asyncio.open_connection(self._host, self._port), timeout=min(5.0, self._connect_timeout))
+                    asyncio.open_connection(self._host, self._port, ssl=self._tls,
+                                            server_hostname=self._host if self._tls else None),
+                    timeout=min(5.0, self._connect_timeout))
                 break
             except (TimeoutError, OSError) as e:
                 if time.monotonic() + delay > deadline:
@@ -182,10 +196,11 @@ class AsyncPublisher(_AsyncClient):
     """asyncio twin of :class:`nanomq.Publisher`."""
 
     def __init__(self, address: str = "127.0.0.1:9000", *, ack: str = "durable", client_name: str = "nanomq-publisher",
-                 timeout: float = 30.0, connect_timeout: float = 10.0) -> None:
+                 timeout: float = 30.0, connect_timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None) -> None:
         if ack not in ACK_MODES:
             raise ValueError(f"ack must be one of {sorted(ACK_MODES)}, not {ack!r}")
-        super().__init__(address, client_name=client_name, timeout=timeout, connect_timeout=connect_timeout)
+        super().__init__(address, client_name=client_name, timeout=timeout, connect_timeout=connect_timeout,
+                         ssl_context=ssl_context)
         self._ack = ACK_MODES[ack]
         self._compress_above: int | None = None
         self._batching = False
@@ -285,10 +300,12 @@ class AsyncSubscriber(_AsyncClient):
     """asyncio twin of :class:`nanomq.Subscriber`."""
 
     def __init__(self, address: str = "127.0.0.1:9000", consumer_group: str = "", *, window: int = 1024,
-                 client_name: str = "nanomq-subscriber", timeout: float = 30.0, connect_timeout: float = 10.0) -> None:
+                 client_name: str = "nanomq-subscriber", timeout: float = 30.0, connect_timeout: float = 10.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         if not 1 <= window <= 1 << 20:
             raise ValueError("window must be 1 .. 1048576 records")
-        super().__init__(address, client_name=client_name, timeout=timeout, connect_timeout=connect_timeout)
+        super().__init__(address, client_name=client_name, timeout=timeout, connect_timeout=connect_timeout,
+                         ssl_context=ssl_context)
         self._window = window
         self.consumer_group = consumer_group
 

@@ -48,9 +48,13 @@ class BrokerConfig:
     frame_timeout_s: float = 30.0
     """A connection holding a partial frame this long is closed (slow-loris defence)."""
     retention_check_s: float = 60.0
-    trim_interval_s: float = 10.0
+    trim_interval_s: float = 1.0
     """How often the logs' mapped pages are dropped from the broker's resident set."""
     server_name: str = "nanomq"
+    tls_cert: Path | None = None
+    """PEM certificate chain; with it the broker speaks only TLS and announces capability TLS."""
+    tls_key: Path | None = None
+    """PEM private key (omit when the certificate file holds it too)."""
 
     def validate(self) -> None:
         """Raise ValueError for settings that cannot work."""
@@ -70,6 +74,8 @@ class BrokerConfig:
             raise ValueError("max frame is too small for one maximum record")
         if self.max_connections < 1:
             raise ValueError("max connections must be at least 1")
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ValueError("--tls-key needs --tls-cert")
         if self.hello_timeout_s <= 0 or self.frame_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
         if self.retention_ms is not None and self.retention_ms <= 0:

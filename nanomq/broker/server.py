@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import signal
+import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,6 +43,15 @@ class Broker:
         self.capabilities = Capability.SEEK_TIME
         if config.compression == "lz4":
             self.capabilities |= Capability.COMPRESSION_LZ4
+        self._ssl: ssl.SSLContext | None = None
+        if config.tls_cert is not None:
+            # Loaded here, before anything else starts, so a bad certificate or key is a clear
+            # start-up error rather than a failed handshake later.
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.load_cert_chain(str(config.tls_cert), str(config.tls_key) if config.tls_key else None)
+            self._ssl = ctx
+            self.capabilities |= Capability.TLS
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="nanomq-sync")
         self.topics = TopicRegistry(config, self._executor)
         self.connections: set[Connection] = set()
@@ -62,7 +72,8 @@ class Broker:
         self.topics.open_all()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: Connection(self), self.config.host, self.config.port, reuse_address=True, backlog=1024
+            lambda: Connection(self), self.config.host, self.config.port, reuse_address=True, backlog=1024,
+            ssl=self._ssl, ssl_handshake_timeout=self.config.hello_timeout_s if self._ssl else None,
         )
         self._tasks = [loop.create_task(self._watchdog()), loop.create_task(self._retention()),
                        loop.create_task(self._trim())]
@@ -139,12 +150,16 @@ class Broker:
                     _log.info("retention deleted %d segment(s)", deleted)
 
     async def _trim(self) -> None:
-        """Every ``trim_interval_s``, drop the logs' mapped pages from the broker's resident set:
-        pages a subscriber read stay mapped otherwise, and the broker's RSS would grow with the
-        log (they remain in the page cache; the next read maps them again)."""
+        """Every ``trim_interval_s``, drop from the broker's resident set the mapped log pages of
+        topics that deliveries read since the last time: they would otherwise stay mapped and the
+        broker's RSS would grow with the log (they remain in the page cache; the next read maps
+        them again). One madvise per segment of a topic that was read: idle topics cost nothing."""
         while True:
             await asyncio.sleep(self.config.trim_interval_s)
             for t in tuple(self.topics.topics.values()):
+                if not t.read_since_trim:
+                    continue
+                t.read_since_trim = False
                 try:
                     t.log.trim_memory()
                 except StorageError as e:

@@ -39,6 +39,8 @@ class Topic:
         self._sync_failures = 0
         self.listeners: set[Callable[[], None]] = set()
         """Called (synchronously, on the event loop) after every append."""
+        self.read_since_trim = False
+        """Set by deliveries: the broker's trimmer drops this topic's mapped pages when True."""
 
     def append(self, data: bytes, count: int) -> tuple[int, int]:
         """Append a validated batch (not yet synced); call :meth:`notify` once it is acked."""

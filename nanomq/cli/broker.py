@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import ssl
 import sys
 from pathlib import Path
 
@@ -43,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="close connections that send no HELLO within this many seconds (default 10)")
     ap.add_argument("--frame-timeout", type=float, default=30.0, metavar="S",
                     help="close connections that take longer than this to send one frame (default 30)")
-    ap.add_argument("--tls-cert", metavar="PEM", help="not available yet: rejected with an error")
-    ap.add_argument("--tls-key", metavar="PEM", help="not available yet: rejected with an error")
+    ap.add_argument("--tls-cert", type=Path, metavar="PEM",
+                    help="serve TLS only (1.2+), with this PEM certificate chain; announces capability TLS")
+    ap.add_argument("--tls-key", type=Path, metavar="PEM", help="the PEM private key (if not in --tls-cert)")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ap.add_argument("--version", action="version", version=f"nanomq-broker {__version__}")
     return ap
@@ -54,8 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``nanomq-broker``."""
     ap = build_parser()
     args = ap.parse_args(argv)
-    if args.tls_cert or args.tls_key:
-        ap.error("TLS is not implemented yet in this broker; --tls-cert/--tls-key cannot be used")
     max_payload = args.max_payload
     config = BrokerConfig(
         host=args.host,
@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         max_payload=max_payload,
         hello_timeout_s=args.handshake_timeout,
         frame_timeout_s=args.frame_timeout,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
         max_frame=max(16 * 1024 * 1024 + 64 * 1024, 256 * (64 + max_payload) + 1024),
     )
     try:
@@ -81,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
                         stream=sys.stderr)
     try:
         return run(config)
+    except ssl.SSLError as e:
+        print(f"nanomq-broker: cannot load the TLS certificate/key: {e}", file=sys.stderr)
+        return 1
     except BrokerLockedError as e:
         print(f"nanomq-broker: {e}", file=sys.stderr)
         return 1

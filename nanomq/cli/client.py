@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import sys
 import time
 
@@ -39,7 +40,9 @@ def _start(text: str) -> tuple[str, int]:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``nanomq-cli``."""
     ap = argparse.ArgumentParser(prog="nanomq-cli", description="Talk to a NanoMQ broker.")
-    ap.add_argument("--broker", default="127.0.0.1:9000", help="host:port of the broker (default 127.0.0.1:9000)")
+    ap.add_argument("--broker", default="127.0.0.1:9000",
+                    help="host:port of the broker (default 127.0.0.1:9000); tls://host:port for TLS")
+    ap.add_argument("--tls-ca", metavar="PEM", help="connect with TLS, trusting this CA (or self-signed) certificate")
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker (default 10)")
     ap.add_argument("--version", action="version", version=f"nanomq-cli {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -85,9 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.command == "subscribe" and (args.count < 0 or args.idle_timeout < 0):
         ap.error("--count and --idle-timeout must be >= 0")
+    tls: ssl.SSLContext | None = None
+    if args.tls_ca:
+        try:
+            tls = ssl.create_default_context(cafile=args.tls_ca)
+        except (OSError, ssl.SSLError) as e:
+            ap.error(f"cannot load --tls-ca {args.tls_ca}: {e}")
+    conn = {"connect_timeout": args.timeout, "timeout": args.timeout, "ssl_context": tls}
     try:
         if args.command == "publish":
-            with Publisher(args.broker, ack=args.ack, connect_timeout=args.timeout, timeout=args.timeout) as pub:
+            with Publisher(args.broker, ack=args.ack, **conn) as pub:
                 if args.message is not None:
                     msg_id = pub.publish(args.topic, args.message.encode())
                     print(msg_id if msg_id else "sent")
@@ -103,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                         n += pub.publish_batch(args.topic, batch)
                     print(f"published {n} record(s)", file=sys.stderr)
         elif args.command == "subscribe":
-            with Subscriber(args.broker, connect_timeout=args.timeout, timeout=args.timeout) as s:
+            with Subscriber(args.broker, **conn) as s:
                 start, value = args.start
                 s.subscribe(args.topic, start=start, value=value)
                 seen, last = 0, time.monotonic()
@@ -115,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                     if args.idle_timeout and time.monotonic() - last > args.idle_timeout:
                         break
         else:
-            with Publisher(args.broker, connect_timeout=args.timeout, timeout=args.timeout) as c:
+            with Publisher(args.broker, **conn) as c:
                 for t in c.topics():
                     print(f"{t.name}\tid={t.topic_id}\trecords={t.next_id - t.first_id}\tfirst={t.first_id}\tnext={t.next_id}")
     except KeyboardInterrupt:

@@ -12,6 +12,7 @@ application has taken half a window, the core asks to send CREDIT for the rest [
 from __future__ import annotations
 
 import re
+import ssl
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -52,18 +53,28 @@ from nanomq.protocol import (
     encode,
 )
 
-__all__ = ["ClientCore", "SubState", "parse_address", "ACK_MODES", "DEFAULT_PORT"]
+__all__ = ["ClientCore", "SubState", "parse_address", "tls_context", "ACK_MODES", "DEFAULT_PORT"]
 
 DEFAULT_PORT = 9000
 ACK_MODES = {"none": Ack.NONE, "written": Ack.WRITTEN, "durable": Ack.DURABLE}
-_ADDR = re.compile(r"^(?:tcp://)?(\[[0-9a-fA-F:.]+\]|[^:/\s]+)(?::(\d{1,5}))?/?$")
+_ADDR = re.compile(r"^(?:tcp://|tls://)?(\[[0-9a-fA-F:.]+\]|[^:/\s]+)(?::(\d{1,5}))?/?$")
+
+
+def tls_context(address: str, ssl_context: ssl.SSLContext | None) -> ssl.SSLContext | None:
+    """The TLS context to connect with: ``ssl_context`` if given, a default one (system CAs,
+    host name checked) for a ``tls://`` address, else None (plain TCP)."""
+    if ssl_context is not None:
+        return ssl_context
+    if address.strip().startswith("tls://"):
+        return ssl.create_default_context()
+    return None
 
 
 def parse_address(address: str) -> tuple[str, int]:
-    """``host:port``, ``tcp://host:port`` or ``host`` (port 9000) -> (host, port)."""
+    """``host:port``, ``tcp://host:port``, ``tls://host:port`` or ``host`` (port 9000) -> (host, port)."""
     m = _ADDR.match(address.strip())
     if not m:
-        raise ValueError(f"bad broker address {address!r}: expected host:port or tcp://host:port")
+        raise ValueError(f"bad broker address {address!r}: expected host:port, tcp://host:port or tls://host:port")
     host = m.group(1).strip("[]")
     port = int(m.group(2)) if m.group(2) else DEFAULT_PORT
     if not 0 < port < 65536:

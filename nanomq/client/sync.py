@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Self
 
-from nanomq.client.core import ACK_MODES, ClientCore, SubState, check, parse_address, split, topics_of
+from nanomq.client.core import (
+    ACK_MODES,
+    ClientCore,
+    SubState,
+    check,
+    parse_address,
+    split,
+    tls_context,
+    topics_of,
+)
 from nanomq.client.errors import ConnectionLostError, RequestTimeoutError, ServerError
 from nanomq.client.message import Message
 from nanomq.protocol import (
@@ -41,9 +51,11 @@ START_POSITIONS = {"earliest": Start.EARLIEST, "latest": Start.LATEST, "id": Sta
 class _SyncClient:
     """Socket, handshake, request/response matching and reconnection for the sync clients."""
 
-    def __init__(self, address: str, *, client_name: str, timeout: float, connect_timeout: float) -> None:
+    def __init__(self, address: str, *, client_name: str, timeout: float, connect_timeout: float,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.address = address
         self._host, self._port = parse_address(address)
+        self._tls = tls_context(address, ssl_context)
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._core = ClientCore(client_name)
@@ -77,6 +89,12 @@ class _SyncClient:
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._tls is not None:
+            try:
+                sock = self._tls.wrap_socket(sock, server_hostname=self._host)
+            except (ssl.SSLError, OSError) as e:
+                sock.close()
+                raise ConnectionLostError(f"TLS handshake with {self._host}:{self._port} failed: {e}") from e
         sock.settimeout(_SLICE)
         self._sock = sock
         self._responses.clear()
@@ -128,7 +146,7 @@ class _SyncClient:
                 try:
                     data = self._sock.recv(1 << 20)
                     break
-                except BlockingIOError:
+                except (BlockingIOError, ssl.SSLWantReadError):
                     if time.perf_counter() >= end:
                         break
                 except OSError as e:
@@ -202,7 +220,8 @@ class Publisher(_SyncClient):
     """Publishes records to topics.
 
     ``ack`` is the default acknowledgement mode: ``"durable"`` (fsynced before the ack; the
-    default), ``"written"`` (in the broker's log, not yet synced) or ``"none"``.
+    default), ``"written"`` (in the broker's log, not yet synced) or ``"none"``. TLS: a
+    ``tls://host:port`` address (system CAs), or ``ssl_context=`` for your own.
     """
 
     def __init__(
@@ -213,6 +232,7 @@ class Publisher(_SyncClient):
         client_name: str = "nanomq-publisher",
         timeout: float = 30.0,
         connect_timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if ack not in ACK_MODES:
             raise ValueError(f"ack must be one of {sorted(ACK_MODES)}, not {ack!r}")
@@ -225,7 +245,8 @@ class Publisher(_SyncClient):
         self._flusher: threading.Thread | None = None
         self._bg_error: BaseException | None = None
         self._wake = threading.Event()
-        super().__init__(address, client_name=client_name, timeout=timeout, connect_timeout=connect_timeout)
+        super().__init__(address, client_name=client_name, timeout=timeout, connect_timeout=connect_timeout,
+                         ssl_context=ssl_context)
 
     def publish(self, topic: str, data: bytes) -> int:
         """Publish one record; returns its id once acked.
@@ -366,6 +387,7 @@ class Subscriber(_SyncClient):
         client_name: str = "nanomq-subscriber",
         timeout: float = 30.0,
         connect_timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if not 1 <= window <= 1 << 20:
             raise ValueError("window must be 1 .. 1048576 records")
@@ -373,7 +395,8 @@ class Subscriber(_SyncClient):
             raise ValueError("spin_us must be 0 .. 1000000")
         self._window = window
         self._spin = spin_us / 1e6
-        super().__init__(address, client_name=client_name, timeout=timeout, connect_timeout=connect_timeout)
+        super().__init__(address, client_name=client_name, timeout=timeout, connect_timeout=connect_timeout,
+                         ssl_context=ssl_context)
         self.consumer_group = consumer_group
         if consumer_group:
             try:
