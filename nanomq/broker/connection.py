@@ -410,7 +410,7 @@ class Connection(asyncio.Protocol):
                 if r.first_id != sub.next_id:  # ids below first_id were retained away
                     sub.next_id = r.first_id
                 self._deliver(sub.sub_id, r.data, r.count)
-                sub.topic.read_since_trim = True
+                sub.topic.touched_since_trim = True
                 r.data.release()
                 sub.next_id += r.count
                 sub.credit -= r.count

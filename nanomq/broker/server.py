@@ -151,15 +151,15 @@ class Broker:
 
     async def _trim(self) -> None:
         """Every ``trim_interval_s``, drop from the broker's resident set the mapped log pages of
-        topics that deliveries read since the last time: they would otherwise stay mapped and the
-        broker's RSS would grow with the log (they remain in the page cache; the next read maps
-        them again). One madvise per segment of a topic that was read: idle topics cost nothing."""
+        topics appended to or read since the last time: they would otherwise stay mapped and the
+        broker's RSS would grow with the log (they remain in the page cache; the next access maps
+        them again). One madvise per segment of a touched topic: idle topics cost nothing."""
         while True:
             await asyncio.sleep(self.config.trim_interval_s)
             for t in tuple(self.topics.topics.values()):
-                if not t.read_since_trim:
+                if not t.touched_since_trim:
                     continue
-                t.read_since_trim = False
+                t.touched_since_trim = False
                 try:
                     t.log.trim_memory()
                 except StorageError as e:

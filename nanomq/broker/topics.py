@@ -39,11 +39,14 @@ class Topic:
         self._sync_failures = 0
         self.listeners: set[Callable[[], None]] = set()
         """Called (synchronously, on the event loop) after every append."""
-        self.read_since_trim = False
-        """Set by deliveries: the broker's trimmer drops this topic's mapped pages when True."""
+        self.touched_since_trim = False
+        """Set by appends and deliveries: the trimmer drops this topic's mapped pages when True."""
 
     def append(self, data: bytes, count: int) -> tuple[int, int]:
         """Append a validated batch (not yet synced); call :meth:`notify` once it is acked."""
+        # The append publishes each run with a store into the segment mapping, which maps that
+        # page into the broker: let the trimmer know.
+        self.touched_since_trim = True
         return self.log.append_batch(data, count, sync=False)
 
     def notify(self) -> None:
