@@ -103,6 +103,9 @@ class Broker:
         deadline = time.monotonic() + 5.0
         while any(t.pending_durable for t in self.topics.topics.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
+        # ... and let background syncs finish before the logs are closed under them.
+        while any(t.syncing for t in self.topics.topics.values()) and time.monotonic() < deadline + 10:
+            await asyncio.sleep(0.005)
         for conn in tuple(self.connections):
             conn.close()
         await asyncio.sleep(0)  # let transports flush what they can

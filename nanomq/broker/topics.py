@@ -19,7 +19,11 @@ from nanomq.broker.config import BrokerConfig
 from nanomq.protocol import valid_topic
 from nanomq.storage import StorageError, TopicLog
 
-__all__ = ["Topic", "TopicRegistry"]
+__all__ = ["Topic", "TopicRegistry", "SYNC_AHEAD_BYTES"]
+
+SYNC_AHEAD_BYTES = 8 << 20
+"""Bytes appended to a topic after which the broker syncs it in the background (fsync policies
+``always`` and ``interval``), so that sealing a full segment never waits for much dirty data."""
 
 _log = logging.getLogger("nanomq.broker")
 
@@ -37,6 +41,7 @@ class Topic:
         self._waiters: list[tuple[int, DurableCallback]] = []
         self._syncing = False
         self._sync_failures = 0
+        self._unsynced = 0
         self.listeners: set[Callable[[], None]] = set()
         """Called (synchronously, on the event loop) after every append."""
         self.touched_since_trim = False
@@ -47,7 +52,15 @@ class Topic:
         # The append publishes each run with a store into the segment mapping, which maps that
         # page into the broker: let the trimmer know.
         self.touched_since_trim = True
-        return self.log.append_batch(data, count, sync=False)
+        ids = self.log.append_batch(data, count, sync=False)
+        self._unsynced += len(data)
+        if self._unsynced >= SYNC_AHEAD_BYTES and not self._syncing and self.log.fsync != "never":
+            # Sync ahead in the worker thread: sealing a full segment fdatasyncs it on the event
+            # loop's thread, and with only `written` acks nothing else would have synced it, so
+            # the seal waited for a whole segment of dirty pages (~50 ms per 100 MiB, every
+            # connection stalled). Syncing early costs nothing in correctness.
+            self._start_sync()
+        return ids
 
     def notify(self) -> None:
         """Wake the subscriptions of this topic (they deliver synchronously, see Connection)."""
@@ -65,6 +78,7 @@ class Topic:
 
     def _start_sync(self) -> None:
         self._syncing = True
+        self._unsynced = 0
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(self._executor, self.log.sync)
         fut.add_done_callback(self._sync_done)
@@ -88,6 +102,11 @@ class Topic:
             cb(None)
         if self._waiters:
             self._start_sync()
+
+    @property
+    def syncing(self) -> bool:
+        """A sync of this topic is running in the worker thread."""
+        return self._syncing
 
     @property
     def pending_durable(self) -> int:

@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="lz4 (default): accept and store LZ4-compressed records; none: refuse them")
     ap.add_argument("--fsync", choices=["always", "interval", "never"], default="always",
                     help="background sync policy. Durable acks (the default ack mode) always wait for a "
-                    "sync; 'interval' also syncs every --fsync-interval-ms, 'never' only at rotation/shutdown")
+                    "sync; 'always' also syncs a topic in the background every 8 MiB written, 'interval' "
+                    "every --fsync-interval-ms as well, 'never' only at rotation/shutdown")
     ap.add_argument("--fsync-interval-ms", type=int, default=10, metavar="MS", help="for --fsync interval (default 10)")
     ap.add_argument("--max-connections", type=int, default=1024, help="connection limit (default 1024)")
     ap.add_argument("--max-payload", type=parse_size, default=65536, metavar="SIZE",
