@@ -102,7 +102,8 @@ def _valid_case(vec: dict) -> None:
             if cap is not None and not ctx.has(cap):
                 check(isinstance(f, Error) and f.code == ErrorCode.NOT_SUPPORTED,
                       f"without {cap.name} the answer must be NOT_SUPPORTED, got {f!r}", "NMQ-7-1")
-                raise Unimplemented(f"capability {cap.name} not announced")
+                raise Unimplemented(f"capability {cap.name} not announced (NOT_SUPPORTED answered correctly)",
+                                    ("NMQ-7-1",))
             check(isinstance(f, expect), f"expected {expect.__name__}, got {f!r}", *vec["rules"])
             check(f.request_id == vec["frame"]["request_id"], "response request_id differs", "NMQ-3.2-3")
 

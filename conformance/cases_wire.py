@@ -221,7 +221,8 @@ def publish_producer(ctx: Context) -> None:
         f = w.recv_response()
         if not ctx.has(Capability.IDEMPOTENT):
             _err(f, ErrorCode.NOT_SUPPORTED, "NMQ-4.2-6", "NMQ-7-1")
-            raise Unimplemented("IDEMPOTENT not announced (NOT_SUPPORTED answered correctly)")
+            raise Unimplemented("IDEMPOTENT not announced (NOT_SUPPORTED answered correctly)",
+                                ("NMQ-4.2-6", "NMQ-7-1"))
         check(isinstance(f, PublishAck), f"got {f!r}", "NMQ-4.2-6")
         sub = _sub(w, t)
         r = w.collect(sub.sub_id, 1)[0]
@@ -239,7 +240,7 @@ def publish_lz4(ctx: Context) -> None:
         f = w.recv_response()
         if not ctx.has(Capability.COMPRESSION_LZ4):
             _err(f, ErrorCode.NOT_SUPPORTED, "NMQ-5.3-1", "NMQ-7-1")
-            raise Unimplemented("COMPRESSION_LZ4 not announced (NOT_SUPPORTED answered correctly)")
+            raise Unimplemented("COMPRESSION_LZ4 not announced (NOT_SUPPORTED answered correctly)", ("NMQ-7-1",))
         check(isinstance(f, PublishAck), f"got {f!r}", "NMQ-5.3-1")
         sub = _sub(w, t)
         r = w.collect(sub.sub_id, 1)[0]
@@ -327,7 +328,8 @@ def subscribe_group(ctx: Context) -> None:
         f = w.subscribe(ctx.topic("g"), Start.EARLIEST, group="cf-group")
         if not ctx.has(Capability.CONSUMER_GROUPS):
             _err(f, ErrorCode.NOT_SUPPORTED, "NMQ-4.4-3", "NMQ-7-1")
-            raise Unimplemented("CONSUMER_GROUPS not announced (NOT_SUPPORTED answered correctly)")
+            raise Unimplemented("CONSUMER_GROUPS not announced (NOT_SUPPORTED answered correctly)",
+                                ("NMQ-4.4-3", "NMQ-7-1"))
         check(isinstance(f, Subscribed), f"got {f!r}", "NMQ-4.4-3")
 
 

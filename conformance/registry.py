@@ -32,7 +32,12 @@ class Failed(AssertionError):
 
 
 class Unimplemented(Exception):
-    """The target does not announce a capability the case needs."""
+    """The target does not announce a capability the case needs. ``verified`` names rules the
+    case could still check (typically that the target answered NOT_SUPPORTED, [NMQ-7-1])."""
+
+    def __init__(self, message: str, verified: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.verified = verified
 
 
 class Skipped(Exception):

@@ -25,6 +25,8 @@ class CaseResult:
     failed_rules: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
     duration_s: float = 0.0
+    verified_rules: tuple[str, ...] = ()
+    """Rules an UNIMPLEMENTED case still verified (e.g. the NOT_SUPPORTED answer)."""
 
 
 @dataclass
@@ -56,7 +58,8 @@ def run_one(c: Case, ctx: Context, rules: dict[str, Rule]) -> CaseResult:
         verdict = "FAILED" if budget or _level(tuple(r for r in failed if r in rules), rules) == "MUST" else "NON-STRICT"
         msg = str(e)
     except Unimplemented as e:
-        verdict, msg, failed = "UNIMPLEMENTED", str(e), ()
+        res = CaseResult(c, "UNIMPLEMENTED", str(e), (), list(ctx.notes), time.monotonic() - t0, e.verified)
+        return res
     except Skipped as e:
         verdict, msg, failed = "INFORMATIONAL", f"skipped: {e}", ()
     except Exception as e:  # the target did something the case did not foresee: a failure
@@ -96,6 +99,8 @@ def rule_verdicts(run: RunResult, rules: dict[str, Rule]) -> dict[str, dict[str,
             entry["cases"].append(res.case.id)  # type: ignore[attr-defined]
             if res.verdict in ("FAILED", "NON-STRICT"):
                 v = res.verdict if rid in res.failed_rules else None
+            elif res.verdict == "UNIMPLEMENTED" and rid in res.verified_rules:
+                v = "OK"
             else:
                 v = res.verdict
             if v is None:
