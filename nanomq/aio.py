@@ -100,8 +100,13 @@ class _AsyncClient:
         self._task = asyncio.get_running_loop().create_task(self._read_loop(self._reader))
         await self._request(self._core.hello(), HelloOk)
         subs, self._resume = self._resume, []
-        for st in subs:  # resume right after the last record handed out
-            await self._request(self._core.subscribe(st.topic, Start.ID, st.resume_id, st.window), Subscribed)
+        for i, st in enumerate(subs):  # resume right after the last record handed out
+            try:
+                await self._request(self._core.subscribe(st.topic, Start.ID, st.resume_id, st.window), Subscribed)
+            except ConnectionLostError:
+                # _drop() kept the ones restored so far; keep the rest too for the next attempt.
+                self._resume += subs[i:]
+                raise
 
     async def _ensure(self) -> None:
         if self._closed:
@@ -133,7 +138,7 @@ class _AsyncClient:
         self._writer = self._reader = None
         if self._core.closed_by_server is not None:
             error = ConnectionLostError(f"{error}: {self._core.closed_by_server}")
-        self._resume = self._core.reset_connection() or self._resume
+        self._resume = self._core.reset_connection() + self._resume
         futs, self._futs = self._futs, {}
         for fut in futs.values():
             if not fut.done():

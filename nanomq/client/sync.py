@@ -409,8 +409,13 @@ class Subscriber(_SyncClient):
         # Resume every subscription right after the last record handed out: no gap, and records
         # received but never handed out are fetched again.
         subs, self._pending_resubscribe = self._pending_resubscribe, []
-        for st in subs:
-            self._request(self._core.subscribe(st.topic, Start.ID, st.resume_id, st.window), Subscribed)
+        for i, st in enumerate(subs):
+            try:
+                self._request(self._core.subscribe(st.topic, Start.ID, st.resume_id, st.window), Subscribed)
+            except ConnectionLostError:
+                # _lost() kept the ones restored so far; keep the rest too for the next attempt.
+                self._pending_resubscribe += subs[i:]
+                raise
 
     def subscribe(self, topic: str, *, start: str = "earliest", value: int = 0) -> bool:
         """Subscribe to ``topic``; False if already subscribed. ``start``: earliest (default),
