@@ -104,7 +104,7 @@ def _html(index: dict[str, Any]) -> str:
     for rid, r in index["rules"].items():
         cases = " ".join(f'<a href="#{e(c)}">{e(c)}</a>' for c in r["cases"]) or "—"
         rows.append(f"<tr><td>{e(rid)}</td><td>{e(str(r['level']))}</td><td>{_badge(str(r['verdict']))}</td>"
-                    f"<td>{e(str(r['text']))[:220]}</td><td class='c'>{cases}</td></tr>")
+                    f"<td>{e(str(r['text']))}</td><td class='c'>{cases}</td></tr>")
     crow = []
     for c in index["cases"]:
         detail = e(c["message"]) + ("<br>" + "<br>".join(e(n) for n in c["notes"]) if c["notes"] else "")

@@ -37,8 +37,15 @@ def load_rules(spec_dir: Path = SPEC_DIR, files: tuple[str, ...] = WIRE_SPECS) -
         path = spec_dir / name
         if not path.exists():
             continue
-        for line in path.read_text().splitlines():
+        lines = path.read_text().splitlines()
+        for i, line in enumerate(lines):
             m = _RULE.search(line)
-            if m and line.lstrip().startswith("-") and m.group(1) not in rules:
-                rules[m.group(1)] = Rule(m.group(1), m.group(2), m.group(3).strip(), name)
+            if not m or not line.lstrip().startswith("-") or m.group(1) in rules:
+                continue
+            text = [m.group(3).strip()]
+            for more in lines[i + 1 :]:  # the bullet's continuation lines (indented, non-empty)
+                if not more.startswith("  ") or not more.strip() or more.lstrip().startswith("-"):
+                    break
+                text.append(more.strip())
+            rules[m.group(1)] = Rule(m.group(1), m.group(2), " ".join(text), name)
     return rules
