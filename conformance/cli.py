@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--crash-iterations", type=int, default=3, help="kill/restart cycles per crash case (default 3)")
     ap.add_argument("--report-dir", type=Path, default=Path("reports/conformance"),
                     help="where index.json, junit.xml and index.html go (default reports/conformance)")
+    ap.add_argument("--keep-data", action="store_true",
+                    help="keep the launched target's working directory (data, log, strace output) afterwards")
     ap.add_argument("--list", action="store_true", help="list the cases and the rules they check, then exit")
     ap.add_argument("--quiet", action="store_true", help="print only failures and the summary")
     return ap
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         target.start()
     except TargetError as e:
         print(f"nanomq-conformance: {e}", file=sys.stderr)
+        if "target" in locals():
+            target.cleanup()
         return 2
     try:
         with WireClient(target.host, target.port, ssl_context=target.ssl) as w:
@@ -120,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         index = write_reports(run, rules, args.report_dir, meta)
     finally:
-        target.stop()
+        if args.keep_data:
+            target.stop()
+            print(f"target data kept in {target.workdir}")
+        else:
+            target.cleanup()
     print(index["summary_line"])
     failed = [r for r in run.results if r.verdict == "FAILED"]
     soft = [r for r in run.results if r.verdict == "NON-STRICT"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import socket
 import ssl
@@ -37,8 +38,11 @@ from nanomq.protocol import Capability
 
 __all__ = ["TargetSpec", "Target", "REFERENCE_LAUNCH", "TargetError"]
 
-REFERENCE_LAUNCH = "{python} -m nanomq.cli.broker --port {port} --data-dir {data_dir} --log-level warning"
-"""The default target: the reference broker, started through its CLI like any other broker."""
+REFERENCE_LAUNCH = ("{python} -m nanomq.cli.broker --port {port} --data-dir {data_dir} --log-level warning "
+                    "--log-segment-size 8MB")
+"""The default target: the reference broker, started through its CLI like any other broker.
+Small segments: every topic preallocates one, the kit makes dozens of topics, and rotation gets
+exercised by the larger cases."""
 
 
 class TargetError(RuntimeError):
@@ -97,6 +101,7 @@ class Target:
         if not spec.launch and not spec.address:
             raise TargetError("the target needs an address or a launch command")
         self.spec = spec
+        self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="nanomq-conformance-"))
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -194,6 +199,12 @@ class Target:
             return
         if not self._group_gone(20):
             self.kill()
+
+    def cleanup(self) -> None:
+        """Stop the target and delete the working directory the kit made (data, logs, traces)."""
+        self.stop()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def restart_after_crash(self) -> None:
         """Kill, then launch again on the same port and data directory."""

@@ -7,7 +7,8 @@ Installed with nanomq (entry point ``pytest11``), so any project's tests can use
             pub.publish("orders", b"hello")
 
 The broker is a separate process (``python -m nanomq.cli.broker``) on a free 127.0.0.1 port with a
-fresh temporary data directory; ``restart()`` keeps port and data, ``kill()`` is SIGKILL (for
+fresh temporary data directory and 8 MB log segments (each topic preallocates one; pass your own
+``--log-segment-size`` to change it); ``restart()`` keeps port and data, ``kill()`` is SIGKILL (for
 crash tests), and the fixture stops it when the test ends. :class:`BrokerProcess` can also be
 used directly, e.g. from a session-scoped fixture of your own.
 """
@@ -35,7 +36,8 @@ class BrokerProcess:
 
     def __init__(self, data_dir: str | os.PathLike[str], args: Sequence[str] = (), host: str = "127.0.0.1") -> None:
         self.data_dir = Path(data_dir)
-        self.args = list(args)
+        # Small segments unless the caller chose: each topic preallocates one, and tests make many.
+        self.args = list(args) if "--log-segment-size" in args else ["--log-segment-size", "8MB", *args]
         self.host = host
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
