@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import sys
@@ -44,7 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where index.json, junit.xml and index.html go (default reports/conformance)")
     ap.add_argument("--keep-data", action="store_true",
                     help="keep the launched target's working directory (data, log, strace output) afterwards")
+    ap.add_argument("--rules", action="append", default=[],
+                    help="run only cases that check this rule ID (repeatable, or comma-separated)")
+    ap.add_argument("--quick", action="store_true",
+                    help="the fast mode: one crash cycle per crash case, smaller histories, no budgets layer")
+    ap.add_argument("--fail-fast", action="store_true", help="stop at the first FAILED case")
     ap.add_argument("--list", action="store_true", help="list the cases and the rules they check, then exit")
+    ap.add_argument("--list-json", action="store_true",
+                    help="print the cases (id, layer, rules, title, capability) and the rules as JSON, then exit")
     ap.add_argument("--quiet", action="store_true", help="print only failures and the summary")
     return ap
 
@@ -59,8 +67,19 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown layer(s) {bad}; known: {', '.join(LAYERS)}")
     if args.crash_iterations < 1:
         ap.error("--crash-iterations must be >= 1")
-    cases = [c for c in all_cases() if c.layer in layers and (not args.only or any(o in c.id for o in args.only))]
+    if args.quick and "--layers" not in (argv if argv is not None else sys.argv[1:]):
+        layers = [x for x in layers if x != "budgets"]
+    wanted_rules = {r.strip() for x in args.rules for r in x.split(",") if r.strip()}
+    cases = [c for c in all_cases() if c.layer in layers and (not args.only or any(o in c.id for o in args.only))
+             and (not wanted_rules or wanted_rules & set(c.rules))]
     rules = load_rules()
+    if args.list_json:
+        print(json.dumps({
+            "cases": [{"id": c.id, "layer": c.layer, "rules": list(c.rules), "title": c.title,
+                       "needs": c.needs.name if c.needs is not None else None} for c in cases],
+            "rules": {rid: {"level": r.level, "source": r.source, "text": r.text} for rid, r in rules.items()},
+        }, indent=1))
+        return 0
     if args.list:
         for c in cases:
             print(f"{c.id:48s} {c.layer:8s} {' '.join(c.rules)}")
@@ -84,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         spec.ready_timeout = args.ready_timeout
     if not spec.address and not spec.launch:
         spec.launch = REFERENCE_LAUNCH
+        spec.storage_format = spec.storage_format or "nanomq-v1"
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
 
     try:
@@ -100,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         caps = spec.narrow(hello.capabilities)
         with open(SPEC_DIR / "budgets.toml", "rb") as f:
             budgets = tomllib.load(f)
-        ctx = Context(target, caps, seed, budgets, args.enforce_budgets, args.crash_iterations,
-                      hello.max_batch, hello.max_payload)
+        ctx = Context(target, caps, seed, budgets, args.enforce_budgets,
+                      1 if args.quick and args.crash_iterations == 3 else args.crash_iterations,
+                      hello.max_batch, hello.max_payload, quick=args.quick)
         print(f"target {target.host}:{target.port} ({hello.server_name!r}, capabilities 0x{caps:x}); "
               f"{len(cases)} cases; seed {seed}", flush=True)
 
@@ -115,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 line += f"\n    {n}"
             print(line, flush=True)
 
-        run = run_cases(cases, ctx, rules, progress)
+        run = run_cases(cases, ctx, rules, progress, fail_fast=args.fail_fast)
         meta = {
             "target": {"address": f"{target.host}:{target.port}", "launch": spec.launch, "kill": spec.kill},
             "server": {"name": hello.server_name, "capabilities": caps, "max_frame": hello.max_frame,

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Case", "Context", "Failed", "Unimplemented", "Skipped", "case", "CASES", "LAYERS"]
 
-LAYERS = ("vectors", "wire", "history", "crash", "budgets")
+LAYERS = ("vectors", "wire", "history", "crash", "storage", "budgets")
 
 
 class Failed(AssertionError):
@@ -86,6 +86,8 @@ class Context:
     crash_iterations: int = 3
     max_batch: int = 256
     max_payload: int = 65536
+    quick: bool = False
+    """The fast mode (--quick): cases shrink their workloads; every rule is still checked."""
     rng: random.Random = field(init=False)
     _topic_n: int = field(init=False, default=0)
     notes: list[str] = field(default_factory=list)

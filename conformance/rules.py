@@ -1,8 +1,10 @@
 """The spec's rules, read from the normative text: ID, level and sentence.
 
-A rule is a line of spec/*.md that carries ``[NMQ-…]`` followed by MUST, SHOULD or MAY. The kit
-checks wire-observable behaviour, so its coverage report is over protocol.md and semantics.md;
-storage.md rules are about files on disk and are listed as out of the kit's reach.
+A rule is a line of spec/*.md that carries ``[NMQ-…]`` followed by MUST, SHOULD or MAY. The kit's
+coverage report is over all three specs: protocol.md and semantics.md are checked over the wire;
+storage.md rules are checked over the wire plus, for targets that declare the reference on-disk
+format (``storage_format = "nanomq-v1"``), by inspecting and damaging their files between a stop
+and a start. Rules no case can check are listed, with the reason, in :mod:`conformance.untestable`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 __all__ = ["Rule", "load_rules", "SPEC_DIR", "WIRE_SPECS"]
 
 SPEC_DIR = Path(__file__).resolve().parents[1] / "spec"
-WIRE_SPECS = ("protocol.md", "semantics.md")
+WIRE_SPECS = ("protocol.md", "semantics.md", "storage.md")
 _RULE = re.compile(r"\[(NMQ-(?:SEM-|S)?\d[\d.]*-\d+)\]\**\s*(MUST|SHOULD|MAY)\b\**:?\s*(.*)")
 
 

@@ -70,8 +70,9 @@ def run_one(c: Case, ctx: Context, rules: dict[str, Rule]) -> CaseResult:
 
 
 def run_cases(cases: list[Case], ctx: Context, rules: dict[str, Rule],
-              progress: Callable[[CaseResult], None] | None = None) -> RunResult:
-    """Run ``cases`` in order (layer order is the caller's choice)."""
+              progress: Callable[[CaseResult], None] | None = None, fail_fast: bool = False) -> RunResult:
+    """Run ``cases`` in order (layer order is the caller's choice); ``fail_fast`` stops after
+    the first FAILED case."""
     t0 = time.monotonic()
     out = []
     for c in cases:
@@ -79,6 +80,8 @@ def run_cases(cases: list[Case], ctx: Context, rules: dict[str, Rule],
         out.append(r)
         if progress is not None:
             progress(r)
+        if fail_fast and r.verdict == "FAILED":
+            break
     return RunResult(out, ctx.seed, time.monotonic() - t0)
 
 

@@ -62,13 +62,20 @@ class TargetSpec:
     """Speak TLS to the target, trusting this PEM certificate (empty: plain TCP)."""
     trace_syncs: bool = False
     """Run the launch command under strace to observe fsync-family calls (durability cases)."""
+    storage_format: str = ""
+    """``"nanomq-v1"``: the target stores topics in the on-disk format of spec/storage.md §2-§5,
+    one directory per topic at :attr:`topic_path`, so the storage layer may inspect and damage
+    its files between a stop and a start. Empty: the storage layer is skipped."""
+    topic_path: str = "{data_dir}/topics/{topic}"
+    """Where a topic's directory is, with ``{data_dir}`` and ``{topic}`` (storage layer only)."""
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> TargetSpec:
         """Read a target.toml (table ``[target]``)."""
         with open(path, "rb") as f:
             data = tomllib.load(f).get("target", {})
-        unknown = set(data) - {"address", "launch", "kill", "ready_timeout", "capabilities", "tls_ca"}
+        unknown = set(data) - {"address", "launch", "kill", "ready_timeout", "capabilities", "tls_ca",
+                               "storage_format", "topic_path"}
         if unknown:
             raise TargetError(f"{path}: unknown keys in [target]: {sorted(unknown)}")
         caps = data.get("capabilities", {})
@@ -77,7 +84,8 @@ class TargetSpec:
                 raise TargetError(f"{path}: unknown capability {name!r} (known: {list(Capability.__members__)})")
         return cls(str(data.get("address", "")), str(data.get("launch", "")), str(data.get("kill", "")),
                    float(data.get("ready_timeout", 20.0)), {k: bool(v) for k, v in caps.items()},
-                   str(data.get("tls_ca", "")))
+                   str(data.get("tls_ca", "")), False, str(data.get("storage_format", "")),
+                   str(data.get("topic_path", "{data_dir}/topics/{topic}")))
 
     def narrow(self, announced: int) -> int:
         """The capabilities to test: what HELLO_OK announced, minus what the spec switches off."""
@@ -210,6 +218,10 @@ class Target:
         """Kill, then launch again on the same port and data directory."""
         self.kill()
         self.start()
+
+    def topic_dir(self, topic: str) -> Path:
+        """The directory holding ``topic`` on disk (targets with a ``storage_format`` only)."""
+        return Path(self.spec.topic_path.format(data_dir=self.data_dir, topic=topic))
 
     def client(self, timeout: float = 10.0) -> WireClient:
         """A new connection that has done HELLO."""
