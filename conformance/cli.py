@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true",
                     help="the fast mode: one crash cycle per crash case, smaller histories, no budgets layer")
     ap.add_argument("--fail-fast", action="store_true", help="stop at the first FAILED case")
+    ap.add_argument("--jobs", type=int, default=4,
+                    help="cases of the vectors, wire and history layers run this many at a time (default 4; "
+                    "crash, storage and budget cases always run alone)")
     ap.add_argument("--list", action="store_true", help="list the cases and the rules they check, then exit")
     ap.add_argument("--list-json", action="store_true",
                     help="print the cases (id, layer, rules, title, capability) and the rules as JSON, then exit")
@@ -65,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = [x for x in layers if x not in LAYERS]
     if bad:
         ap.error(f"unknown layer(s) {bad}; known: {', '.join(LAYERS)}")
+    if args.jobs < 1:
+        ap.error("--jobs must be >= 1")
     if args.crash_iterations < 1:
         ap.error("--crash-iterations must be >= 1")
     if args.quick and "--layers" not in (argv if argv is not None else sys.argv[1:]):
@@ -122,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             budgets = tomllib.load(f)
         ctx = Context(target, caps, seed, budgets, args.enforce_budgets,
                       1 if args.quick and args.crash_iterations == 3 else args.crash_iterations,
-                      hello.max_batch, hello.max_payload, quick=args.quick)
+                      hello.max_batch, hello.max_payload, quick=args.quick, max_frame=hello.max_frame)
         print(f"target {target.host}:{target.port} ({hello.server_name!r}, capabilities 0x{caps:x}); "
               f"{len(cases)} cases; seed {seed}", flush=True)
 
@@ -136,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 line += f"\n    {n}"
             print(line, flush=True)
 
-        run = run_cases(cases, ctx, rules, progress, fail_fast=args.fail_fast)
+        run = run_cases(cases, ctx, rules, progress, fail_fast=args.fail_fast, jobs=args.jobs)
         meta = {
             "target": {"address": f"{target.host}:{target.port}", "launch": spec.launch, "kill": spec.kill},
             "server": {"name": hello.server_name, "capabilities": caps, "max_frame": hello.max_frame,

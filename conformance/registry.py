@@ -7,8 +7,12 @@ capability, and :class:`Skipped` when the kit cannot run it here (no launch comm
 
 from __future__ import annotations
 
+import copy
+import itertools
 import random
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -55,28 +59,81 @@ class Case:
     fn: Callable[[Context], None]
     needs: Capability | None = None
     randomized: bool = False
+    exclusive: bool = False
+    """Runs with no other case at the same time (it restarts the target, fills a limit, or
+    measures). Cases of the crash, storage and budgets layers are always exclusive."""
 
 
 CASES: list[Case] = []
 
 
 def case(id: str, title: str, *, layer: str, rules: tuple[str, ...] | list[str], needs: Capability | None = None,
-         randomized: bool = False) -> Callable[[Callable[[Context], None]], Callable[[Context], None]]:
+         randomized: bool = False, exclusive: bool = False
+         ) -> Callable[[Callable[[Context], None]], Callable[[Context], None]]:
     """Register a case function."""
     assert layer in LAYERS, layer
 
     def register(fn: Callable[[Context], None]) -> Callable[[Context], None]:
         if any(c.id == id for c in CASES):
             raise ValueError(f"duplicate case id {id}")
-        CASES.append(Case(id, title, layer, tuple(rules), fn, needs, randomized))
+        CASES.append(Case(id, title, layer, tuple(rules), fn, needs, randomized,
+                          exclusive or layer in ("crash", "storage", "budgets")))
         return fn
 
     return register
 
 
+_steps = threading.local()
+"""The rules of the checks running on this thread (innermost last); see :meth:`Context.step`."""
+
+
+def current_rules() -> tuple[str, ...]:
+    """The rules of the innermost :meth:`Context.step` active on this thread (empty: none)."""
+    stack: list[tuple[str, ...]] = getattr(_steps, "stack", [])
+    return stack[-1] if stack else ()
+
+
+@contextmanager
+def _step(rules: tuple[str, ...]) -> Iterator[None]:
+    stack: list[tuple[str, ...]] = getattr(_steps, "stack", None) or []
+    _steps.stack = stack
+    stack.append(rules)
+    try:
+        yield
+    except Failed as e:
+        if not e.rules:
+            e.rules = rules
+        raise
+    except (Unimplemented, Skipped):
+        raise
+    except Exception as e:
+        # The target did something this check did not foresee (no answer, a closed connection, a
+        # frame the codec rejects): that fails the rule being checked, not every rule of the case.
+        raise Failed(f"{type(e).__name__}: {e}", rules) from e
+    finally:
+        stack.pop()
+
+
+class _TopicNames:
+    """Topic names unique across the cases of a run (cases may run on several threads)."""
+
+    def __init__(self, run: str) -> None:
+        self.run = run
+        self._n = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def next(self, hint: str) -> str:
+        with self._lock:
+            return f"cf-{hint}-{self.run}-{next(self._n)}"
+
+
 @dataclass
 class Context:
-    """What a case gets: the target, the capabilities under test, a seeded RNG and options."""
+    """What a case gets: the target, the capabilities under test, a seeded RNG and options.
+
+    The runner gives every case its own copy (:meth:`for_case`): own notes, and an RNG seeded from
+    the run's seed and the case id, so a case replays the same with ``--seed`` whatever else runs.
+    """
 
     target: Target
     capabilities: int
@@ -88,18 +145,29 @@ class Context:
     max_payload: int = 65536
     quick: bool = False
     """The fast mode (--quick): cases shrink their workloads; every rule is still checked."""
+    max_frame: int = 0
     rng: random.Random = field(init=False)
-    _topic_n: int = field(init=False, default=0)
     notes: list[str] = field(default_factory=list)
+    _names: _TopicNames = field(init=False)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
-        self._run = f"{self.seed:x}-{random.Random().getrandbits(24):06x}"
+        self._names = _TopicNames(f"{self.seed:x}-{random.Random().getrandbits(24):06x}")
+
+    def for_case(self, c: Case) -> Context:
+        """A copy for running ``c``: fresh notes, an RNG of its own, the same topic namespace."""
+        other = copy.copy(self)
+        other.notes = []
+        other.rng = random.Random(f"{self.seed}:{c.id}")
+        return other
 
     def topic(self, hint: str = "t") -> str:
         """A topic name no other case (or earlier run against the same broker) uses."""
-        self._topic_n += 1
-        return f"cf-{hint}-{self._run}-{self._topic_n}"
+        name = self._names.next(hint)
+        created = getattr(self.target, "created_topics", None)
+        if created is not None:
+            created.append(name)
+        return name
 
     def client(self) -> WireClient:
         """A connection that has done HELLO."""
@@ -113,11 +181,18 @@ class Context:
         """Add a line to the case's report (measured figures, observations)."""
         self.notes.append(text)
 
+    def step(self, *rules: str) -> AbstractContextManager[None]:
+        """``with ctx.step("NMQ-4.4-4"): ...``: the checks inside are of these rules. A
+        :class:`Failed` without rules gets them, and any unexpected exception inside (a timeout,
+        a closed connection, a frame the codec rejects) becomes a :class:`Failed` of these rules
+        only; a case that raises outside every step fails all of its rules."""
+        return _step(tuple(rules))
+
 
 def check(condition: bool, message: str, *rules: str) -> None:
-    """Raise Failed(message) unless ``condition``."""
+    """Raise Failed(message) unless ``condition``; without ``rules``, those of the current step."""
     if not condition:
-        raise Failed(message, tuple(rules))
+        raise Failed(message, tuple(rules) or current_rules())
 
 
-__all__ += ["check"]
+__all__ += ["check", "current_rules"]

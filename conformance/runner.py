@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -44,8 +46,8 @@ def _level(rule_ids: tuple[str, ...], rules: dict[str, Rule]) -> str:
 
 
 def run_one(c: Case, ctx: Context, rules: dict[str, Rule]) -> CaseResult:
-    """Run one case; never raises."""
-    ctx.notes = []
+    """Run one case on its own copy of ``ctx``; never raises."""
+    ctx = ctx.for_case(c)
     t0 = time.monotonic()
     if c.needs is not None and not ctx.has(c.needs):
         return CaseResult(c, "UNIMPLEMENTED", f"capability {c.needs.name} not announced", duration_s=0.0)
@@ -57,32 +59,63 @@ def run_one(c: Case, ctx: Context, rules: dict[str, Rule]) -> CaseResult:
         budget = any(r.startswith("BUDGET:") for r in failed)
         verdict = "FAILED" if budget or _level(tuple(r for r in failed if r in rules), rules) == "MUST" else "NON-STRICT"
         msg = str(e)
+        if e.__cause__ is not None:
+            msg += "\n" + "".join(traceback.format_exception(e.__cause__, limit=-3))
     except Unimplemented as e:
         res = CaseResult(c, "UNIMPLEMENTED", str(e), (), list(ctx.notes), time.monotonic() - t0, e.verified)
         return res
     except Skipped as e:
         verdict, msg, failed = "INFORMATIONAL", f"skipped: {e}", ()
-    except Exception as e:  # the target did something the case did not foresee: a failure
+    except Exception as e:
+        # Raised outside every ctx.step(): the kit cannot tell which check was running, so every
+        # rule of the case fails (cases wrap their phases in steps to avoid this).
         failed = c.rules
         verdict = "FAILED" if _level(c.rules, rules) == "MUST" else "NON-STRICT"
-        msg = f"{type(e).__name__}: {e}\n" + "".join(traceback.format_exc(limit=4))
+        msg = (f"{type(e).__name__}: {e} (outside any step, so every rule of the case)\n"
+               + "".join(traceback.format_exc(limit=-4)))
     return CaseResult(c, verdict, msg, tuple(failed), list(ctx.notes), time.monotonic() - t0)
 
 
 def run_cases(cases: list[Case], ctx: Context, rules: dict[str, Rule],
-              progress: Callable[[CaseResult], None] | None = None, fail_fast: bool = False) -> RunResult:
-    """Run ``cases`` in order (layer order is the caller's choice); ``fail_fast`` stops after
-    the first FAILED case."""
+              progress: Callable[[CaseResult], None] | None = None, fail_fast: bool = False,
+              jobs: int = 1) -> RunResult:
+    """Run ``cases`` (layer order is the caller's choice). Consecutive non-exclusive cases run
+    ``jobs`` at a time on threads (they use topics of their own, so they cannot disturb each
+    other's checks); an exclusive case runs alone. ``fail_fast`` stops after the first FAILED
+    case. Results keep the order of ``cases``."""
     t0 = time.monotonic()
-    out = []
-    for c in cases:
-        r = run_one(c, ctx, rules)
-        out.append(r)
-        if progress is not None:
-            progress(r)
-        if fail_fast and r.verdict == "FAILED":
-            break
-    return RunResult(out, ctx.seed, time.monotonic() - t0)
+    done: dict[int, CaseResult] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def finish(i: int, r: CaseResult) -> None:
+        with lock:
+            done[i] = r
+            if progress is not None:
+                progress(r)
+            if fail_fast and r.verdict == "FAILED":
+                stop.set()
+
+    i = 0
+    while i < len(cases) and not stop.is_set():
+        if cases[i].exclusive or jobs <= 1:
+            finish(i, run_one(cases[i], ctx, rules))
+            i += 1
+            continue
+        j = i
+        while j < len(cases) and not cases[j].exclusive:
+            j += 1
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="case") as pool:
+            futures = []
+            for k in range(i, j):
+                def job(k: int = k) -> None:
+                    if not stop.is_set():
+                        finish(k, run_one(cases[k], ctx, rules))
+                futures.append(pool.submit(job))
+            for f in futures:
+                f.result()
+        i = j
+    return RunResult([done[k] for k in sorted(done)], ctx.seed, time.monotonic() - t0)
 
 
 def rule_verdicts(run: RunResult, rules: dict[str, Rule]) -> dict[str, dict[str, object]]:
