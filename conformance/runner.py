@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from conformance.registry import CASES, Case, Context, Failed, Skipped, Unimplemented
