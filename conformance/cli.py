@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ready-timeout", type=float, default=None, help="seconds to wait for start-up (default 20)")
     ap.add_argument("--layers", default=",".join(LAYERS), help=f"comma-separated subset of {','.join(LAYERS)}")
     ap.add_argument("--only", action="append", default=[], help="run cases whose id contains this (repeatable)")
+    ap.add_argument("--case", action="append", default=[], metavar="ID",
+                    help="run the case with exactly this id (repeatable; unlike --only, no substring match)")
     ap.add_argument("--strict", action="store_true", help="SHOULD failures also make the exit status non-zero")
     ap.add_argument("--seed", type=int, default=None, help="seed of every randomised case (printed; default random)")
     ap.add_argument("--enforce-budgets", action="store_true", help="budget figures worse than spec/budgets.toml FAIL")
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         layers = [x for x in layers if x != "budgets"]
     wanted_rules = {r.strip() for x in args.rules for r in x.split(",") if r.strip()}
     cases = [c for c in all_cases() if c.layer in layers and (not args.only or any(o in c.id for o in args.only))
-             and (not wanted_rules or wanted_rules & set(c.rules))]
+             and (not args.case or c.id in args.case) and (not wanted_rules or wanted_rules & set(c.rules))]
     rules = load_rules()
     if args.list_json:
         print(json.dumps({
