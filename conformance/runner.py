@@ -154,7 +154,15 @@ def rule_verdicts(run: RunResult, rules: dict[str, Rule]) -> dict[str, dict[str,
 
 def all_cases() -> list[Case]:
     """Every registered case, layers in order (importing the case modules registers them)."""
-    from conformance import cases_budgets, cases_crash, cases_history, cases_vectors, cases_wire  # noqa: F401
+    from conformance import (  # noqa: F401
+        cases_budgets,
+        cases_crash,
+        cases_enums,
+        cases_history,
+        cases_limits,
+        cases_vectors,
+        cases_wire,
+    )
     from conformance.registry import LAYERS
 
     return sorted(CASES, key=lambda c: LAYERS.index(c.layer))
