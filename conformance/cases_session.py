@@ -1,0 +1,397 @@
+"""Layer (b), several things on one connection and the life of a subscription: several subscriptions
+and topics at once, processing order in pipelines, unsubscribe, commit bookkeeping, closing at any
+moment, and the capabilities a connection announces.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+from conformance.cases_enums import _restamp
+from conformance.helpers import (
+    alive,
+    closed,
+    collect_all,
+    expect_error,
+    is_error,
+    publish,
+    quiet,
+    raw_publish,
+    responses,
+    subscribe,
+    topic_info,
+)
+from conformance.registry import Context, Unimplemented, case, check
+from conformance.wire import WireClient
+from nanomq.protocol import (
+    PROTOCOL_VERSION,
+    Ack,
+    Capability,
+    Commit,
+    Committed,
+    Credit,
+    Deliver,
+    ErrorCode,
+    Hello,
+    HelloOk,
+    Metadata,
+    MetadataOk,
+    Ping,
+    Publish,
+    PublishAck,
+    RecordBatch,
+    Seek,
+    SeekOk,
+    Start,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
+    encode,
+)
+
+
+def _commit(w: WireClient, sub_id: int, ids: tuple[int, ...]) -> int:
+    rid = w.next_id()
+    w.send(Commit(rid, sub_id, ids))
+    f = w.recv_response()
+    check(isinstance(f, Committed) and f.request_id == rid, f"COMMIT {ids} answered {f!r}", "NMQ-4.7-1")
+    assert isinstance(f, Committed)
+    return f.position
+
+
+@case("session.subscriptions", "three subscriptions on one connection (two on one topic, one on another) keep "
+      "their own sub_id, position, credit and committed position; UNSUBSCRIBE or SEEK of one leaves the others",
+      layer="wire", rules=("NMQ-4.4-1", "NMQ-4.6-1", "NMQ-4.6-2", "NMQ-4.6-3", "NMQ-SEM-4-1", "NMQ-SEM-5-3",
+                           "NMQ-4.5-2", "NMQ-4.8-4", "NMQ-4.7-4"))
+def subscriptions(ctx: Context) -> None:
+    a, b = ctx.topic("ma"), ctx.topic("mb")
+    with ctx.client() as w:
+        publish(w, a, [f"a{i}".encode() for i in range(1, 11)])
+        publish(w, b, [f"b{i}".encode() for i in range(1, 6)])
+        with ctx.step("NMQ-4.4-1"):
+            s1 = subscribe(w, a, credit=3)
+            s2 = subscribe(w, a, Start.ID, 6, credit=2)
+            s3 = subscribe(w, b, credit=100)
+            check(len({s1.sub_id, s2.sub_id, s3.sub_id}) == 3, f"sub_ids {s1.sub_id}, {s2.sub_id}, {s3.sub_id} repeat")
+            check(s1.topic_id == s2.topic_id != s3.topic_id, "topic ids of two topics are equal, or of one topic differ")
+        with ctx.step("NMQ-4.6-2", "NMQ-4.6-3", "NMQ-SEM-4-1"):
+            got1 = [(r.id, r.payload) for r in collect_all(w, s1.sub_id, 3)]
+            got2 = [(r.id, r.payload) for r in collect_all(w, s2.sub_id, 2)]
+            got3 = [(r.id, r.payload) for r in collect_all(w, s3.sub_id, 5)]
+            check(got1 == [(i, f"a{i}".encode()) for i in (1, 2, 3)], f"first subscription got {got1}")
+            check(got2 == [(i, f"a{i}".encode()) for i in (6, 7)], f"second subscription got {got2}")
+            check(got3 == [(i, f"b{i}".encode()) for i in range(1, 6)], f"third subscription got {got3}")
+            quiet(w, 0.3, "a subscription was delivered beyond its own credit")
+        with ctx.step("NMQ-SEM-5-3", "NMQ-4.7-4"):
+            p1 = _commit(w, s1.sub_id, (1, 2))
+            p2 = _commit(w, s2.sub_id, (6,))
+            check((p1, p2) == (3, 7), f"committed positions {p1}, {p2}: commits of one subscription leaked into "
+                  "the other (expected 3 and 7)")
+            w.send(Commit(w.next_id(), s2.sub_id, (2,)))
+            expect_error(w.recv_response(), ErrorCode.INVALID_ARGUMENT, "NMQ-4.7-1")
+        with ctx.step("NMQ-4.8-4"):
+            w.send(Seek(w.next_id(), s1.sub_id, Start.ID, 9))
+            f = w.recv_response()
+            check(isinstance(f, SeekOk) and f.next_id == 9, f"SEEK answered {f!r}")
+            w.send(Credit(0, s2.sub_id, 1))
+            got2 = [r.id for r in collect_all(w, s2.sub_id, 1)]
+            check(got2 == [8], f"a SEEK of another subscription moved this one: got {got2}, expected [8]")
+            w.send(Credit(0, s1.sub_id, 1))
+            got1 = [r.id for r in collect_all(w, s1.sub_id, 1)]
+            check(got1 == [9], f"after SEEK to 9 and CREDIT 1: got {got1}")
+        with ctx.step("NMQ-4.5-2"):
+            w.send(Unsubscribe(w.next_id(), s1.sub_id))
+            check(isinstance(w.recv_response(), Unsubscribed), "UNSUBSCRIBE answered otherwise")
+            publish(w, a, [b"a11"])
+            w.send(Credit(0, s2.sub_id, 10))
+            got2 = [r.id for r in collect_all(w, s2.sub_id, 3)]
+            check(got2 == [9, 10, 11], f"after another subscription left, this one got {got2}")
+            quiet(w, 0.3, "after UNSUBSCRIBED the subscription still delivered")
+        with ctx.step("NMQ-4.4-1"):
+            s4 = subscribe(w, a)
+            check(s4.sub_id not in (s1.sub_id, s2.sub_id, s3.sub_id), f"sub_id {s4.sub_id} reused on the connection")
+
+
+@case("session.processing-order", "a pipeline of publishes (durable, written, none) and reads is processed in "
+      "the order sent: ids follow the sending order and each METADATA or SUBSCRIBE sees every PUBLISH before it",
+      layer="wire", rules=("NMQ-3.3-2", "NMQ-SEM-2-3", "NMQ-3.3-1", "NMQ-4.4-5", "NMQ-4.9-2"))
+def processing_order(ctx: Context) -> None:
+    t = ctx.topic("porder")
+    frames = []
+    expect_next = []
+    n = 1
+    rid = 0
+    for i in range(12):
+        rid += 1
+        ack = (Ack.DURABLE, Ack.WRITTEN, Ack.NONE)[i % 3]
+        frames.append(Publish(rid, t, ack, RecordBatch.from_payloads([f"{i}:{k}".encode() for k in range(i % 4 + 1)])))
+        n += i % 4 + 1
+        if i % 4 == 3:
+            rid += 1
+            frames.append(Metadata(rid, t))
+            expect_next.append(n)
+    rid += 1
+    frames.append(Subscribe(rid, t, Start.EARLIEST, 0, 1 << 20, ""))
+    with ctx.client() as w:
+        w.send(*frames)
+        answered = [f for f in frames if not (isinstance(f, Publish) and f.ack == Ack.NONE)]
+        got = responses(w, len(answered))
+        with ctx.step("NMQ-3.3-2"):
+            check([f.request_id for f in got] == [f.request_id for f in answered],
+                  f"answers in order {[f.request_id for f in got]}")
+        with ctx.step("NMQ-SEM-2-3", "NMQ-3.3-2"):
+            firsts = [f.first_id for f in got if isinstance(f, PublishAck)]
+            check(firsts == sorted(firsts) and len(set(firsts)) == len(firsts),
+                  f"publishes sent in order got first ids {firsts}")
+        with ctx.step("NMQ-3.3-2", "NMQ-4.9-2"):
+            nexts = [f.topics[0].next_id for f in got if isinstance(f, MetadataOk)]
+            check(nexts == expect_next, f"METADATA inside the pipeline saw next ids {nexts}, expected {expect_next}")
+        with ctx.step("NMQ-4.4-5", "NMQ-3.3-2"):
+            s = got[-1]
+            check(isinstance(s, Subscribed) and s.end_id == n, f"SUBSCRIBE at the end of the pipeline: {s!r}, end {n}")
+            assert isinstance(s, Subscribed)
+            recs = collect_all(w, s.sub_id, n - 1)
+            want = [f"{i}:{k}".encode() for i in range(12) for k in range(i % 4 + 1)]
+            check([r.payload for r in recs] == want, "records not stored in the order their PUBLISHes were sent",
+                  "NMQ-SEM-2-3")
+
+
+@case("session.topics", "topics are independent: interleaved publishes to three topics give each its own ids "
+      "from 1; each has its own topic_id, the same in SUBSCRIBED, METADATA and every record", layer="wire",
+      rules=("NMQ-SEM-1-1", "NMQ-SEM-1-2", "NMQ-SEM-2-1", "NMQ-4.2-4", "NMQ-4.9-1"))
+def topics_independent(ctx: Context) -> None:
+    names = [ctx.topic(f"ind{k}") for k in range(3)]
+    with ctx.client() as w:
+        acks: dict[str, list[int]] = {n: [] for n in names}
+        for i in range(9):
+            n = names[(i * 7) % 3]
+            acks[n].append(publish(w, n, [f"{n}:{i}".encode()]).first_id)
+        with ctx.step("NMQ-SEM-2-1", "NMQ-SEM-1-1"):
+            for n, ids in acks.items():
+                check(ids == list(range(1, len(ids) + 1)), f"topic {n} got ids {ids}: ids are not per topic")
+        with ctx.step("NMQ-SEM-1-2", "NMQ-4.2-4", "NMQ-4.9-1"):
+            w.send(Metadata(w.next_id(), ""))
+            md = w.recv_response()
+            check(isinstance(md, MetadataOk), f"METADATA answered {md!r}")
+            assert isinstance(md, MetadataOk)
+            listed = {x.name: x for x in md.topics}
+            ids = set()
+            for n in names:
+                check(n in listed, f"METADATA of all topics does not list {n}")
+                s = subscribe(w, n)
+                recs = collect_all(w, s.sub_id, len(acks[n]))
+                check(s.topic_id == listed[n].topic_id, f"{n}: SUBSCRIBED topic_id {s.topic_id}, METADATA "
+                      f"{listed[n].topic_id}")
+                check(all(r.topic_id == s.topic_id for r in recs), f"{n}: a record carries another topic_id")
+                ids.add(s.topic_id)
+            check(len(ids) == 3, f"three topics share topic ids {ids}")
+
+
+@case("session.subscribe-creates", "SUBSCRIBE to a topic that does not exist creates it empty: METADATA lists it "
+      "with first_id = next_id = 1, and the subscription then delivers the first record published", layer="wire",
+      rules=("NMQ-4.4-1", "NMQ-SEM-1-2", "NMQ-4.9-2", "NMQ-4.4-5", "NMQ-SEM-4-1"))
+def subscribe_creates(ctx: Context) -> None:
+    t = ctx.topic("screate")
+    with ctx.client() as w, ctx.client() as p:
+        with ctx.step("NMQ-4.4-1", "NMQ-4.4-5"):
+            s = subscribe(w, t)
+            check((s.next_id, s.end_id) == (1, 1), f"SUBSCRIBED on a new topic: {s!r}")
+        with ctx.step("NMQ-SEM-1-2", "NMQ-4.9-2"):
+            info = topic_info(p, t)
+            check((info.first_id, info.next_id, info.topic_id) == (1, 1, s.topic_id),
+                  f"the new empty topic is listed as {info!r}")
+        with ctx.step("NMQ-SEM-4-1"):
+            publish(p, t, [b"first"])
+            recs = collect_all(w, s.sub_id, 1)
+            check([(r.id, r.payload) for r in recs] == [(1, b"first")], f"delivered {recs!r}")
+
+
+@case("session.unsubscribe", "UNSUBSCRIBE with a backlog in flight: no DELIVER after UNSUBSCRIBED; the sub_id is "
+      "then unknown to CREDIT, COMMIT, SEEK and UNSUBSCRIBE", layer="wire",
+      rules=("NMQ-4.5-1", "NMQ-4.5-2", "NMQ-4.6-1", "NMQ-4.8-2"))
+def unsubscribe(ctx: Context) -> None:
+    t = ctx.topic("unsub2")
+    with ctx.client() as w:
+        for _ in range(4):
+            publish(w, t, [b"u" * 200] * ctx.max_batch)
+        s = w.subscribe(t, Start.EARLIEST, 0, 1 << 30)
+        check(isinstance(s, Subscribed), f"SUBSCRIBE answered {s!r}", "NMQ-4.4-1")
+        assert isinstance(s, Subscribed)
+        with ctx.step("NMQ-4.5-2"):
+            rid = w.next_id()
+            w.send(Unsubscribe(rid, s.sub_id))
+            while True:
+                f = w.recv(5.0)
+                if isinstance(f, Unsubscribed):
+                    check(f.request_id == rid, f"UNSUBSCRIBED for request {f.request_id}")
+                    break
+                check(isinstance(f, Deliver), f"unexpected {f!r} before UNSUBSCRIBED")
+            publish(w, t, [b"later"])
+            quiet(w, 0.4, "a DELIVER after UNSUBSCRIBED")
+        with ctx.step("NMQ-4.5-1", "NMQ-4.6-1", "NMQ-4.8-2"):
+            base = w.next_id()
+            w.send(Credit(base, s.sub_id, 5), Commit(base + 1, s.sub_id, (1,)), Seek(base + 2, s.sub_id, Start.EARLIEST, 0),
+                   Unsubscribe(base + 3, s.sub_id))
+            for k, f in enumerate(responses(w, 4)):
+                expect_error(f, ErrorCode.UNKNOWN_SUBSCRIPTION, request_id=base + k)
+            quiet(w, 0.2, "a request on an unknown subscription delivered")
+
+
+@case("session.commit", "COMMIT: positions follow out-of-order and repeated commits exactly; ids below the start, "
+      "not yet delivered, or delivered before the last SEEK are INVALID_ARGUMENT; SEEK resets the position",
+      layer="wire", rules=("NMQ-4.7-1", "NMQ-4.7-2", "NMQ-4.7-4", "NMQ-SEM-5-3", "NMQ-4.8-1"))
+def commit(ctx: Context) -> None:
+    t = ctx.topic("commit2")
+    with ctx.client() as w:
+        publish(w, t, [b"c"] * 12)
+        s = subscribe(w, t, Start.ID, 3, credit=6)  # delivers 3..8
+        check(len(collect_all(w, s.sub_id, 6)) == 6, "six records", "NMQ-4.4-1")
+        with ctx.step("NMQ-4.7-4", "NMQ-SEM-5-3"):
+            seq = [((5,), 3), ((3,), 4), ((3,), 4), ((4,), 6), ((8, 7), 6), ((6,), 9)]
+            for ids, want in seq:
+                got = _commit(w, s.sub_id, ids)
+                check(got == want, f"COMMIT {ids} gave position {got}, expected {want}")
+        with ctx.step("NMQ-4.7-1"):
+            for bad in ((2,), (9,), (1,), (3, 9)):
+                rid = w.next_id()
+                w.send(Commit(rid, s.sub_id, bad))
+                expect_error(w.recv_response(), ErrorCode.INVALID_ARGUMENT, request_id=rid)
+        with ctx.step("NMQ-4.7-2"):
+            rid = w.next_id()
+            w.send(Commit(rid, s.sub_id, (0,)))
+            expect_error(w.recv_response(), ErrorCode.INVALID_ARGUMENT, request_id=rid)
+        with ctx.step("NMQ-4.8-1", "NMQ-4.7-4", "NMQ-4.7-1"):
+            w.send(Seek(w.next_id(), s.sub_id, Start.ID, 5))
+            check(isinstance(w.recv_response(), SeekOk), "SEEK")
+            rid = w.next_id()
+            w.send(Commit(rid, s.sub_id, (5,)))
+            expect_error(w.recv_response(), ErrorCode.INVALID_ARGUMENT, request_id=rid)  # not delivered since SEEK
+            w.send(Credit(0, s.sub_id, 2))
+            check([r.id for r in collect_all(w, s.sub_id, 2)] == [5, 6], "after SEEK to 5")
+            got = _commit(w, s.sub_id, (5,))
+            check(got == 6, f"after SEEK to 5 and COMMIT 5 the position is {got}, expected 6")
+
+
+@case("session.close-anytime", "a client may close at any moment (mid-frame, right after a durable PUBLISH, with "
+      "a backlog being delivered): the target keeps serving, and a publish whose answer never came is either "
+      "absent or whole at its id", layer="wire", rules=("NMQ-2-2", "NMQ-8-4", "NMQ-SEM-3-3"))
+def close_anytime(ctx: Context) -> None:
+    t = ctx.topic("close")
+    payload = ctx.rng.randbytes(3000)
+    with ctx.step("NMQ-2-2", "NMQ-8-4"):
+        w = ctx.client()
+        w.send_raw(encode(Publish(1, t, Ack.DURABLE, RecordBatch.from_payloads([payload]))))
+        w.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        w.close()  # RST right behind the PUBLISH
+        w = ctx.client()
+        w.send_raw(encode(Ping(1, 1))[:9])
+        w.close()
+        with ctx.client() as w:
+            publish(w, ctx.topic("close-backlog"), [b"z" * 1000] * ctx.max_batch)
+        w = ctx.client()
+        w.subscribe(ctx.topic("close-backlog"), Start.EARLIEST, 0, 1 << 30)
+        w.close()
+        time.sleep(0.1)
+    with ctx.step("NMQ-SEM-3-3"), ctx.client() as w:
+        alive(w, "NMQ-8-4")
+        rid = w.next_id()
+        w.send(Metadata(rid, t))
+        md = w.recv_response()
+        if is_error(md, ErrorCode.UNKNOWN_TOPIC):
+            return
+        check(isinstance(md, MetadataOk), f"METADATA answered {md!r}")
+        assert isinstance(md, MetadataOk)
+        n = md.topics[0].next_id - 1
+        check(n in (0, 1), f"one PUBLISH of one record left {n} records")
+        if n:
+            s = subscribe(w, t)
+            recs = collect_all(w, s.sub_id, 1)
+            check(len(recs) == 1 and recs[0].id == 1 and recs[0].payload == payload,
+                  "the unacknowledged record is present but not whole")
+
+
+@case("session.capabilities", "HELLO_OK announces no unknown capability bit, TLS exactly when the connection is "
+      "inside TLS, and the same capabilities and limits on every connection", layer="wire",
+      rules=("NMQ-7-3", "NMQ-7-8", "NMQ-4.1-4"))
+def capabilities(ctx: Context) -> None:
+    with ctx.target.raw_client() as w:
+        h = w.hello()
+    with ctx.step("NMQ-7-3"):
+        check(h.capabilities >> 6 == 0, f"capabilities 0x{h.capabilities:x} set bits 6..31, unknown in v1")
+    with ctx.step("NMQ-7-8"):
+        tls = ctx.target.ssl is not None
+        check(bool(h.capabilities & Capability.TLS) == tls,
+              f"TLS {'not ' if tls else ''}announced on a connection that is {'' if tls else 'not '}inside TLS")
+    with ctx.step("NMQ-4.1-4"):
+        for _ in range(3):
+            with ctx.target.raw_client() as w:
+                h2 = w.hello()
+            check((h2.capabilities, h2.max_frame, h2.max_payload, h2.max_batch) ==
+                  (h.capabilities, h.max_frame, h.max_payload, h.max_batch),
+                  f"connections announce different capabilities or limits: {h!r} vs {h2!r}")
+
+
+@case("session.auth", "with AUTH announced, a token the server did not issue is AUTH_FAILED and closes",
+      layer="wire", rules=("NMQ-4.1-3", "NMQ-7-9"), needs=Capability.AUTH)
+def auth(ctx: Context) -> None:
+    for token in (b"", bytes(ctx.rng.getrandbits(8) for _ in range(32))):
+        with ctx.step("NMQ-4.1-3", "NMQ-7-9"), ctx.target.raw_client() as w:
+            w.send(Hello(1, PROTOCOL_VERSION, "intruder", token))
+            frames = closed(w)
+            check(any(is_error(f, ErrorCode.AUTH_FAILED) for f in frames) and
+                  not any(isinstance(f, HelloOk) for f in frames),
+                  f"a token of {len(token)} random bytes answered {frames!r}")
+
+
+@case("session.lz4", "with COMPRESSION_LZ4 announced, LZ4 records of every size (mixed with plain records in one "
+      "batch) are stored and delivered with flags, raw_size and compressed bytes unchanged; raw_size of "
+      "max_payload is accepted and max_payload+1 is PAYLOAD_TOO_LARGE; without it they are NOT_SUPPORTED and "
+      "nothing is appended", layer="wire", rules=("NMQ-5.3-1", "NMQ-5.3-2", "NMQ-7-4", "NMQ-7-1", "NMQ-SEM-3-4"))
+def lz4(ctx: Context) -> None:
+    import lz4.block
+
+    t = ctx.topic("lz4b")
+    m = ctx.max_payload
+    raws = [b"a", b"ab" * 50, ctx.rng.randbytes(300), b"z" * 4096, bytes(m)]
+    blocks = [lz4.block.compress(r, store_size=False) for r in raws]
+    payloads, flags, sizes = [], [], []
+    for r, b in zip(raws, blocks, strict=True):
+        payloads += [b, r[:100]]
+        flags += [1, 0]
+        sizes += [len(r), 0]
+    batch = RecordBatch.from_payloads(payloads, flags=flags, raw_sizes=sizes, max_payload=m)
+    with ctx.client() as w:
+        rid = w.next_id()
+        w.send(Publish(rid, t, Ack.WRITTEN, batch))
+        f = w.recv_response()
+        if not ctx.has(Capability.COMPRESSION_LZ4):
+            with ctx.step("NMQ-5.3-1", "NMQ-7-1"):
+                expect_error(f, ErrorCode.NOT_SUPPORTED, request_id=rid)
+            with ctx.step("NMQ-SEM-3-4", "NMQ-7-1"):
+                w.send(Metadata(w.next_id(), t))
+                md = w.recv_response()
+                check(is_error(md, ErrorCode.UNKNOWN_TOPIC) or (isinstance(md, MetadataOk) and md.topics[0].next_id == 1),
+                      f"a refused LZ4 batch was appended: {md!r}")
+            raise Unimplemented("COMPRESSION_LZ4 not announced (NOT_SUPPORTED answered correctly)",
+                                ("NMQ-5.3-1", "NMQ-7-1", "NMQ-SEM-3-4"))
+        with ctx.step("NMQ-5.3-1", "NMQ-7-4"):
+            check(isinstance(f, PublishAck) and f.count == len(payloads), f"an LZ4 batch answered {f!r}")
+            s = subscribe(w, t)
+            recs = collect_all(w, s.sub_id, len(payloads))
+            check(len(recs) == len(payloads), f"{len(recs)} of {len(payloads)} records delivered")
+            for r, p, fl, rs in zip(recs, payloads, flags, sizes, strict=True):
+                check((r.flags, r.raw_size, r.payload) == (fl, rs, p),
+                      f"record {r.id} delivered with flags {r.flags}, raw_size {r.raw_size} "
+                      f"({'same' if r.payload == p else 'other'} bytes); published flags {fl}, raw_size {rs}")
+        with ctx.step("NMQ-5.3-2"):
+            over = RecordBatch.from_payloads([lz4.block.compress(bytes(m + 1), store_size=False)], flags=[1],
+                                             raw_sizes=[m], max_payload=m + 1)
+            data = bytearray(over.data)
+            struct.pack_into("<I", data, 48, m + 1)
+            rid = w.next_id()
+            w.send_raw(raw_publish(rid, t.encode(), _restamp(data), 1))
+            expect_error(w.recv_response(), ErrorCode.PAYLOAD_TOO_LARGE, request_id=rid)
+            alive(w)
