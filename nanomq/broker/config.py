@@ -82,3 +82,5 @@ class BrokerConfig:
             raise ValueError("retention must be positive")
         if self.retention_bytes is not None and self.retention_bytes <= 0:
             raise ValueError("retention bytes must be positive")
+        if not 0.01 <= self.retention_check_s <= 86_400:  # also refuses nan and inf
+            raise ValueError("the retention check interval must be 0.01 .. 86400 seconds")

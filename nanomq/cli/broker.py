@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="delete whole segments whose newest record is older than this")
     ap.add_argument("--retention-bytes", type=parse_size, default=None, metavar="SIZE",
                     help="keep at most about this much log per topic (oldest segments go first)")
+    ap.add_argument("--retention-check-interval", type=float, default=60.0, metavar="S",
+                    help="how often retention runs, in seconds (default 60)")
     ap.add_argument("--compression", choices=["lz4", "none"], default="lz4",
                     help="lz4 (default): accept and store LZ4-compressed records; none: refuse them")
     ap.add_argument("--fsync", choices=["always", "interval", "never"], default="always",
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         segment_bytes=args.log_segment_size,
         retention_ms=int(args.retention_days * 86_400_000) if args.retention_days is not None else None,
         retention_bytes=args.retention_bytes,
+        retention_check_s=args.retention_check_interval,
         fsync=args.fsync,
         fsync_interval_ms=args.fsync_interval_ms,
         compression=args.compression,
