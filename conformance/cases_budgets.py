@@ -18,7 +18,7 @@ from nanomq.protocol import Ack, Deliver, Publish, PublishAck, RecordBatch, Star
 
 def _pct(values: list[int], p: float) -> float:
     if not values:
-        return 0.0
+        raise ValueError("a percentile of no samples")
     s = sorted(values)
     return float(s[min(len(s) - 1, max(0, int(round(p / 100 * len(s) + 0.5)) - 1))])
 
@@ -70,13 +70,19 @@ def e2e_latency(ctx: Context) -> None:
             assert isinstance(f, PublishAck)
         done.wait(10)
         th.join(10)
+    if len(lat) < n // 2:
+        # Too few samples is no measurement: never a pass (and zero samples would give p50 = 0).
+        raise Failed(f"only {len(lat)} of {n} records published at {rate}/s came back to the subscriber; no latency "
+                     "figure can be given", ("BUDGET:e2e_p50_written_ratio_vs_raw_rtt",))
     p50, p99, p999 = (_pct(lat, p) / 1000 for p in (50, 99, 99.9))
     rtt = _raw_rtt_us(rate, 1000)
+    if rtt <= 0:
+        raise Failed("the raw socket calibration gave no round trip", ("BUDGET:e2e_p50_written_ratio_vs_raw_rtt",))
     ctx.note(f"{len(lat)} samples: p50 {p50:.1f} µs, p99 {p99:.1f} µs, p99.9 {p999:.1f} µs "
              "(blocking sockets, publisher and subscriber threads in the kit's process)")
     ctx.note(f"calibration: raw Python socket round trip between two processes, paced at the same rate: "
              f"p50 {rtt:.1f} µs")
-    ctx.note(_budget(ctx, "e2e_p50_written_ratio_vs_raw_rtt", p50 / rtt if rtt else 0.0, False))
+    ctx.note(_budget(ctx, "e2e_p50_written_ratio_vs_raw_rtt", p50 / rtt, False))
 
 
 _ECHO = """
@@ -139,6 +145,7 @@ def publish_throughput(ctx: Context) -> None:
                 rid += inflight
                 for _ in range(inflight):
                     f = w.recv_response()
-                    assert isinstance(f, PublishAck)
+                    if not isinstance(f, PublishAck) or f.count != nb:
+                        raise Failed(f"a measured PUBLISH answered {f!r}: no throughput figure", (f"BUDGET:{key}",))
             rate = rounds * inflight * nb / (time.perf_counter() - t0)
         ctx.note(_budget(ctx, key, rate, True) + " records/s")
