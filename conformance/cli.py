@@ -15,6 +15,7 @@ from conformance.report import write_reports
 from conformance.rules import SPEC_DIR, load_rules
 from conformance.runner import CaseResult, all_cases, run_cases
 from conformance.target import REFERENCE_LAUNCH, Target, TargetError, TargetSpec
+from conformance.verdicts import coverage_lines
 from conformance.wire import WireClient
 
 
@@ -90,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for c in cases:
             print(f"{c.id:48s} {c.layer:8s} {' '.join(c.rules)}")
-        covered = {r for c in all_cases() for r in c.rules}
-        for level in ("MUST", "SHOULD"):
-            gap = [rid for rid, r in rules.items() if r.level == level and rid not in covered]
-            print(f"{level} rules without a case ({len(gap)}): {' '.join(gap) or '-'}")
+        print("\n".join(coverage_lines(all_cases(), rules)))
         return 0
     if not cases:
         ap.error("no case selected")

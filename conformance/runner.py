@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from conformance.registry import CASES, Case, Context, Failed, Skipped, Unimplemented
 from conformance.rules import Rule
 
-__all__ = ["CaseResult", "RunResult", "run_cases", "VERDICTS", "rule_verdicts"]
+__all__ = ["CaseResult", "RunResult", "run_cases", "VERDICTS"]
+# Per-rule verdicts (rule_verdicts) are in conformance.verdicts.
 
 VERDICTS = ("OK", "NON-STRICT", "INFORMATIONAL", "UNIMPLEMENTED", "FAILED")
 
@@ -116,40 +117,6 @@ def run_cases(cases: list[Case], ctx: Context, rules: dict[str, Rule],
                 f.result()
         i = j
     return RunResult([done[k] for k in sorted(done)], ctx.seed, time.monotonic() - t0)
-
-
-def rule_verdicts(run: RunResult, rules: dict[str, Rule]) -> dict[str, dict[str, object]]:
-    """Per spec rule: its level, the verdict its cases add up to, and those cases.
-
-    A rule is FAILED (NON-STRICT for SHOULD/MAY) if a case failed on it, UNIMPLEMENTED if every
-    case for it was, OK if at least one case verified it and none failed, and UNTESTED when no
-    case names it (the coverage gap).
-    """
-    table: dict[str, dict[str, object]] = {
-        rid: {"level": r.level, "text": r.text, "source": r.source, "verdict": "UNTESTED", "cases": []}
-        for rid, r in rules.items()
-    }
-    for res in run.results:
-        for rid in res.case.rules:
-            entry = table.setdefault(rid, {"level": "?", "text": "", "source": "", "verdict": "UNTESTED", "cases": []})
-            entry["cases"].append(res.case.id)  # type: ignore[attr-defined]
-            if res.verdict in ("FAILED", "NON-STRICT"):
-                v = res.verdict if rid in res.failed_rules else None
-            elif res.verdict == "UNIMPLEMENTED" and rid in res.verified_rules:
-                v = "OK"
-            else:
-                v = res.verdict
-            if v is None:
-                continue
-            order = ["UNTESTED", "INFORMATIONAL", "UNIMPLEMENTED", "OK", "NON-STRICT", "FAILED"]
-            cur = str(entry["verdict"])
-            if v in ("FAILED", "NON-STRICT"):
-                v = "FAILED" if entry["level"] == "MUST" else "NON-STRICT"
-            if v == "UNIMPLEMENTED" and cur == "OK":
-                continue
-            if order.index(v) > order.index(cur) or (cur == "UNIMPLEMENTED" and v == "OK"):
-                entry["verdict"] = v
-    return table
 
 
 def all_cases() -> list[Case]:
