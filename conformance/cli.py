@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
 
     try:
-        target = Target(spec)
+        target = Target(spec, log_dir=args.report_dir)
         target.start()
     except TargetError as e:
         print(f"nanomq-conformance: {e}", file=sys.stderr)
@@ -148,14 +148,18 @@ def main(argv: list[str] | None = None) -> int:
                        "max_payload": hello.max_payload, "max_batch": hello.max_batch},
             "layers": layers,
         }
+        target_meta, target_lines = target.report_meta()
+        meta["target"].update(target_meta)
         index = write_reports(run, rules, args.report_dir, meta)
     finally:
         if args.keep_data:
             target.stop()
-            print(f"target data kept in {target.workdir}")
+            print(target.keep_note())
         else:
             target.cleanup()
     print(index["summary_line"])
+    for line in target_lines:
+        print(line)
     failed = [r for r in run.results if r.verdict == "FAILED"]
     soft = [r for r in run.results if r.verdict == "NON-STRICT"]
     if failed or soft:

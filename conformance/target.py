@@ -12,8 +12,15 @@ A target is described by a TOML file, flags or environment variables::
     COMPRESSION_LZ4 = false
 
 Placeholders: ``{port}`` (a free port the kit picked), ``{data_dir}`` (a fresh directory the kit
-owns), ``{pid}`` (kill only), ``{python}`` (this interpreter). With a launch command the kit can
+owns), ``{pid}`` (kill only: the broker's own pid, see :meth:`Target.broker_pid`), ``{python}``
+(this interpreter). The launch command is run by ``/bin/sh``, so it may set variables
+(``RUST_LOG=warn mybroker …``), be compound (``cd /opt/x && ./broker …``) or name a bare command on
+PATH, with or without the strace wrapper of the durability case. With a launch command the kit can
 crash and restart the target; without one, crash cases are skipped with the reason.
+
+The target's stdout and stderr go to ``target.log`` in the report directory (``log_dir``), which
+the kit never deletes; the working directory (data, strace output) is deleted at the end unless
+``--keep-data``.
 """
 
 from __future__ import annotations
@@ -32,11 +39,20 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from conformance.wire import WireClient
-from nanomq.protocol import Capability
+from nanomq.protocol import Capability, Metadata, MetadataOk
 
-__all__ = ["TargetSpec", "Target", "REFERENCE_LAUNCH", "TargetError"]
+__all__ = ["TargetSpec", "Target", "REFERENCE_LAUNCH", "TargetError", "TRACE_SYSCALLS"]
+
+TRACE_SYSCALLS = ("fsync", "fdatasync", "msync", "sync_file_range", "syncfs", "sync",
+                  # which file each write, mapping and creation touched (conformance/strace.py);
+                  # "?" : no error on an architecture without that call (aarch64 has no open/mkdir)
+                  "?open", "openat", "?creat", "?mkdir", "mkdirat", "?rename", "?renameat", "renameat2",
+                  "mmap", "munmap", "write", "writev", "pwrite64", "pwritev", "pwritev2")
+"""The system calls the strace wrapper records (``trace_syncs``). strace runs with ``-y``, so each
+file descriptor is printed with its path and a sync can be attributed to the file it synced."""
 
 REFERENCE_LAUNCH = ("{python} -m nanomq.cli.broker --port {port} --data-dir {data_dir} --log-level warning "
                     "--log-segment-size 8MB")
@@ -102,10 +118,61 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _listening_inodes(port: int) -> set[str]:
+    """Socket inodes of the TCP sockets listening on ``port`` (IPv4 and IPv6), from /proc/net."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f[9])
+    return inodes
+
+
+def _session_processes(sid: int) -> dict[int, int]:
+    """pid -> parent pid of every process whose session or process group is ``sid``."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # state ppid pgrp session ...
+        if sid in (int(fields[2]), int(fields[3])):
+            out[int(entry)] = int(fields[1])
+    return out
+
+
+def _socket_holders(pids: dict[int, int], inodes: set[str]) -> list[int]:
+    """Which of ``pids`` hold one of the sockets ``inodes``, outermost first (a holder whose parent
+    holds it too, e.g. a worker that inherited the listening socket, comes after its parent)."""
+    wanted = {f"socket:[{i}]" for i in inodes}
+    holders = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
+                    holders.add(pid)
+                    break
+            except OSError:
+                continue
+    return sorted(holders, key=lambda p: (pids[p] in holders, p))
+
+
 class Target:
     """A running target: launched by the kit, or an address it only connects to."""
 
-    def __init__(self, spec: TargetSpec, workdir: Path | None = None) -> None:
+    def __init__(self, spec: TargetSpec, workdir: Path | None = None, log_dir: Path | None = None) -> None:
         if not spec.launch and not spec.address:
             raise TargetError("the target needs an address or a launch command")
         self.spec = spec
@@ -116,7 +183,15 @@ class Target:
         self.host = "127.0.0.1"
         self.data_dir = self.workdir / "data"
         self.trace_path = self.workdir / "syncs.strace"
-        self.log_path = self.workdir / "target.log"
+        self.log_path = Path(log_dir) / "target.log" if log_dir is not None else self.workdir / "target.log"
+        """The target's stdout and stderr, from every start of this run (each start marked)."""
+        self._log_opened = False
+        self._log_named = False
+        """A message pointed at the log: cleanup keeps it even when it is in the working directory."""
+        self.created_topics: list[str] = []
+        """Every topic name the kit's cases were given (Context.topic() appends), in order."""
+        self.warnings: list[str] = []
+        """What the kit had to guess about the target (printed when it happens, and reported)."""
         if spec.address:
             host, _, port = spec.address.rpartition(":")
             self.host, self.port = host or "127.0.0.1", int(port)
@@ -132,9 +207,24 @@ class Target:
         """Whether the kit can kill and restart the target (it has a launch command)."""
         return bool(self.spec.launch)
 
-    def _format(self, cmd: str) -> str:
-        return cmd.format(port=self.port, data_dir=shlex.quote(str(self.data_dir)), python=shlex.quote(sys.executable),
-                          pid=self.proc.pid if self.proc else 0)
+    def _format(self, cmd: str, pid: int = 0) -> str:
+        try:
+            return cmd.format(port=self.port, data_dir=shlex.quote(str(self.data_dir)),
+                              python=shlex.quote(sys.executable), pid=pid)
+        except (KeyError, IndexError, ValueError) as e:
+            raise TargetError(f"bad placeholder in {cmd!r}: {e!r} (known: {{port}} {{data_dir}} {{python}}, "
+                              "and {pid} in the kill command; write {{ and }} for literal braces)") from None
+
+    def launch_command(self) -> str:
+        """The shell command the kit runs: the launch command with its placeholders filled in,
+        under ``strace`` when sync calls are traced. The command goes to ``sh -c`` unchanged (no
+        ``exec`` prefix), so variable assignments, compound commands and bare commands on PATH
+        work the same with and without the wrapper."""
+        cmd = self._format(self.spec.launch)
+        if self.spec.trace_syncs:
+            cmd = (f"strace -f -ttt -T -y -qq -e trace={','.join(TRACE_SYSCALLS)} "
+                   f"-o {shlex.quote(str(self.trace_path))} -- sh -c {shlex.quote(cmd)}")
+        return cmd
 
     def start(self) -> None:
         """Launch (if the kit launches it) and wait until it answers HELLO."""
@@ -144,22 +234,34 @@ class Target:
             if not self.port or not self.spec.address:
                 self.port = self.port or _free_port()
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            cmd = self._format(self.spec.launch)
-            if self.spec.trace_syncs:
-                cmd = (f"strace -f -ttt -T -qq -e trace=fsync,fdatasync,msync,sync_file_range,syncfs,sync "
-                       f"-o {shlex.quote(str(self.trace_path))} -- sh -c {shlex.quote('exec ' + cmd)}")
-            with open(self.log_path, "ab") as log:
+            cmd = self.launch_command()
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "ab" if self._log_opened else "wb") as log:
+                self._log_opened = True
+                log.write(f"=== nanomq-conformance {time.strftime('%H:%M:%S')}: {cmd}\n".encode())
+                log.flush()
                 self.proc = subprocess.Popen(cmd, shell=True, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                              start_new_session=True)
         self.wait_ready()
+
+    def _log_hint(self) -> str:
+        """``; log: PATH`` and the log's last lines, for a message about a launched target."""
+        if self.proc is None:
+            return ""
+        self._log_named = True
+        try:
+            tail = self.log_path.read_text(errors="replace").splitlines()[-8:]
+        except OSError:
+            tail = []
+        return f"; log: {self.log_path}" + "".join(f"\n    | {line}" for line in tail)
 
     def wait_ready(self) -> None:
         """Poll the port until a HELLO succeeds (or ready_timeout passes)."""
         deadline = time.monotonic() + self.spec.ready_timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise TargetError(f"target exited with {self.proc.returncode} during start-up; log: {self.log_path}")
+            if self.proc is not None and self.proc.poll() is not None and self._group_gone(0):
+                raise TargetError(f"target exited with {self.proc.returncode} during start-up{self._log_hint()}")
             try:
                 with WireClient(self.host, self.port, timeout=2.0, ssl_context=self.ssl) as w:
                     w.hello()
@@ -167,34 +269,65 @@ class Target:
             except Exception as e:  # not up yet
                 last = e
                 time.sleep(0.05)
-        raise TargetError(f"target at {self.host}:{self.port} not ready after {self.spec.ready_timeout} s: {last}")
+        raise TargetError(f"target at {self.host}:{self.port} not ready after {self.spec.ready_timeout} s: "
+                          f"{last}{self._log_hint()}")
+
+    def warn(self, text: str) -> None:
+        """Say (once) what the kit had to guess about the target."""
+        if text not in self.warnings:
+            self.warnings.append(text)
+            print(f"nanomq-conformance: warning: {text}", file=sys.stderr, flush=True)
+
+    def broker_pid(self) -> int | None:
+        """The broker's own pid: the process of the launched session (or process group) that holds
+        the socket listening on the target's port, found through /proc/net/tcp{,6} and
+        /proc/<pid>/fd. That is the broker itself, not the ``sh -c`` that ran the launch command,
+        nor the strace wrapper, nor a ``cd x && …`` shell. When no process of the session holds it
+        (no /proc, or a broker that left the session), the launched process, with a warning.
+        None when the kit did not launch the target."""
+        if self.proc is None:
+            return None
+        holders = _socket_holders(_session_processes(self.proc.pid), _listening_inodes(self.port))
+        if holders:
+            return holders[0]
+        self.warn(f"no process of the launched session listens on port {self.port} (or /proc cannot tell); "
+                  f"using the launched process {self.proc.pid} as the broker's pid, which may be a shell "
+                  "around it")
+        return self.proc.pid
 
     def kill(self) -> None:
-        """Crash the target: the kill command, else SIGKILL to its process group."""
+        """Crash the target: the kill command (``{pid}`` is :meth:`broker_pid`), else SIGKILL to
+        its process group."""
         if self.proc is None:
             raise TargetError("the kit did not launch the target, so it cannot kill it")
         if self.spec.kill:
-            subprocess.run(self._format(self.spec.kill), shell=True, check=False, timeout=30)
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+            pid = self.broker_pid() if "{pid" in self.spec.kill else 0
+            cmd = self._format(self.spec.kill, pid or 0)
+            done = subprocess.run(cmd, shell=True, check=False, timeout=30, capture_output=True, text=True)
+            if not self._group_gone(30):
+                raise TargetError(f"target did not die after the kill command {cmd!r} (exit {done.returncode}"
+                                  f"{': ' + done.stderr.strip() if done.stderr.strip() else ''})")
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         if not self._group_gone(30):
-            raise TargetError("target did not die after the kill command")
+            raise TargetError(f"target did not die after SIGKILL to its process group {self.proc.pid}")
 
     def _group_gone(self, timeout: float) -> bool:
         """Wait until every process of the launched group has exited (the launch shell may exit
         before the broker it started, which still holds its port and data directory)."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
             self.proc.poll()
             try:
                 os.killpg(self.proc.pid, 0)
             except ProcessLookupError:
                 self.proc.wait()
                 return True
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.01)
-        return False
 
     def stop(self) -> None:
         """Graceful stop (SIGTERM to the process group), falling back to SIGKILL."""
@@ -209,10 +342,66 @@ class Target:
             self.kill()
 
     def cleanup(self) -> None:
-        """Stop the target and delete the working directory the kit made (data, logs, traces)."""
+        """Stop the target and delete the working directory the kit made (data, traces). The log
+        is kept when it is outside it (the report directory), or when a message pointed at it."""
         self.stop()
-        if self._own_workdir:
+        if not self._own_workdir:
+            return
+        keep = self.log_path if self._log_named and self.log_path.parent == self.workdir else None
+        if keep is None:
             shutil.rmtree(self.workdir, ignore_errors=True)
+            return
+        for entry in self.workdir.iterdir():
+            if entry != keep:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+
+    def keep_note(self) -> str:
+        """What ``--keep-data`` kept, and where."""
+        if self.proc is None:
+            return "--keep-data: the kit did not launch the target, so it has no data directory of the kit's"
+        trace = f"; strace output: {self.trace_path}" if self.trace_path.exists() else ""
+        return f"target data kept in {self.data_dir}{trace}; log: {self.log_path}"
+
+    def leftover_topics(self) -> tuple[list[str], bool]:
+        """The topics the kit created on a target it did not launch, and whether the target's
+        METADATA confirmed them. They stay there: protocol v1 has no operation that deletes a
+        topic. A launched target's topics go with its data directory, so the list is empty. When
+        METADATA fails, every name the kit handed out is listed (some may never have been created)."""
+        if self.spec.launch or not self.created_topics:
+            return [], True
+        names = list(dict.fromkeys(self.created_topics))
+        try:
+            with self.client() as w:
+                w.send(Metadata(w.next_id(), ""))
+                f = w.recv_response()
+        except Exception:
+            return names, False
+        if not isinstance(f, MetadataOk):
+            return names, False
+        present = {t.name for t in f.topics}
+        return [n for n in names if n in present], True
+
+    def report_meta(self) -> tuple[dict[str, Any], list[str]]:
+        """What the reports say about the target when the run ends (call it while the target
+        still runs), and the lines to print: where the log is, the warnings, and for a target the
+        kit did not launch the topics it created there and cannot delete."""
+        meta: dict[str, Any] = {"warnings": list(self.warnings)}
+        lines: list[str] = []
+        if self.proc is not None:
+            meta["log"] = str(self.log_path)
+        if not self.spec.launch:
+            left, confirmed = self.leftover_topics()
+            meta["created_topics"] = left
+            meta["created_topics_confirmed"] = confirmed
+            if left:
+                lines.append(f"{len(left)} topics named cf-… (e.g. {left[0]}) were created on {self.host}:{self.port} "
+                             + ("" if confirmed else "(METADATA failed, so these are the names the kit used) ")
+                             + "and cannot be deleted over protocol v1, which has no delete operation; "
+                             "the list is in index.json (target.created_topics)")
+        return meta, lines
 
     def restart_after_crash(self) -> None:
         """Kill, then launch again on the same port and data directory."""
