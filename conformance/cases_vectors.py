@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from conformance.registry import Context, Failed, Skipped, Unimplemented, case, check
-from conformance.rules import SPEC_DIR
+from conformance.rules import spec_file
 from conformance.wire import Closed
 from nanomq.protocol import (
     DEFAULT_MAX_FRAME,
@@ -26,7 +26,7 @@ from nanomq.protocol import (
     PublishAck,
 )
 
-_VECTORS = SPEC_DIR / "vectors"
+_VECTORS = spec_file("vectors")
 _INVALID = [v for v in json.loads((_VECTORS / "invalid.json").read_text())["vectors"]
             if v["direction"] == "client_to_server"]
 _VALID = [v for v in json.loads((_VECTORS / "frames.json").read_text())["vectors"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from conformance.registry import LAYERS, Context
 from conformance.report import write_reports
-from conformance.rules import SPEC_DIR, load_rules
+from conformance.rules import load_rules, spec_file
 from conformance.runner import CaseResult, all_cases, run_cases
 from conformance.target import REFERENCE_LAUNCH, Target, TargetError, TargetSpec
 from conformance.verdicts import coverage_lines
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         with WireClient(target.host, target.port, ssl_context=target.ssl) as w:
             hello = w.hello()
         caps = spec.narrow(hello.capabilities)
-        with open(SPEC_DIR / "budgets.toml", "rb") as f:
+        with spec_file("budgets.toml").open("rb") as f:
             budgets = tomllib.load(f)
         ctx = Context(target, caps, seed, budgets, args.enforce_budgets,
                       1 if args.quick and args.crash_iterations == 3 else args.crash_iterations,

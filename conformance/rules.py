@@ -11,13 +11,38 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
-__all__ = ["Rule", "load_rules", "SPEC_DIR", "WIRE_SPECS"]
+__all__ = ["Rule", "load_rules", "spec_root", "spec_file", "WIRE_SPECS"]
 
-SPEC_DIR = Path(__file__).resolve().parents[1] / "spec"
 WIRE_SPECS = ("protocol.md", "semantics.md", "storage.md")
 _RULE = re.compile(r"\[(NMQ-(?:SEM-|S)?\d[\d.]*-\d+)\]\**\s*(MUST|SHOULD|MAY)\b\**:?\s*(.*)")
+
+
+def spec_root() -> Traversable:
+    """The directory of the spec texts (protocol.md, semantics.md, storage.md, budgets.toml,
+    vectors/*.json), wherever the kit runs from.
+
+    An installed wheel carries them as the package data ``conformance/_spec`` (setup.py maps
+    that package onto spec/, so git holds one copy). A source checkout or an editable install has
+    no ``conformance/_spec`` and reads spec/ next to the package, so edits to spec/ count at once.
+    """
+    packaged = files("conformance") / "_spec"
+    if packaged.is_dir():
+        return packaged
+    tree = Path(__file__).resolve().parents[1] / "spec"
+    if tree.is_dir():
+        return tree
+    raise FileNotFoundError(f"the spec texts are missing: neither {packaged} nor {tree} exists; "
+                            "the package was installed without its data (reinstall it from a wheel)")
+
+
+def spec_file(name: str) -> Traversable:
+    """One file of the spec texts, e.g. ``spec_file("vectors/invalid.json").read_text()``: the one
+    way the kit opens them (see :func:`spec_root`)."""
+    return spec_root().joinpath(*name.split("/"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,14 +57,16 @@ class Rule:
     """The spec file it is in."""
 
 
-def load_rules(spec_dir: Path = SPEC_DIR, files: tuple[str, ...] = WIRE_SPECS) -> dict[str, Rule]:
-    """Every rule defined in ``files`` (first definition wins; later mentions are references)."""
+def load_rules(spec_dir: Traversable | None = None, names: tuple[str, ...] = WIRE_SPECS) -> dict[str, Rule]:
+    """Every rule defined in the spec files ``names`` (first definition wins; later mentions are
+    references). ``spec_dir`` defaults to :func:`spec_root`."""
+    root = spec_root() if spec_dir is None else spec_dir
     rules: dict[str, Rule] = {}
-    for name in files:
-        path = spec_dir / name
-        if not path.exists():
-            continue
-        lines = path.read_text().splitlines()
+    for name in names:
+        path = root / name
+        if not path.is_file():
+            raise FileNotFoundError(f"spec file {name} is missing from {root}")
+        lines = path.read_text(encoding="utf-8").splitlines()
         for i, line in enumerate(lines):
             m = _RULE.search(line)
             if not m or not line.lstrip().startswith("-") or m.group(1) in rules:
