@@ -284,7 +284,7 @@ def test_cli_errors(nanomq_broker) -> None:
 def test_broker_cli_rejects_bad_flags(tmp_path) -> None:
     run = [sys.executable, "-m", "nanomq.cli.broker", "--data-dir", str(tmp_path / "x")]
     r = subprocess.run([*run, "--tls-cert", str(tmp_path / "missing.pem")], capture_output=True, timeout=30)
-    assert r.returncode == 1 and b"cannot start" in r.stderr
+    assert r.returncode == 2 and b"missing.pem: cannot read it" in r.stderr
     r = subprocess.run([*run, "--log-segment-size", "12XB"], capture_output=True, timeout=30)
     assert r.returncode == 2 and b"bad size" in r.stderr
     r = subprocess.run([*run, "--log-segment-size", "1KB"], capture_output=True, timeout=30)

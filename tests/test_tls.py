@@ -103,4 +103,4 @@ def test_broker_tls_errors(tmp_path) -> None:
     bad = tmp_path / "bad.pem"
     bad.write_text("not a certificate\n")
     r = subprocess.run([*run, "--tls-cert", str(bad)], capture_output=True, timeout=30)
-    assert r.returncode == 1 and b"TLS certificate" in r.stderr
+    assert r.returncode == 2 and str(bad).encode() in r.stderr and b"no PEM certificate" in r.stderr

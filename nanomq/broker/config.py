@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from nanomq.protocol import DEFAULT_MAX_FRAME, DEFAULT_MAX_PAYLOAD, MAX_BATCH
+from nanomq.cli.sizes import format_size  # sizes spelled as the flags take them
+from nanomq.protocol import DEFAULT_MAX_FRAME, DEFAULT_MAX_PAYLOAD, MAX_BATCH, RECORD_HEADER_SIZE
 
 FsyncPolicy = Literal["always", "interval", "never"]
+
+MIN_SEGMENT = 1024 * 1024
+MAX_SEGMENT = 1 << 40
+"""The log's own bounds on a segment (nanomq._c.log refuses more than 1 TiB)."""
+MAX_PAYLOAD = 16 * 1024 * 1024
+MAX_FRAME_FIELD = 0xFFFF_FFFF
+"""HELLO_OK carries max_frame in a u32."""
+MAX_CONNECTIONS = 1_000_000
+MIN_TIMEOUT_S = 0.01
+MAX_TIMEOUT_S = 86_400.0
+MAX_RETENTION_MS = 1_000_000 * 86_400_000
+"""A million days: the log keeps retention in a u64 of milliseconds."""
+MAX_RETENTION_BYTES = 1 << 60
 
 
 def default_data_dir() -> Path:
@@ -57,30 +72,63 @@ class BrokerConfig:
     """PEM private key (omit when the certificate file holds it too)."""
 
     def validate(self) -> None:
-        """Raise ValueError for settings that cannot work."""
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port {self.port} is not in 0..65535")
-        if self.segment_bytes < 1024 * 1024:
-            raise ValueError("segment size must be at least 1 MiB")
+        """Raise ValueError, naming the ``nanomq-broker`` flag, for any setting that cannot work.
+
+        Every bound here is one the rest of the broker relies on (the log's own limits, the u32
+        fields of HELLO_OK), so a configuration that passes never fails later at its first request.
+        nan and inf fail every range check below (chained comparisons with nan are False).
+        """
+        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ValueError(f"--port must be 0..65535 (0 picks a free port), not {self.port}")
+        self._check_host()
+        if not MIN_SEGMENT <= self.segment_bytes <= MAX_SEGMENT:
+            raise ValueError(f"--log-segment-size must be at least 1 MiB and at most 1 TiB, not "
+                             f"{format_size(self.segment_bytes)}")
         if self.fsync not in ("always", "interval", "never"):
-            raise ValueError(f"unknown fsync policy {self.fsync!r}")
+            raise ValueError(f"--fsync must be always, interval or never, not {self.fsync!r}")
+        if self.fsync == "interval" and not 1 <= self.fsync_interval_ms <= 60_000:
+            raise ValueError(f"--fsync-interval-ms must be 1 .. 60000, not {self.fsync_interval_ms}")
         if self.compression not in ("lz4", "none"):
-            raise ValueError(f"unknown compression {self.compression!r} (lz4 or none)")
+            raise ValueError(f"--compression must be lz4 or none, not {self.compression!r}")
         if not 1 <= self.max_batch <= MAX_BATCH:
-            raise ValueError(f"max batch must be 1..{MAX_BATCH}")
-        if not 1 <= self.max_payload <= 16 * 1024 * 1024:
-            raise ValueError("max payload must be 1 B .. 16 MiB")
+            raise ValueError(f"max batch must be 1..{MAX_BATCH}, not {self.max_batch}")
+        if not 1 <= self.max_payload <= MAX_PAYLOAD:
+            raise ValueError(f"--max-payload must be 1B .. 16MiB, not {format_size(self.max_payload)}")
+        if self.segment_bytes < RECORD_HEADER_SIZE + (self.max_payload + 7) // 8 * 8:
+            raise ValueError(f"--log-segment-size {format_size(self.segment_bytes)} cannot hold a record of "
+                             f"--max-payload {format_size(self.max_payload)} plus its 64-byte header (a record "
+                             "never spans segments): raise the segment size or lower the payload limit")
         if self.max_frame < 16 + 8 + 255 + self.max_batch * 64 + self.max_payload:
             raise ValueError("max frame is too small for one maximum record")
-        if self.max_connections < 1:
-            raise ValueError("max connections must be at least 1")
+        if self.max_frame > MAX_FRAME_FIELD:
+            raise ValueError(f"max frame must fit HELLO_OK's u32 field (at most {MAX_FRAME_FIELD})")
+        if not 1 <= self.max_connections <= MAX_CONNECTIONS:
+            raise ValueError(f"--max-connections must be 1 .. {MAX_CONNECTIONS}, not {self.max_connections}")
         if self.tls_key is not None and self.tls_cert is None:
             raise ValueError("--tls-key needs --tls-cert")
-        if self.hello_timeout_s <= 0 or self.frame_timeout_s <= 0:
-            raise ValueError("timeouts must be positive")
-        if self.retention_ms is not None and self.retention_ms <= 0:
-            raise ValueError("retention must be positive")
-        if self.retention_bytes is not None and self.retention_bytes <= 0:
-            raise ValueError("retention bytes must be positive")
-        if not 0.01 <= self.retention_check_s <= 86_400:  # also refuses nan and inf
-            raise ValueError("the retention check interval must be 0.01 .. 86400 seconds")
+        for flag, value in (("--handshake-timeout", self.hello_timeout_s), ("--frame-timeout", self.frame_timeout_s)):
+            if not MIN_TIMEOUT_S <= value <= MAX_TIMEOUT_S:
+                raise ValueError(f"{flag} must be {MIN_TIMEOUT_S} .. {MAX_TIMEOUT_S:.0f} seconds, not {value}")
+        if self.retention_ms is not None and not 1 <= self.retention_ms <= MAX_RETENTION_MS:
+            raise ValueError(f"--retention-days must be at least 1 ms (1.2e-8 days) and at most "
+                             f"{MAX_RETENTION_MS // 86_400_000} days")
+        if self.retention_bytes is not None and not 1 <= self.retention_bytes <= MAX_RETENTION_BYTES:
+            raise ValueError(f"--retention-bytes must be 1B .. 1EiB, not {format_size(self.retention_bytes)}")
+        if not MIN_TIMEOUT_S <= self.retention_check_s <= MAX_TIMEOUT_S:
+            raise ValueError(f"--retention-check-interval must be {MIN_TIMEOUT_S} .. {MAX_TIMEOUT_S:.0f} seconds, "
+                             f"not {self.retention_check_s}")
+        if not 0 < self.trim_interval_s <= MAX_TIMEOUT_S:
+            raise ValueError(f"trim interval must be > 0 and at most {MAX_TIMEOUT_S:.0f} seconds")
+        for name, v in (("max subscriptions", self.max_subscriptions), ("max topics", self.max_topics),
+                        ("write buffer bytes", self.write_buffer_bytes)):
+            if v < 1:
+                raise ValueError(f"{name} must be at least 1, not {v}")
+
+    def _check_host(self) -> None:
+        """--host must be an address this machine can listen on (resolved as create_server would)."""
+        if self.host in ("", "0.0.0.0", "::"):  # every interface
+            return
+        try:
+            socket.getaddrinfo(self.host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except (socket.gaierror, UnicodeError, ValueError) as e:
+            raise ValueError(f"--host {self.host!r} is not an address to listen on ({e})") from None

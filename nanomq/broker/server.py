@@ -16,11 +16,13 @@ import os
 import signal
 import ssl
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from nanomq.broker.config import BrokerConfig
 from nanomq.broker.connection import Connection
+from nanomq.broker.tls import TlsAcceptor, load_server_context
 from nanomq.broker.topics import TopicRegistry
 from nanomq.protocol import Capability, ErrorCode
 from nanomq.storage import StorageError
@@ -46,11 +48,8 @@ class Broker:
         self._ssl: ssl.SSLContext | None = None
         if config.tls_cert is not None:
             # Loaded here, before anything else starts, so a bad certificate or key is a clear
-            # start-up error rather than a failed handshake later.
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            ctx.load_cert_chain(str(config.tls_cert), str(config.tls_key) if config.tls_key else None)
-            self._ssl = ctx
+            # start-up error (TlsConfigError, naming the file) rather than a failed handshake later.
+            self._ssl = load_server_context(config.tls_cert, config.tls_key)
             self.capabilities |= Capability.TLS
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="nanomq-sync")
         self.topics = TopicRegistry(config, self._executor)
@@ -71,9 +70,13 @@ class Broker:
         t0 = time.monotonic()
         self.topics.open_all()
         loop = asyncio.get_running_loop()
+        # TLS: a TlsAcceptor peeks at each new connection, upgrades TLS ones and tells plaintext
+        # clients that TLS is expected (asyncio's own ssl= listener just drops them).
+        factory: Callable[[], asyncio.Protocol] = lambda: Connection(self)  # noqa: E731
+        if self._ssl is not None:
+            factory = TlsAcceptor(factory, self._ssl, self.config.hello_timeout_s, self.config.max_connections)
         self._server = await loop.create_server(
-            lambda: Connection(self), self.config.host, self.config.port, reuse_address=True, backlog=1024,
-            ssl=self._ssl, ssl_handshake_timeout=self.config.hello_timeout_s if self._ssl else None,
+            factory, self.config.host, self.config.port, reuse_address=True, backlog=1024,
         )
         self._tasks = [loop.create_task(self._watchdog()), loop.create_task(self._retention()),
                        loop.create_task(self._trim())]
