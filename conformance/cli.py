@@ -14,7 +14,7 @@ from conformance.registry import LAYERS, Context
 from conformance.report import write_reports
 from conformance.rules import load_rules, spec_file
 from conformance.runner import CaseResult, all_cases, run_cases
-from conformance.target import REFERENCE_LAUNCH, Target, TargetError, TargetSpec
+from conformance.target import REFERENCE_DECLARES, REFERENCE_LAUNCH, Target, TargetError, TargetSpec
 from conformance.verdicts import coverage_lines
 from conformance.wire import WireClient
 
@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         spec.ready_timeout = args.ready_timeout
     if not spec.address and not spec.launch:
         spec.launch = REFERENCE_LAUNCH
-        spec.storage_format = spec.storage_format or "nanomq-v1"
+        for key, value in REFERENCE_DECLARES.items():
+            if not getattr(spec, key) or key == "retention_check_s":
+                setattr(spec, key, value)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
 
     try:
@@ -141,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                 line += f"\n    {n}"
             print(line, flush=True)
 
-        run = run_cases(cases, ctx, rules, progress, fail_fast=args.fail_fast, jobs=args.jobs)
+        run = run_cases(cases, ctx, rules, progress, fail_fast=args.fail_fast, jobs=args.jobs,
+                        before_layer=lambda layer: target.fresh_start() if layer == "crash" else None)
         meta = {
             "target": {"address": f"{target.host}:{target.port}", "launch": spec.launch, "kill": spec.kill},
             "server": {"name": hello.server_name, "capabilities": caps, "max_frame": hello.max_frame,

@@ -55,10 +55,16 @@ TRACE_SYSCALLS = ("fsync", "fdatasync", "msync", "sync_file_range", "syncfs", "s
 file descriptor is printed with its path and a sync can be attributed to the file it synced."""
 
 REFERENCE_LAUNCH = ("{python} -m nanomq.cli.broker --port {port} --data-dir {data_dir} --log-level warning "
-                    "--log-segment-size 8MB")
+                    "--log-segment-size 8MB --handshake-timeout 2 --max-connections 64 "
+                    "--retention-bytes 32MB --retention-check-interval 0.2")
 """The default target: the reference broker, started through its CLI like any other broker.
 Small segments: every topic preallocates one, the kit makes dozens of topics, and rotation gets
-exercised by the larger cases."""
+exercised by the larger cases. A short handshake timeout, a connection limit and retention, so
+the cases of those rules can run (declared in :data:`REFERENCE_DECLARES`)."""
+
+REFERENCE_DECLARES = {"storage_format": "nanomq-v1", "max_connections": 64, "retention_bytes": 32 << 20,
+                      "retention_check_s": 0.2, "segment_bytes": 8 << 20}
+"""What the kit knows of its default target beyond HELLO_OK (the keys of a target.toml)."""
 
 
 class TargetError(RuntimeError):
@@ -84,6 +90,17 @@ class TargetSpec:
     its files between a stop and a start. Empty: the storage layer is skipped."""
     topic_path: str = "{data_dir}/topics/{topic}"
     """Where a topic's directory is, with ``{data_dir}`` and ``{topic}`` (storage layer only)."""
+    max_connections: int = 0
+    """The target's connection limit: connection number max_connections+1 must be refused with
+    TOO_MANY_CONNECTIONS ([NMQ-6.2-1]). 0: unknown, that case is skipped."""
+    retention_bytes: int = 0
+    """The target deletes a topic's oldest whole segments while the topic holds more than this many
+    bytes of records ([NMQ-SEM-2-4]); 0: no retention configured, that case is skipped."""
+    retention_check_s: float = 60.0
+    """How often the target applies retention, in seconds (the case waits up to 5x this)."""
+    segment_bytes: int = 0
+    """The size at which the target starts a new log segment, if it has segments (0: unknown).
+    Retention deletes whole segments, so with it the retention case also bounds what is kept."""
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> TargetSpec:
@@ -91,7 +108,8 @@ class TargetSpec:
         with open(path, "rb") as f:
             data = tomllib.load(f).get("target", {})
         unknown = set(data) - {"address", "launch", "kill", "ready_timeout", "capabilities", "tls_ca",
-                               "storage_format", "topic_path"}
+                               "storage_format", "topic_path", "max_connections", "retention_bytes",
+                               "retention_check_s", "segment_bytes"}
         if unknown:
             raise TargetError(f"{path}: unknown keys in [target]: {sorted(unknown)}")
         caps = data.get("capabilities", {})
@@ -101,7 +119,9 @@ class TargetSpec:
         return cls(str(data.get("address", "")), str(data.get("launch", "")), str(data.get("kill", "")),
                    float(data.get("ready_timeout", 20.0)), {k: bool(v) for k, v in caps.items()},
                    str(data.get("tls_ca", "")), False, str(data.get("storage_format", "")),
-                   str(data.get("topic_path", "{data_dir}/topics/{topic}")))
+                   str(data.get("topic_path", "{data_dir}/topics/{topic}")), int(data.get("max_connections", 0)),
+                   int(data.get("retention_bytes", 0)), float(data.get("retention_check_s", 60.0)),
+                   int(data.get("segment_bytes", 0)))
 
     def narrow(self, announced: int) -> int:
         """The capabilities to test: what HELLO_OK announced, minus what the spec switches off."""
@@ -328,6 +348,17 @@ class Target:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.01)
+
+    def fresh_start(self) -> None:
+        """Stop the target and start it again on a new, empty data directory (a launched target
+        only). The crash and storage layers begin this way, so that each restart recovers only
+        their own topics and not every topic the earlier layers made."""
+        if self.proc is None:
+            return
+        self.stop()
+        self._data_generation = getattr(self, "_data_generation", 0) + 1
+        self.data_dir = self.workdir / f"data-{self._data_generation}"
+        self.start()
 
     def stop(self) -> None:
         """Graceful stop (SIGTERM to the process group), falling back to SIGKILL."""
