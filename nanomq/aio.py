@@ -121,11 +121,15 @@ class _AsyncClient:
                 data = await reader.read(1 << 20)
                 if not data:
                     break
+                # Responses decoded before a closing ERROR in this same read complete their futures
+                # first; only then is the connection dropped [D10].
                 for rid, frame in self._core.feed(data):
                     fut = self._futs.pop(rid, None)
                     if fut is not None and not fut.done():
                         fut.set_result(frame)
                 self._arrived.set()
+                if self._core.lost is not None:
+                    raise self._core.lost
         except (OSError, ConnectionLostError) as e:
             error = e if isinstance(e, ConnectionLostError) else ConnectionLostError(f"receive failed: {e}")
         except asyncio.CancelledError:
@@ -136,8 +140,9 @@ class _AsyncClient:
         if self._writer is not None:
             self._writer.close()
         self._writer = self._reader = None
-        if self._core.closed_by_server is not None:
-            error = ConnectionLostError(f"{error}: {self._core.closed_by_server}")
+        closed_by = self._core.closed_by_server
+        if closed_by is not None and str(closed_by) not in str(error):
+            error = ConnectionLostError(f"{error}: {closed_by}")
         self._resume = self._core.reset_connection() + self._resume
         futs, self._futs = self._futs, {}
         for fut in futs.values():
@@ -235,20 +240,27 @@ class AsyncPublisher(_AsyncClient):
     async def _publish_chunks(self, topic: str, payloads: Sequence[bytes]) -> list[int]:
         async with self._lock:
             await self._ensure()
-            futs: list[asyncio.Future[Frame]] = []
+            futs: list[tuple[asyncio.Future[Frame], int]] = []
             sent = 0
+            firsts: list[int] = []
             try:
                 for part in split(payloads, self.server_info.max_batch):
                     rid, data = self._core.publish(topic, self._core.encode_payloads(part, self._compress_above), self._ack)
                     if self._ack:
-                        futs.append(self._expect(rid))
+                        futs.append((self._expect(rid), len(part)))
                     self._send(data)
                     sent += len(part)
                 if not self._ack:
                     return [0]
-                return [check(await self._await(f), PublishAck).first_id for f in futs]  # type: ignore[attr-defined]
+                for f, _ in futs:
+                    firsts.append(check(await self._await(f), PublishAck).first_id)  # type: ignore[attr-defined]
+                return firsts
             except ConnectionLostError as e:
-                raise ConnectionLostError(str(e).split(" (")[0], unacked=sent) from e
+                # Outcome unknown: what was sent and got no answer (acks already received are not).
+                if self._ack:
+                    answered = sum(n for f, n in futs if f.done() and not f.cancelled() and f.exception() is None)
+                    sent = max(0, sent - answered)
+                raise ConnectionLostError(e.reason, unacked=sent) from e
 
     async def flush(self) -> None:
         """Send what batching holds and wait for its acks."""

@@ -110,6 +110,8 @@ class ClientCore:
         self._by_id: dict[int, SubState] = {}
         self._order: deque[SubState] = deque()
         self.closed_by_server: ServerError | None = None
+        self.lost: ConnectionLostError | None = None
+        """Set by :meth:`feed` when the stream ended (fatal ERROR or broken bytes); see there."""
 
     # ------------------------------------------------------------------ requests
 
@@ -219,24 +221,36 @@ class ClientCore:
     def feed(self, data: bytes) -> list[tuple[int, Frame]]:
         """Received bytes -> completed responses ``(request_id, frame)``; DELIVERs are buffered.
 
-        Raises ConnectionLostError for a broken stream (undecodable bytes, a bad CRC, or a fatal
-        ERROR from the server, which is also kept in ``closed_by_server``).
+        A broken stream (undecodable bytes, a bad CRC, a bad LZ4 payload) or a fatal ERROR from the
+        server (request_id 0, also kept in ``closed_by_server``) ends the connection: decoding stops
+        there and ``lost`` is set to the ConnectionLostError to raise. Everything decoded *before*
+        it in the same bytes is still returned (and DELIVERs buffered), so the caller hands those
+        responses out first — an ack that arrived with the closing ERROR is an ack [D10]. Once
+        ``lost`` is set, later bytes are ignored until :meth:`reset_connection`.
         """
-        self.decoder.feed(data)
         done: list[tuple[int, Frame]] = []
+        if self.lost is not None:
+            return done
+        self.decoder.feed(data)
         while True:
             try:
                 frame = self.decoder.next_frame()
             except Exception as e:  # ProtocolError: the server broke the protocol [NMQ-4.6-4]
-                raise ConnectionLostError(f"invalid data from broker: {e}") from e
+                self.lost = ConnectionLostError(f"invalid data from broker: {e}")
+                return done
             if frame is None:
                 return done
             if isinstance(frame, Deliver):
-                self._on_deliver(frame)
+                try:
+                    self._on_deliver(frame)
+                except ConnectionLostError as e:
+                    self.lost = e
+                    return done
                 continue
             if isinstance(frame, Error) and frame.request_id == 0:
                 self.closed_by_server = ServerError(frame.code, frame.message, frame.rule)
-                raise ConnectionLostError(f"broker closed the connection: {self.closed_by_server}")
+                self.lost = ConnectionLostError(f"broker closed the connection: {self.closed_by_server}")
+                return done
             kind, ctx = self._pending.pop(frame.request_id, ("?", None))
             if isinstance(frame, HelloOk):
                 self.server = frame
@@ -318,6 +332,7 @@ class ClientCore:
         self._by_id.clear()
         self._order.clear()
         self.closed_by_server = None
+        self.lost = None
         return subs
 
 

@@ -41,6 +41,8 @@ class ConnectionLostError(NanoMQError):
 
     def __init__(self, message: str, unacked: int = 0) -> None:
         super().__init__(message + (f" ({unacked} record(s) sent without an ack: outcome unknown)" if unacked else ""))
+        self.reason = message
+        """The message without the unacked note."""
         self.unacked = unacked
 
 

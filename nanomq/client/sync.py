@@ -61,6 +61,8 @@ class _SyncClient:
         self._core = ClientCore(client_name)
         self._sock: socket.socket | None = None
         self._responses: dict[int, Frame] = {}
+        self._loss = "not connected"
+        """Why the last connection ended (raised for requests still waiting on it)."""
         self._pending_resubscribe: list[SubState] = []
         self._lock = threading.RLock()
         self._closed = False
@@ -118,9 +120,11 @@ class _SyncClient:
                 self._sock.close()
             finally:
                 self._sock = None
+        closed_by = self._core.closed_by_server
+        if closed_by is not None and str(closed_by) not in why:
+            why = f"{why}: {closed_by}"
         self._pending_resubscribe = self._core.reset_connection()
-        if self._core.closed_by_server is not None:
-            why = f"{why}: {self._core.closed_by_server}"
+        self._loss = why
         return ConnectionLostError(why, unacked)
 
     def _send(self, data: bytes) -> None:
@@ -161,19 +165,26 @@ class _SyncClient:
                 raise self._lost(f"receive failed: {e}") from e
         if not data:
             raise self._lost("connection closed by broker")
-        try:
-            for rid, frame in self._core.feed(data):
-                self._responses[rid] = frame
-        except ConnectionLostError as e:
-            raise self._lost(str(e)) from e
+        # Responses decoded before a closing ERROR (or broken bytes) in this same read are kept:
+        # _wait hands them out before it reports the loss [D10].
+        for rid, frame in self._core.feed(data):
+            self._responses[rid] = frame
+        if self._core.lost is not None:
+            raise self._lost(self._core.lost.reason) from self._core.lost
 
     def _wait(self, rid: int, timeout: float | None = None) -> Frame:
         deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
         while rid not in self._responses:
+            if self._sock is None:  # the connection ended after answering earlier requests
+                raise ConnectionLostError(self._loss)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise RequestTimeoutError(f"no answer from the broker within {self._timeout} s")
-            self._read_once(remaining)
+            try:
+                self._read_once(remaining)
+            except ConnectionLostError:
+                if rid not in self._responses:
+                    raise
         return self._responses.pop(rid)
 
     def _request(self, rid_data: tuple[int, bytes], expected: type[Frame]) -> Frame:
@@ -286,6 +297,7 @@ class Publisher(_SyncClient):
         self._ensure()
         chunk = self._core.server.max_batch if self._core.server else 256
         sent: list[tuple[int, int]] = []
+        firsts: list[int] = []
         try:
             for part in split(payloads, chunk):
                 batch = self._core.encode_payloads(part, self._compress_above)
@@ -294,7 +306,6 @@ class Publisher(_SyncClient):
                 sent.append((rid, len(part)))
             if self._ack == 0:
                 return [0]
-            firsts = []
             for i, (rid, _) in enumerate(sent):
                 try:
                     ack = check(self._wait(rid), PublishAck)
@@ -305,7 +316,9 @@ class Publisher(_SyncClient):
                 firsts.append(ack.first_id)  # type: ignore[attr-defined]
             return firsts
         except ConnectionLostError as e:
-            raise ConnectionLostError(str(e).split(" (")[0], unacked=sum(n for _, n in sent)) from e
+            # Outcome unknown: what was sent and got no answer (acks already read are not counted).
+            unacked = sum(n for rid, n in sent[len(firsts):] if rid not in self._responses)
+            raise ConnectionLostError(e.reason, unacked=unacked) from e
 
     def flush(self) -> None:
         """Send whatever batching holds and wait until it is acked."""
