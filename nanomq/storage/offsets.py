@@ -10,7 +10,10 @@ entry that is short or fails its CRC ends the journal (a torn append) and is cut
 one ``write`` of one entry followed by ``fdatasync``: after a crash the key holds the old or the new
 value, never garbage. When the journal holds mostly superseded entries it is compacted: the live
 entries are written to ``offsets.journal.tmp``, fsynced, renamed over the journal and the directory
-is fsynced, so a crash leaves either the old journal or the new one.
+is fsynced, so a crash leaves either the old journal or the new one. From the rename on, the store
+writes only to the new journal; if the directory fsync fails, every later set first retries it and
+fails with OffsetStoreError (writing nothing) until it succeeds, because until then a crash could
+bring back the old journal and lose what was appended to the new one.
 
 Thread-safe (one lock); one process per directory (the caller — the broker — owns the data dir).
 """
@@ -54,6 +57,8 @@ class OffsetStore:
         self._compact_min = compact_min_bytes
         self.recovered_cut_bytes = 0
         """Bytes of a torn final entry cut when the journal was opened (0 normally)."""
+        self._dir_unsynced = False
+        """A compaction's rename is not known to be durable yet (its directory fsync failed)."""
         jpath = os.path.join(self.path, self.JOURNAL)
         try:
             tmp = jpath + ".tmp"
@@ -120,6 +125,16 @@ class OffsetStore:
         with self._lock:
             if self._fd < 0:
                 raise OffsetStoreError("offset store is closed")
+            if self._dir_unsynced:
+                # A compaction renamed a new journal in but could not sync the directory: until it
+                # can, a crash may bring the old journal back, so nothing appended to the new one
+                # would be durable. Retry; refuse the set (changing nothing) while it fails.
+                try:
+                    _fsync_dir(self.path)
+                except OSError as e:
+                    raise OffsetStoreError(f"committing offsets failed: the compacted journal is not yet "
+                                           f"durable in its directory (directory fsync: {e})") from e
+                self._dir_unsynced = False
             try:
                 _pwrite_all(self._fd, blob, self._size)
                 os.fdatasync(self._fd)
@@ -138,28 +153,38 @@ class OffsetStore:
         return sum(_HDR.size + _BODY.size + len(g.encode()) + len(t.encode()) for g, t in self._values)
 
     def _compact(self) -> None:
-        """Rewrite the journal with only live entries (tmp + fsync + rename + fsync dir)."""
+        """Rewrite the journal with only live entries (tmp + fsync + rename + fsync dir).
+
+        Until the rename, a failure leaves the old journal in use (compaction is an optimisation).
+        After it, the directory names the new journal, so the store switches to it whatever
+        happens next; if the directory fsync then fails, the rename is not yet durable (a crash
+        may bring back the old journal, which holds every value set so far, the current one
+        included). The next :meth:`set_many` retries that fsync and refuses to commit until it
+        succeeds, so no set is ever acknowledged into a journal a crash could discard.
+        """
         jpath = os.path.join(self.path, self.JOURNAL)
         tmp = jpath + ".tmp"
         blob = b"".join(_entry(g, t, p) for (g, t), p in self._values.items())
+        fd = -1
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                _pwrite_all(fd, blob, 0)
-                os.fsync(fd)
-            except OSError:
-                os.close(fd)
-                raise
+            _pwrite_all(fd, blob, 0)
+            os.fsync(fd)
             os.replace(tmp, jpath)
-            _fsync_dir(self.path)
         except OSError:
-            # Compaction is an optimisation: the old journal is intact, keep using it.
+            # The old journal is intact and still named by the directory: keep using it.
+            if fd >= 0:
+                os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             return
-        os.close(self._fd)
+        os.close(self._fd)  # unlinked now: never written again
         self._fd = fd
         self._size = len(blob)
+        try:
+            _fsync_dir(self.path)
+        except OSError:
+            self._dir_unsynced = True
 
     def close(self) -> None:
         """Close the journal file (every set was already durable). Idempotent."""

@@ -71,3 +71,89 @@ def test_compaction(tmp_path):
         assert os.path.getsize(tmp_path / OffsetStore.JOURNAL) < 4096 * 2
     with OffsetStore(tmp_path) as s:
         assert s.items() == {("g", "t0"): 1998, ("g", "t1"): 1999, ("g", "t2"): 1997}
+
+
+def _compacting_store(path, monkeypatch, fail_dir_fsync: list[bool]):
+    """A store that compacts after a few sets, with the directory fsync failing while
+    ``fail_dir_fsync[0]`` is True."""
+    from nanomq.storage import offsets as mod
+
+    real = mod._fsync_dir
+
+    def flaky(p):
+        if fail_dir_fsync[0]:
+            raise OSError(5, "Input/output error")
+        real(p)
+
+    monkeypatch.setattr(mod, "_fsync_dir", flaky)
+    return OffsetStore(path, compact_min_bytes=256)
+
+
+def _compact_now(s) -> None:
+    """Set one key until the journal compacts (its size drops)."""
+    last = os.path.getsize(s.path + "/" + OffsetStore.JOURNAL)
+    for i in range(1000):
+        s.set("g", "churn", i)
+        size = os.path.getsize(s.path + "/" + OffsetStore.JOURNAL)
+        if size < last:
+            return
+        last = size
+    raise AssertionError("never compacted")
+
+
+def test_set_after_a_failed_directory_fsync_in_compaction_survives_reopen(tmp_path, monkeypatch):
+    """Issue 10 item 18: the journal was renamed over, the directory fsync failed, and the store
+    kept appending to the old (now unlinked) journal: a later set() was lost on reopen."""
+    fail = [False]
+    s = _compacting_store(tmp_path, monkeypatch, fail)
+    s.set("g", "kept", 7)
+    fail[0] = True
+    _compact_now(s)  # the set that compacts is durable in both journals: it does not fail
+    fail[0] = False
+    s.set("g", "after", 42)
+    s.close()
+    with OffsetStore(tmp_path) as r:
+        assert r.get("g", "after") == 42
+        assert r.get("g", "kept") == 7
+
+
+def test_sets_are_refused_while_the_directory_cannot_be_synced(tmp_path, monkeypatch):
+    """Until the renamed journal is durable in its directory, a set cannot promise durability (a
+    crash could bring the old journal back): it raises OffsetStoreError and changes nothing; the
+    next set retries the directory fsync."""
+    from nanomq.storage import OffsetStoreError
+
+    fail = [False]
+    s = _compacting_store(tmp_path, monkeypatch, fail)
+    s.set("g", "t", 1)
+    fail[0] = True
+    _compact_now(s)
+    committed = s.items()
+    size = os.path.getsize(tmp_path / OffsetStore.JOURNAL)
+    with pytest.raises(OffsetStoreError, match="directory"):
+        s.set("g", "t", 2)
+    assert s.get("g", "t") == 1 and s.items() == committed
+    assert os.path.getsize(tmp_path / OffsetStore.JOURNAL) == size  # nothing written
+    fail[0] = False
+    s.set("g", "t", 3)
+    s.close()
+    with OffsetStore(tmp_path) as r:
+        assert r.items() == {**committed, ("g", "t"): 3}
+
+
+def test_failed_rename_in_compaction_keeps_the_old_journal_and_no_descriptor_leaks(tmp_path, monkeypatch):
+    from nanomq.storage import offsets as mod
+
+    def no_replace(a, b):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mod.os, "replace", no_replace)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    with OffsetStore(tmp_path, compact_min_bytes=256) as s:
+        for i in range(200):
+            s.set("g", f"t{i % 2}", i)  # compaction is tried (and fails) again and again
+        assert len(os.listdir("/proc/self/fd")) <= fds_before + 2
+        assert not os.path.exists(tmp_path / (OffsetStore.JOURNAL + ".tmp"))
+    monkeypatch.undo()
+    with OffsetStore(tmp_path) as r:
+        assert r.items() == {("g", "t0"): 198, ("g", "t1"): 199}
