@@ -160,9 +160,12 @@ class RingModel(RuleBasedStateMachine):
     def setup(self, cap: int, mode: int) -> None:
         self.ring = R.Ring.heap(cap, mode)
         self.cap = cap
+        self.mpsc = mode == R.MPSC
         self.head = self.tail = 0
-        self.q: collections.deque[tuple[bytes, int]] = collections.deque()  # (record, bytes incl. pad)
+        # (record, bytes incl. padding before it); record None: an aborted MPSC claim (padding)
+        self.q: collections.deque[tuple[bytes | None, int]] = collections.deque()
         self.peeked = False
+        self.peek_skipped = 0
 
     def _need(self, pos: int, n: int) -> int:
         f = _frame(n)
@@ -219,47 +222,92 @@ class RingModel(RuleBasedStateMachine):
             with pytest.raises(R.RingFull):
                 self.ring.claim(len(rec))
             return
-        buf = self.ring.claim(len(rec))
-        buf[:] = rec
-        self.ring.commit()
+        if data.draw(st.booleans()):
+            with self.ring.claim(len(rec)) as buf:
+                buf[:] = rec
+        else:
+            buf = self.ring.claim(len(rec))
+            buf[:] = rec
+            self.ring.commit()
         need = self._need(self.tail, len(rec))
         self.q.append((rec, need))
         self.tail += need
+
+    @rule(data=st.data())
+    def claim_abort(self, data: st.DataObject) -> None:
+        """An abandoned claim (item 15): SPSC gives the space back, MPSC turns it into padding the
+        consumer skips (a None entry of the model: consumed with whatever follows it)."""
+        n = data.draw(st.integers(0, self.cap // 2 - 8))
+        if not self._fits(self.tail, n):
+            return
+        if data.draw(st.booleans()):
+            with pytest.raises(KeyError), self.ring.claim(n) as buf:
+                buf[: min(n, 3)] = b"abc"[: min(n, 3)]
+                raise KeyError("the work between claim and commit failed")
+        else:
+            self.ring.claim(n)
+            self.ring.abort()
+        if self.mpsc:
+            need = self._need(self.tail, n)
+            self.q.append((None, need))
+            self.tail += need
+
+    def _skip_pads(self) -> int:
+        """Consume the padding entries at the front of the model queue; bytes skipped."""
+        skipped = 0
+        while self.q and self.q[0][0] is None:
+            skipped += self.q.popleft()[1]
+        return skipped
 
     @precondition(lambda self: not self.peeked)
     @rule()
     def pop(self) -> None:
         got = self.ring.pop()
+        skipped = self._skip_pads()
         if not self.q:
             assert got is None
+            self.head += skipped  # padding up to an empty ring is consumed and published
             return
         rec, need = self.q.popleft()
         assert got == rec
-        self.head += need
+        self.head += skipped + need
 
     @precondition(lambda self: not self.peeked)
     @rule(n=st.integers(1, 256))
     def pop_batch(self, n: int) -> None:
         got = self.ring.pop_batch(n)
-        want = [self.q[i][0] for i in range(min(n, len(self.q)))]
+        want = []
+        while len(want) < n:
+            self.head += self._skip_pads()
+            if not self.q:
+                break
+            rec, need = self.q.popleft()
+            want.append(rec)
+            self.head += need
         assert got == want
-        for _ in want:
-            self.head += self.q.popleft()[1]
 
     @rule()
     def peek(self) -> None:
+        if self.peeked:  # peeking again returns the same record
+            view = self.ring.peek()
+            assert view is not None and bytes(view) == self.q[0][0]
+            return
         view = self.ring.peek()
+        skipped = self._skip_pads()
         if not self.q:
             assert view is None
+            self.head += skipped
             return
         assert view is not None and bytes(view) == self.q[0][0]
         self.peeked = True
+        self.peek_skipped = skipped  # published with the release
 
     @precondition(lambda self: self.peeked)
     @rule()
     def release(self) -> None:
         self.ring.release()
-        self.head += self.q.popleft()[1]
+        self.head += self.peek_skipped + self.q.popleft()[1]
+        self.peek_skipped = 0
         self.peeked = False
 
     @invariant()
@@ -295,7 +343,7 @@ def test_c_driver_under_sanitizer(sanitizer: str, tmp_path: Path) -> None:
         pytest.skip(f"cannot build with -fsanitize={sanitizer}: {build.stderr[-300:]}")
     run = subprocess.run([str(exe), "20000"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.count("ok:") == 6
+    assert run.stdout.count("ok:") == 8  # unit, header validation, abort, five threaded runs
 
 
 def test_mpsc_uncommitted_claim_holds_back_later_records() -> None:

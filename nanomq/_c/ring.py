@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from array import array
 from itertools import accumulate
+from types import TracebackType
 from typing import Any
 
 from nanomq._c import realize_all
@@ -20,6 +21,7 @@ realize_all(ffi, lib, "int *", "uint32_t *", "uint32_t[]", "uint8_t **", "uint8_
 
 __all__ = [
     "Ring",
+    "Claim",
     "RingError",
     "RingFull",
     "RecordTooLarge",
@@ -81,6 +83,7 @@ _MESSAGES = {
     lib.NMQ_RING_ESIZE: (NotARing, "bad ring size (capacity not a power of two, or memory too small)"),
     lib.NMQ_RING_EBUSY: (RingError, "role already taken"),
     lib.NMQ_RING_ENOMEM: (MemoryError, "out of memory"),
+    lib.NMQ_RING_EHEADER: (NotARing, "corrupt ring header (max_producers or head/tail positions inconsistent)"),
 }
 
 
@@ -110,7 +113,8 @@ class Ring:
     for a shared one. One handle per thread/process role: the handle caches indexes locally.
     """
 
-    __slots__ = ("_buf", "_owner", "_h", "_max", "_out", "_out_cap", "_lens", "_len1", "_ptr1", "__weakref__")
+    __slots__ = ("_buf", "_owner", "_h", "_max", "_out", "_out_cap", "_lens", "_len1", "_ptr1", "_claim",
+                 "__weakref__")
 
     def __init__(self, buf: Any, owner: object = None) -> None:
         """Attach to the ring in ``buf`` (a cdata ``uint8_t *`` block or any writable buffer)."""
@@ -133,6 +137,7 @@ class Ring:
         self._lens = ffi.new("uint32_t[]", MAX_BATCH)
         self._len1 = ffi.new("uint32_t *")
         self._ptr1 = ffi.new("uint8_t **")
+        self._claim: Claim | None = None
 
     # ---- construction ------------------------------------------------------------------------
 
@@ -239,23 +244,49 @@ class Ring:
             _raise(rc, "push_batch")
         return int(rc)
 
-    def claim(self, length: int) -> Any:
-        """Reserve ``length`` bytes and return a writable cdata buffer for them (zero-copy).
+    def claim(self, length: int) -> Claim:
+        """Reserve ``length`` bytes in the ring (zero-copy) and return the :class:`Claim`.
 
-        Write into it, then call :meth:`commit`. Raises :class:`RingFull` when there is no room.
+        Best used as a context manager, which commits when the block ends normally and aborts when
+        it raises (an MPSC ring would otherwise wait at the unfinished record forever)::
+
+            with ring.claim(n) as buf:   # buf: a writable buffer of n bytes
+                buf[:] = data            # or sock.recv_into(buf), struct.pack_into(..., buf, 0)
+
+        Or write into the claim (``c[a:b] = ...``, ``c.buffer``) and call :meth:`commit` or
+        :meth:`abort`. One claim at a time per handle. Raises :class:`RingFull` when there is no room.
         """
         if length < 0:
             raise ValueError("length must be >= 0")
         rc = lib.nmq_ring_claim(self._h, length, self._ptr1)
         if rc:
             _raise(rc, "claim")
-        return ffi.buffer(self._ptr1[0], length)
+        self._claim = Claim(self, ffi.buffer(self._ptr1[0], length))
+        return self._claim
 
     def commit(self) -> None:
         """Publish the record reserved by :meth:`claim`."""
         rc = lib.nmq_ring_commit(self._h)
         if rc:
             _raise(rc, "commit (no claim outstanding)")
+        self._end_claim()
+
+    def abort(self) -> None:
+        """Give up the record reserved by :meth:`claim`: nothing of it is delivered.
+
+        SPSC: the space is reused by the next record. MPSC: the space (already claimed in the
+        shared tail, possibly with other producers' records after it) becomes padding the consumer
+        skips, so the records claimed after it are delivered.
+        """
+        rc = lib.nmq_ring_abort(self._h)
+        if rc:
+            _raise(rc, "abort (no claim outstanding)")
+        self._end_claim()
+
+    def _end_claim(self) -> None:
+        if self._claim is not None:
+            self._claim._open = False
+            self._claim = None
 
     # ---- consumer ------------------------------------------------------------------------------
 
@@ -363,3 +394,60 @@ class Ring:
     def peer_counts(self, role: int) -> tuple[int, int]:
         """(registered ever, closed cleanly) for a role."""
         return int(lib.nmq_ring_peer_count(self._h, role, 0)), int(lib.nmq_ring_peer_count(self._h, role, 1))
+
+
+class Claim:
+    """Space reserved by :meth:`Ring.claim`: write the record into it, then commit or abort.
+
+    As a context manager it yields the writable buffer and, on leaving the block, commits (normal
+    exit) or aborts (an exception), unless the claim was already committed or aborted by hand.
+    Indexing and slice assignment go to the buffer; :attr:`buffer` is the buffer itself (it
+    supports the buffer protocol: ``memoryview``, ``recv_into``, ``pack_into``). The buffer
+    points into the ring: do not use it after the claim ends.
+    """
+
+    __slots__ = ("_ring", "buffer", "_open")
+
+    def __init__(self, ring: Ring, buffer: Any) -> None:
+        self._ring = ring
+        self.buffer = buffer
+        self._open = True
+
+    def __len__(self) -> int:
+        return len(self.buffer)
+
+    def __getitem__(self, key: int | slice) -> Any:
+        return self.buffer[key]
+
+    def __setitem__(self, key: int | slice, value: Any) -> None:
+        self.buffer[key] = value
+
+    @property
+    def open(self) -> bool:
+        """True until the claim is committed or aborted."""
+        return self._open
+
+    def commit(self) -> None:
+        """Publish the record (same as :meth:`Ring.commit`)."""
+        self._check_open("commit")
+        self._ring.commit()
+
+    def abort(self) -> None:
+        """Give the record up (same as :meth:`Ring.abort`)."""
+        self._check_open("abort")
+        self._ring.abort()
+
+    def _check_open(self, what: str) -> None:
+        if not self._open:  # never act on a later claim of the same handle
+            raise RingError(f"{what}: this claim was already committed or aborted", lib.NMQ_RING_EINVAL)
+
+    def __enter__(self) -> Any:
+        return self.buffer
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        if not self._open:
+            return
+        if et is None:
+            self._ring.commit()
+        else:
+            self._ring.abort()

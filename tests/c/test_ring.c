@@ -1,7 +1,9 @@
 /* Multi-threaded test driver of the C ring, meant to run under ThreadSanitizer and ASan/UBSan
- * (`make sanitize`). SPSC and MPSC (3 producers), every API (push, push_batch, claim/commit, pop,
- * pop_batch, peek/release) and every wait strategy; each record carries (producer, seq) and a
- * payload derived from them, so loss, duplication, reordering and torn reads are all detected.
+ * (`make sanitize`). SPSC and MPSC (3 producers), every API (push, push_batch, claim/commit,
+ * claim/abort, pop, pop_batch, peek/release) and every wait strategy; each record carries
+ * (producer, seq) and a payload derived from them, so loss, duplication, reordering and torn reads
+ * are all detected (an aborted claim must leave no trace). Single-threaded checks first: header
+ * validation on attach (every field, and the cached max_producers) and abort.
  *
  * Usage: test_ring [records_per_producer]   (default 200000)
  */
@@ -76,6 +78,14 @@ static void *producer(void *arg) {
             while ((rc = nmq_ring_claim(r, len, &p)) == NMQ_RING_EAGAIN)
                 nmq_ring_wait_writable(r, len, c->strategy, 1000, 1000000);
             if (rc) die("claim", rc, 0);
+            if (seq % 7 == 1) { /* give this claim up (half written), then claim again for the same seq */
+                memset(p, 0xAB, len / 2);
+                if (nmq_ring_abort(r)) die("abort", 0, 0);
+                if (nmq_ring_abort(r) != NMQ_RING_EINVAL) die("second abort accepted", 0, 0);
+                while ((rc = nmq_ring_claim(r, len, &p)) == NMQ_RING_EAGAIN)
+                    nmq_ring_wait_writable(r, len, c->strategy, 1000, 1000000);
+                if (rc) die("claim after abort", rc, 0);
+            }
             fill(p, (uint32_t)c->id, seq, len);
             nmq_ring_commit(r);
             seq++;
@@ -203,9 +213,110 @@ static void unit(void) {
     printf("ok: unit checks\n");
 }
 
+/* Header offsets (struct nmq_ring_hdr): max_producers u32 @32, tail u64 @128, head u64 @256. */
+#define OFF_MAX_PRODUCERS 32
+#define OFF_TAIL 128
+#define OFF_HEAD 256
+
+static void expect_attach(void *mem, size_t size, int want, const char *what) {
+    int err = 0;
+    nmq_ring *r = nmq_ring_attach(mem, size, &err);
+    if (want == 0) {
+        if (!r) die(what, err, 0);
+        nmq_ring_free(r);
+    } else if (r || err != want) {
+        die(what, err, want);
+    }
+}
+
+static void header_checks(void) {
+    const uint64_t cap = 1024;
+    size_t size = nmq_ring_required_size(cap);
+    uint8_t *mem;
+    if (posix_memalign((void **)&mem, 128, size)) die("alloc", 0, 0);
+    for (uint32_t mode = 0; mode <= 1; mode++) {
+        uint32_t good = mode ? NMQ_RING_MAX_PRODUCERS : 1;
+        uint32_t bad_mp[] = {0, good + 1, mode ? 1 : 2, 1000, 0xFFFFFFFFu};
+        for (size_t i = 0; i < sizeof bad_mp / sizeof *bad_mp; i++) {
+            if (nmq_ring_init(mem, size, cap, mode)) die("init", 0, 0);
+            memcpy(mem + OFF_MAX_PRODUCERS, &bad_mp[i], 4);
+            expect_attach(mem, size, NMQ_RING_EHEADER, "bad max_producers accepted");
+        }
+        uint64_t bad_pos[][2] = {{0, 3}, {5, 64}, {64, 0}, {0, cap + 8}, {8, 1ull << 63}}; /* head, tail */
+        for (size_t i = 0; i < sizeof bad_pos / sizeof *bad_pos; i++) {
+            if (nmq_ring_init(mem, size, cap, mode)) die("init", 0, 0);
+            memcpy(mem + OFF_HEAD, &bad_pos[i][0], 8);
+            memcpy(mem + OFF_TAIL, &bad_pos[i][1], 8);
+            expect_attach(mem, size, NMQ_RING_EHEADER, "bad positions accepted");
+        }
+        uint64_t full[2] = {5 * cap, 6 * cap};
+        if (nmq_ring_init(mem, size, cap, mode)) die("init", 0, 0);
+        memcpy(mem + OFF_HEAD, &full[0], 8);
+        memcpy(mem + OFF_TAIL, &full[1], 8);
+        expect_attach(mem, size, 0, "a full ring refused");
+        /* The handle keeps the max_producers it validated: a header rewritten after attach does
+         * not let register() index past producer_pid[]. */
+        if (nmq_ring_init(mem, size, cap, mode)) die("init", 0, 0);
+        int err;
+        nmq_ring *r = nmq_ring_attach(mem, size, &err);
+        if (!r) die("attach", err, 0);
+        for (uint32_t s = 0; s < good; s++)
+            if (nmq_ring_register(r, 1, 100 + s) != (int)s) die("register", (long)s, 0);
+        uint32_t big = 4096;
+        memcpy(mem + OFF_MAX_PRODUCERS, &big, 4);
+        if (nmq_ring_register(r, 1, 999) != NMQ_RING_EBUSY) die("register past the table", 0, 0);
+        if (nmq_ring_max_producers(r) != good) die("max_producers not cached", nmq_ring_max_producers(r), good);
+        if (nmq_ring_peer_pid(r, 1, (int)good) != 0) die("peer_pid past the table", 0, 0);
+        if (nmq_ring_register_replace(r, 1, (int)good, 100, 5) != NMQ_RING_EINVAL) die("replace past the table", 0, 0);
+        nmq_ring_free(r);
+    }
+    free(mem);
+    printf("ok: header validation\n");
+}
+
+static void abort_checks(void) {
+    const uint64_t cap = 256;
+    size_t size = nmq_ring_required_size(cap);
+    uint8_t *mem;
+    if (posix_memalign((void **)&mem, 128, size)) die("alloc", 0, 0);
+    for (uint32_t mode = 0; mode <= 1; mode++) {
+        if (nmq_ring_init(mem, size, cap, mode)) die("init", 0, 0);
+        int err;
+        nmq_ring *a = nmq_ring_attach(mem, size, &err), *b = nmq_ring_attach(mem, size, &err),
+                 *c = nmq_ring_attach(mem, size, &err);
+        if (!a || !b || !c) die("attach", err, 0);
+        uint8_t *p, out[256];
+        uint32_t len;
+        if (nmq_ring_abort(a) != NMQ_RING_EINVAL) die("abort without claim", 0, 0);
+        for (int round = 0; round < 40; round++) { /* goes round the ring many times, padding included */
+            if (nmq_ring_claim(a, 40, &p)) die("claim", round, 0);
+            memset(p, 0xEE, 40);
+            if (mode == NMQ_RING_MPSC && nmq_ring_push(b, (const uint8_t *)"later", 5)) die("push past a claim", round, 0);
+            if (nmq_ring_push(a, (const uint8_t *)"x", 1) != NMQ_RING_EINVAL) die("push while claiming", 0, 0);
+            if (nmq_ring_abort(a)) die("abort", round, 0);
+            if (nmq_ring_push(a, (const uint8_t *)"mine", 4)) die("push after abort", round, 0);
+            if (mode == NMQ_RING_MPSC) {
+                if (nmq_ring_pop(c, out, sizeof out, &len) != 1 || len != 5 || memcmp(out, "later", 5))
+                    die("record after an aborted claim", round, (long)len);
+            }
+            if (nmq_ring_pop(c, out, sizeof out, &len) != 1 || len != 4 || memcmp(out, "mine", 4))
+                die("record after abort", round, (long)len);
+            if (nmq_ring_pop(c, out, sizeof out, &len) != 0) die("aborted record delivered", round, 0);
+            if (nmq_ring_used(c) != 0) die("used after abort", (long)nmq_ring_used(c), round);
+        }
+        nmq_ring_free(a);
+        nmq_ring_free(b);
+        nmq_ring_free(c);
+    }
+    free(mem);
+    printf("ok: abort\n");
+}
+
 int main(int argc, char **argv) {
     if (argc > 1) n_per_producer = strtoul(argv[1], NULL, 10);
     unit();
+    header_checks();
+    abort_checks();
     run(NMQ_RING_SPSC, 1, NMQ_WAIT_SPIN);
     run(NMQ_RING_SPSC, 1, NMQ_WAIT_BLOCK);
     run(NMQ_RING_MPSC, 1, NMQ_WAIT_YIELD);

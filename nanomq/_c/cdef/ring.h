@@ -16,6 +16,7 @@
 #define NMQ_RING_EBUSY -7
 #define NMQ_RING_ENOMEM -8
 #define NMQ_RING_EBUFSIZE -9
+#define NMQ_RING_EHEADER -10
 
 typedef struct nmq_ring nmq_ring;
 
@@ -34,6 +35,7 @@ uint64_t nmq_ring_tail(const nmq_ring *r);
 
 int nmq_ring_claim(nmq_ring *r, uint32_t len, uint8_t **out);
 int nmq_ring_commit(nmq_ring *r);
+int nmq_ring_abort(nmq_ring *r);
 int nmq_ring_push(nmq_ring *r, const uint8_t *data, uint32_t len);
 int nmq_ring_push_batch(nmq_ring *r, const uint8_t *data, const uint32_t *lens, uint32_t n);
 

@@ -49,8 +49,9 @@ _Static_assert(sizeof(struct nmq_ring_hdr) <= NMQ_RING_HDR_SIZE, "ring header to
 struct nmq_ring {
     struct nmq_ring_hdr *h;
     uint8_t *data;
+    /* copies of the immutable header fields, validated once at attach (never re-read) */
     uint64_t cap, mask;
-    uint32_t max_rec, mode;
+    uint32_t max_rec, mode, max_prod;
     /* producer-local state (one cache line) */
     _Alignas(64) uint64_t p_tail;  /* SPSC: our own tail (the shared one is only ever stored) */
     uint64_t p_head_cache;         /* last head we saw: the ring has at least this much room */
@@ -144,6 +145,24 @@ static uint32_t max_record_for(uint64_t cap) {
     return m > 0x7FFFFFF0ull ? 0x7FFFFFF0u : (uint32_t)m;
 }
 
+static uint32_t producers_for(uint32_t mode) { return mode == NMQ_RING_MPSC ? NMQ_RING_MAX_PRODUCERS : 1; }
+
+/* head and tail are byte positions of whole frames (multiples of 8), and at every instant
+ * head <= tail <= head + cap. A live consumer may move head between our reads: read head, tail,
+ * head again, and judge only a snapshot in which head stood still (then tail was read while head
+ * had that value). A head that never stands still belongs to a ring in active use: only the
+ * alignment is checked then. */
+static int positions_valid(struct nmq_ring_hdr *h, uint64_t cap) {
+    uint64_t h1 = 0, t = 0;
+    for (int i = 0; i < 64; i++) {
+        h1 = atomic_load_explicit(&h->head, memory_order_acquire);
+        t = atomic_load_explicit(&h->tail, memory_order_acquire);
+        if (atomic_load_explicit(&h->head, memory_order_acquire) == h1)
+            return (h1 & 7u) == 0 && (t & 7u) == 0 && t >= h1 && t - h1 <= cap;
+    }
+    return (h1 & 7u) == 0 && (t & 7u) == 0;
+}
+
 int nmq_ring_init(void *mem, size_t mem_len, uint64_t capacity, uint32_t mode) {
     if (!mem || ((uintptr_t)mem & 7u) || mode > NMQ_RING_MPSC) return NMQ_RING_EINVAL;
     if (!valid_capacity(capacity) || mem_len < nmq_ring_required_size(capacity)) return NMQ_RING_ESIZE;
@@ -158,7 +177,7 @@ int nmq_ring_init(void *mem, size_t mem_len, uint64_t capacity, uint32_t mode) {
     h->capacity = capacity;
     h->max_record = max_record_for(capacity);
     h->hdr_size = NMQ_RING_HDR_SIZE;
-    h->max_producers = mode == NMQ_RING_MPSC ? NMQ_RING_MAX_PRODUCERS : 1;
+    h->max_producers = producers_for(mode);
     atomic_store_explicit(&h->magic, NMQ_RING_MAGIC, memory_order_release);
     return 0;
 }
@@ -171,19 +190,27 @@ nmq_ring *nmq_ring_attach(void *mem, size_t mem_len, int *err) {
     if (mem_len < NMQ_RING_HDR_SIZE) { e = NMQ_RING_ESIZE; goto out; }
     if (atomic_load_explicit(&h->magic, memory_order_acquire) != NMQ_RING_MAGIC) { e = NMQ_RING_EBADMAGIC; goto out; }
     if (h->version != NMQ_RING_VERSION) { e = NMQ_RING_EVERSION; goto out; }
-    if (!valid_capacity(h->capacity) || h->hdr_size != NMQ_RING_HDR_SIZE || h->mode > NMQ_RING_MPSC ||
-        mem_len < nmq_ring_required_size(h->capacity) || h->max_record != max_record_for(h->capacity)) {
+    /* Each field is read once into a local: what is checked is what is cached. */
+    uint64_t cap = h->capacity;
+    uint32_t hdr_size = h->hdr_size, mode = h->mode, max_rec = h->max_record, max_prod = h->max_producers;
+    if (!valid_capacity(cap) || hdr_size != NMQ_RING_HDR_SIZE || mode > NMQ_RING_MPSC ||
+        mem_len < nmq_ring_required_size(cap) || max_rec != max_record_for(cap)) {
         e = NMQ_RING_ESIZE;
+        goto out;
+    }
+    if (max_prod != producers_for(mode) || !positions_valid(h, cap)) {
+        e = NMQ_RING_EHEADER;
         goto out;
     }
     if (posix_memalign((void **)&r, 64, sizeof *r) != 0) { e = NMQ_RING_ENOMEM; r = NULL; goto out; }
     memset(r, 0, sizeof *r);
     r->h = h;
     r->data = (uint8_t *)mem + NMQ_RING_HDR_SIZE;
-    r->cap = h->capacity;
-    r->mask = h->capacity - 1;
-    r->max_rec = h->max_record;
-    r->mode = h->mode;
+    r->cap = cap;
+    r->mask = cap - 1;
+    r->max_rec = max_rec;
+    r->mode = mode;
+    r->max_prod = max_prod;
     nmq_ring_sync(r);
 out:
     if (err) *err = e;
@@ -383,6 +410,23 @@ int nmq_ring_claim(nmq_ring *r, uint32_t len, uint8_t **out) {
     r->claim_end = t + frame_size(len);
     r->claiming = 1;
     *out = r->claim_frame + 8;
+    return 0;
+}
+
+int nmq_ring_abort(nmq_ring *r) {
+    if (!r->claiming) return NMQ_RING_EINVAL;
+    r->claiming = 0;
+    if (r->mode == NMQ_RING_MPSC) {
+        /* The bytes are ours in the shared claim counter and later claims may already lie past them:
+         * publish them as padding (release, like a commit), which the consumer skips and zeroes. Any
+         * padding before the frame (at the wrap) was published by claim already. */
+        *frame_len_word(r->claim_frame) = NMQ_RING_PAD_LEN;
+        atomic_store_explicit(frame_size_word(r->claim_frame), (uint32_t)frame_size(r->claim_len),
+                              memory_order_seq_cst);
+        wake_consumer(r);
+    }
+    /* SPSC: nothing was published (tail unchanged); the next record overwrites the claimed bytes
+     * and any padding claim wrote before them. */
     return 0;
 }
 
@@ -588,15 +632,17 @@ int nmq_ring_wait_writable(nmq_ring *r, uint32_t len, int strategy, uint64_t spi
 
 /* ---- peers ------------------------------------------------------------------------------- */
 
+/* The cached, validated max_producers bounds every index into producer_pid[] (never the shared
+ * header field, which a peer could rewrite after attach). */
 static _Atomic uint32_t *slot_word(const nmq_ring *r, int role, int slot) {
     if (role == 0) return slot == 0 ? &r->h->consumer_pid : NULL;
-    if (slot < 0 || (uint32_t)slot >= r->h->max_producers) return NULL;
+    if (role != 1 || slot < 0 || (uint32_t)slot >= r->max_prod) return NULL;
     return &r->h->producer_pid[slot];
 }
 
 int nmq_ring_register(nmq_ring *r, int role, uint32_t pid) {
     if (pid == 0 || role < 0 || role > 1) return NMQ_RING_EINVAL;
-    int n = role == 0 ? 1 : (int)r->h->max_producers;
+    int n = role == 0 ? 1 : (int)r->max_prod;
     for (int i = 0; i < n; i++) {
         uint32_t expected = 0;
         if (atomic_compare_exchange_strong(slot_word(r, role, i), &expected, pid)) {
@@ -632,4 +678,4 @@ uint32_t nmq_ring_peer_count(const nmq_ring *r, int role, int which) {
     return atomic_load(which ? &r->h->producers_closed : &r->h->producers_ever);
 }
 
-uint32_t nmq_ring_max_producers(const nmq_ring *r) { return r->h->max_producers; }
+uint32_t nmq_ring_max_producers(const nmq_ring *r) { return r->max_prod; }

@@ -61,6 +61,7 @@
 #define NMQ_RING_EBUSY (-7)    /* role already taken by a registered peer */
 #define NMQ_RING_ENOMEM (-8)
 #define NMQ_RING_EBUFSIZE (-9) /* caller's output buffer too small for the next record */
+#define NMQ_RING_EHEADER (-10) /* header fields inconsistent (max_producers, head/tail positions) */
 
 typedef struct nmq_ring nmq_ring;
 
@@ -70,7 +71,12 @@ size_t nmq_ring_required_size(uint64_t capacity);
  * the header is written fully and the magic last (release), so an opener never sees half a header.
  * The data area must be zero for MPSC (it is cleared here). */
 int nmq_ring_init(void *mem, size_t mem_len, uint64_t capacity, uint32_t mode);
-/* Validate `mem` as a ring and return a process-local handle (NULL and *err on failure). */
+/* Validate `mem` as a ring and return a process-local handle (NULL and *err on failure).
+ * Every header field is checked: magic (EBADMAGIC), version (EVERSION), capacity, header size,
+ * mode, max_record and the memory size (ESIZE), max_producers (1 for SPSC, 16 for MPSC) and the
+ * positions (head and tail multiples of 8, head <= tail <= head + capacity) (EHEADER). The
+ * immutable fields are cached in the handle and never read from shared memory again, so a header
+ * rewritten later (a buggy or hostile peer) cannot make the handle index outside the header. */
 nmq_ring *nmq_ring_attach(void *mem, size_t mem_len, int *err);
 void nmq_ring_free(nmq_ring *r);
 /* Reload the handle's cached indexes from shared memory (after taking over a role). */
@@ -83,10 +89,14 @@ uint64_t nmq_ring_used(const nmq_ring *r); /* bytes between head and tail (appro
 uint64_t nmq_ring_head(const nmq_ring *r);
 uint64_t nmq_ring_tail(const nmq_ring *r);
 
-/* Producer, zero-copy: claim `len` bytes, write them at *out, then commit (or abort). One claim at a
- * time per handle. */
+/* Producer, zero-copy: claim `len` bytes, write them at *out, then commit or abort. One claim at a
+ * time per handle (push/claim while claiming is EINVAL). Abort gives the claim up: SPSC publishes
+ * nothing (the space is reused by the next record); MPSC cannot hand the space back (other
+ * producers may have claimed past it), so it publishes it as a padding frame that the consumer
+ * skips, and the records claimed after it are delivered. commit/abort without a claim: EINVAL. */
 int nmq_ring_claim(nmq_ring *r, uint32_t len, uint8_t **out);
 int nmq_ring_commit(nmq_ring *r);
+int nmq_ring_abort(nmq_ring *r);
 /* Producer, copying: 0 on success, NMQ_RING_EAGAIN when full. */
 int nmq_ring_push(nmq_ring *r, const uint8_t *data, uint32_t len);
 /* Push up to n (<= 256) records stored back to back in `data` with lengths `lens`. Returns how many
