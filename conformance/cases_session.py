@@ -23,7 +23,7 @@ from conformance.helpers import (
     subscribe,
     topic_info,
 )
-from conformance.registry import Context, Unimplemented, case, check
+from conformance.registry import Context, Skipped, Unimplemented, case, check
 from conformance.wire import WireClient
 from nanomq.protocol import (
     PROTOCOL_VERSION,
@@ -332,6 +332,23 @@ def capabilities(ctx: Context) -> None:
             check((h2.capabilities, h2.max_frame, h2.max_payload, h2.max_batch) ==
                   (h.capabilities, h.max_frame, h.max_payload, h.max_batch),
                   f"connections announce different capabilities or limits: {h!r} vs {h2!r}")
+
+
+@case("session.tls-plaintext", "a TLS target given a plaintext HELLO serves nothing, says TLS is expected "
+      "(ERROR BAD_STATE) and closes", layer="wire", rules=("NMQ-2-4",))
+def tls_plaintext(ctx: Context) -> None:
+    if ctx.target.ssl is None:
+        raise Skipped("the target is not spoken to over TLS")
+    with ctx.step("NMQ-2-4"):
+        w = WireClient(ctx.target.host, ctx.target.port, timeout=5)
+        try:
+            w.send(Hello(1, PROTOCOL_VERSION, "plaintext", b""))
+            frames = closed(w)
+        finally:
+            w.close()
+        check(not any(isinstance(f, HelloOk) for f in frames), "a plaintext HELLO was answered HELLO_OK")
+        check(any(is_error(f, ErrorCode.BAD_STATE) and f.request_id == 0 for f in frames),
+              f"a plaintext client got {frames!r}, not ERROR BAD_STATE saying TLS is expected")
 
 
 @case("session.auth", "with AUTH announced, a token the server did not issue is AUTH_FAILED and closes",

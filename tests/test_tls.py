@@ -88,12 +88,15 @@ def test_conformance_kit_over_tls(cert, tmp_path) -> None:
     out = tmp_path / "r"
     p = subprocess.run([sys.executable, "-m", "conformance", "--launch", launch, "--tls-ca", str(cert),
                         "--layers", "vectors,wire", "--only", "wire.publish", "--only", "wire.subscribe",
-                        "--only", "vectors.invalid.publish", "--report-dir", str(out)],
+                        "--only", "vectors.invalid.publish", "--only", "session.tls-plaintext",
+                        "--only", "session.capabilities", "--report-dir", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     index = json.loads((out / "index.json").read_text())
     assert index["server"]["capabilities"] & int(Capability.TLS)
     assert not [c for c in index["cases"] if c["verdict"] == "FAILED"]
+    verdicts = {c["id"]: c["verdict"] for c in index["cases"]}
+    assert verdicts["session.tls-plaintext"] == verdicts["session.capabilities"] == "OK"
 
 
 def test_broker_tls_errors(tmp_path) -> None:
