@@ -115,13 +115,15 @@ class RecoveryReport:
     corrupt_offset: int
     corrupt_id: int
     quarantined_files: int
+    stray_files: int
+    """Files named like segments that were not segments of this log, set aside as ``.quarantine``."""
     duration_s: float
     message: str
 
     @property
     def ok(self) -> bool:
         """True when nothing was cut or quarantined."""
-        return self.corruption == "none" and self.truncated_bytes == 0
+        return self.corruption == "none" and self.truncated_bytes == 0 and self.stray_files == 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +166,7 @@ def _report(rep: Any) -> RecoveryReport:
         corrupt_offset=rep.corrupt_offset,
         corrupt_id=rep.corrupt_id,
         quarantined_files=rep.quarantined_files,
+        stray_files=rep.stray_files,
         duration_s=rep.duration_ns / 1e9,
         message=ffi.string(rep.message).decode("utf-8", "replace"),
     )

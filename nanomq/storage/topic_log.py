@@ -112,6 +112,9 @@ class TopicLog:
             verify_all=verify_all,
         )
         rep = clog.report
+        if rep.stray_files:
+            _log.error("log %s: %d file(s) named like segments were not segments of this log; set aside as "
+                       "*.quarantine (NMQ-S9-9)", clog.path, rep.stray_files)
         if rep.corruption != "none":
             _log.error("log %s: CORRUPTION: %s; %d file(s) quarantined", clog.path, rep.message, rep.quarantined_files)
         elif rep.truncated_bytes:

@@ -50,6 +50,7 @@ typedef struct {
     uint64_t corrupt_offset;
     uint64_t corrupt_id;        
     uint64_t quarantined_files;
+    uint64_t stray_files;
     uint64_t duration_ns;
     char message[512];
 } nmq_recovery_report;

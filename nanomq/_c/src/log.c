@@ -292,6 +292,32 @@ static int idx_write(nmq_log *log, nmq_seg *s) {
     return rc;
 }
 
+/* Does a loaded index agree with its segment (NMQ-S4-3)? A CRC only proves the file is the one
+ * written, not that it belongs to these bytes: the entries must be ordered and inside the valid
+ * length, the header walk from the last entry must land exactly on that length with the index's
+ * last id and timestamp, and the segment must end there (end of file, or a zero id word). The
+ * walk covers at most one index interval of headers. */
+static int idx_agrees(nmq_seg *s, uint64_t file_size) {
+    uint64_t n = s->nidx, size = s->size;
+    if (size > file_size || (size && !n) || (n && (s->idx[0].id != s->first_id || s->idx[0].off != 0))) return 0;
+    for (uint64_t i = 1; i < n; i++)
+        if (s->idx[i].id <= s->idx[i - 1].id || s->idx[i].off <= s->idx[i - 1].off || s->idx[i].ts < s->idx[i - 1].ts)
+            return 0;
+    if (n == 0) return s->last_id + 1 == s->first_id;
+    if (s->idx[n - 1].off >= size) return 0;
+    uint64_t off = s->idx[n - 1].off, id = s->idx[n - 1].id, ts = s->idx[n - 1].ts;
+    while (off < size) {
+        if (size - off < NMQ_HEADER_SIZE || ld64(s->map + off) != id) return 0;
+        uint64_t sp = nmq_record_span(ld32(s->map + off + 20));
+        if (sp > size - off) return 0;
+        ts = ld64(s->map + off + 8);
+        off += sp;
+        id++;
+    }
+    if (id - 1 != s->last_id || ts != s->last_ts) return 0;
+    return size == file_size || (file_size - size >= 8 && ld64(s->map + size) == 0);
+}
+
 /* Load <seg>.idx if it is valid and agrees with the segment file; 0 on success. */
 static int idx_load(nmq_log *log, nmq_seg *s, uint64_t file_size) {
     char name[64];
@@ -326,6 +352,7 @@ static int idx_load(nmq_log *log, nmq_seg *s, uint64_t file_size) {
             s->size = ld64(b + 40);
             s->first_ts = n ? s->idx[0].ts : 0;
             s->idx_due = n ? s->idx[n - 1].off + log->cfg.index_interval : 0;
+            ok = idx_agrees(s, file_size);
         } else {
             ok = 0;
         }
@@ -760,7 +787,16 @@ int nmq_log_read(nmq_log *log, uint64_t from_id, uint32_t max_records, uint64_t 
     if (from_id < first) from_id = first;
     *first_id = from_id;
     if (from_id >= log->next_id || max_records == 0) { pthread_mutex_unlock(&log->mu); return 0; }
-    nmq_seg *s = log->segs[seg_for_id(log, from_id)];
+    uint64_t si = seg_for_id(log, from_id);
+    nmq_seg *s = log->segs[si];
+    while (from_id > s->last_id && si + 1 < log->nsegs) {
+        /* ids in a hole (lost at the end of the log, never reused: NMQ-S9-8) are skipped, as ids below
+         * the first retained one are: the result's first_id says where the records start */
+        s = log->segs[++si];
+        from_id = s->first_id;
+        *first_id = from_id;
+    }
+    if (from_id >= log->next_id) { pthread_mutex_unlock(&log->mu); return 0; }
     uint64_t start = offset_of(s, from_id), off = start;
     if (start == UINT64_MAX) {
         int rc = corrupt_read(s, 0, from_id);
@@ -849,7 +885,8 @@ int nmq_log_retain(nmq_log *log, uint64_t now, uint64_t *deleted) {
         nmq_seg *s = log->segs[0];
         int old = log->cfg.retention_ms > 0 && s->last_ts + (uint64_t)log->cfg.retention_ms * 1000000ull < now;
         int big = log->cfg.retention_bytes > 0 && log->total_bytes > (uint64_t)log->cfg.retention_bytes;
-        if (!old && !big) break;
+        int hole = s->last_id < s->first_id; /* a leading hole holds nothing (NMQ-S9-8) */
+        if (!old && !big && !hole) break;
         drop_first(log);
         n++;
     }
@@ -1051,6 +1088,98 @@ static void report_corrupt(nmq_recovery_report *rep, int kind, nmq_seg *s, uint6
              (unsigned long long)s->first_id, (unsigned long long)off, (unsigned long long)(s->last_id + 1));
 }
 
+enum { PROBE_VALID = 0, PROBE_EMPTY = 1, PROBE_BAD = 2 };
+
+/* What a segment file starts with (NMQ-S9-9): an intact record carrying the id of its name
+ * (VALID), nothing (EMPTY: an empty file, or an all-zero first header), or anything else (BAD).
+ * A file that cannot be read is VALID here: opening it in earnest reports it (`unreadable`). */
+static int probe_segment(nmq_log *log, uint64_t first_id) {
+    char name[64];
+    seg_name(name, sizeof name, first_id, "log");
+    int fd = openat(log->dirfd, name, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0) return PROBE_VALID;
+    if (fstat(fd, &st)) { close(fd); return PROBE_VALID; }
+    uint8_t h[NMQ_HEADER_SIZE] = {0};
+    ssize_t got = pread(fd, h, sizeof h, 0);
+    int kind = PROBE_BAD, zero = 1;
+    for (unsigned k = 0; k < sizeof h; k++) zero &= h[k] == 0;
+    if (got < 0) kind = PROBE_VALID;
+    else if (zero) kind = PROBE_EMPTY;
+    else if (got == (ssize_t)sizeof h && first_id != 0 && ld64(h) == first_id) {
+        uint32_t size = ld32(h + 20);
+        uint64_t sp = nmq_record_span(size);
+        if (size <= (1u << 30) && sp <= (uint64_t)st.st_size) {
+            uint8_t *r = malloc(sp);
+            if (r && pread(fd, r, sp, 0) == (ssize_t)sp && record_ok(r, size)) kind = PROBE_VALID;
+            free(r);
+        }
+    }
+    close(fd);
+    return kind;
+}
+
+/* An all-zero header at `off` of the last segment is the end of the log only if no intact record
+ * follows it (NMQ-S8-7): search the 8-aligned offsets after it, up to the last non-zero byte, for a
+ * record with a later id (at most one per 64 bytes from `off`) whose length fits and whose CRC holds. */
+static int record_after_zero(nmq_seg *s, uint64_t off, uint64_t file_size) {
+    uint64_t expect = s->last_id + 1, end = nonzero_end(s, off, file_size);
+    for (uint64_t q = off + NMQ_HEADER_SIZE; q + NMQ_HEADER_SIZE <= end; q += 8) {
+        uint64_t id = ld64(s->map + q);
+        if (id <= expect || id - expect > (q - off) / NMQ_HEADER_SIZE) continue;
+        uint32_t size = ld32(s->map + q + 20);
+        if (nmq_record_span(size) <= file_size - q && record_ok(s->map + q, size)) return 1;
+    }
+    return 0;
+}
+
+/* An empty segment file (no bytes at all): a hole standing for ids lost at the end of the log,
+ * never handed out again (NMQ-S9-8). */
+static int hole_create(nmq_log *log, uint64_t first_id, nmq_seg **out) {
+    char name[64];
+    seg_name(name, sizeof name, first_id, "log");
+    nmq_seg *s = seg_new(first_id);
+    if (!s) return -ENOMEM;
+    s->fd = openat(log->dirfd, name, O_CREAT | O_TRUNC | O_RDWR | O_CLOEXEC, 0644);
+    if (s->fd < 0) {
+        int rc = -errno;
+        seg_destroy(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+/* The log ends at L but the checkpoint vouched for ids up to next - 1 (segments lost at the end,
+ * NMQ-S9-3): seal the last segment, add an empty hole segment named L + 1 (or make the last
+ * segment the hole when it is empty), and continue with a new active segment at `next`, so the
+ * lost ids are never handed out again and the records before them stay readable (NMQ-S9-8). */
+static int make_hole(nmq_log *log, uint64_t next) {
+    nmq_seg *l = log->segs[log->nsegs - 1];
+    int rc;
+    char name[64];
+    if (l->last_id >= l->first_id) {
+        nmq_seg *h = NULL;
+        if ((rc = seg_sync(log, l, l->size))) return rc;
+        idx_write(log, l);
+        x_ftruncate(l->fd, (off_t)l->size);
+        if ((rc = hole_create(log, l->last_id + 1, &h))) return rc;
+        if ((rc = segs_push(log, h))) { seg_destroy(h); return rc; }
+    } else {
+        /* an empty last segment: truncated to nothing it is the hole (a later open knows a hole by
+         * its size 0, so this must succeed) */
+        if (x_ftruncate(l->fd, 0)) return -errno;
+        if ((rc = seg_map(l, 0))) return rc;
+        seg_name(name, sizeof name, l->first_id, "idx");
+        unlinkat(log->dirfd, name, 0);
+    }
+    nmq_seg *a = NULL;
+    if ((rc = seg_create(log, next, log->cfg.segment_bytes, &a))) return rc; /* fsyncs the directory */
+    a->durable_size = 0;
+    if ((rc = segs_push(log, a))) return rc;
+    return 0;
+}
+
 static int recover(nmq_log *log, nmq_recovery_report *rep) {
     uint64_t *ids = NULL, n = 0;
     int rc = load_segments(log, &ids, &n);
@@ -1058,7 +1187,34 @@ static int recover(nmq_log *log, nmq_recovery_report *rep) {
     ckpt_t ck = ckpt_read(log);
     rep->clean = ck.valid && ck.clean;
     rep->checkpoint_used = ck.valid && !log->cfg.verify_all;
+    int quarantine = log->cfg.on_corrupt == NMQ_ON_CORRUPT_QUARANTINE;
+    /* NMQ-S9-9: a file named like a segment that is not one of this log's is set aside, so it cannot
+     * take the log with it: a name of id 0, a file other than the last that does not begin with an
+     * intact record carrying the id of its name, and such a last file beyond the checkpoint's
+     * segment (a stray after the log; the active segment is the checkpoint's). */
+    uint64_t m = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        int k = probe_segment(log, ids[i]);
+        int stray = ids[i] == 0 || (k == PROBE_BAD && (i + 1 < n || (m > 0 && ck.valid && ids[i] > ck.seg)));
+        if (!stray) { ids[m++] = ids[i]; continue; }
+        if (!quarantine) {
+            rep->corruption = 1;
+            rep->corrupt_segment = ids[i];
+            snprintf(rep->message, sizeof rep->message, "segment file %020llu.log is not a segment of this log "
+                     "(its first record is not an intact record with the id of its name)", (unsigned long long)ids[i]);
+            SETERR("%s", rep->message);
+            free(ids);
+            return NMQ_LOG_ECORRUPT;
+        }
+        if (quarantine_file(log, ids[i]) == 0) {
+            rep->quarantined_files++;
+            rep->stray_files++;
+        }
+    }
+    n = m;
+    if (rep->stray_files) fsync_dir(log);
     uint64_t expect = 0;
+    int prev_hole = 0;
     uint64_t cut_from = UINT64_MAX; /* index into ids[] from which segment files are quarantined */
     for (uint64_t i = 0; i < n && rc == 0; i++) {
         nmq_seg *s = NULL;
@@ -1066,9 +1222,25 @@ static int recover(nmq_log *log, nmq_recovery_report *rep) {
         int is_last = i == n - 1;
         rc = open_seg_file(log, ids[i], &s, &fsize);
         if (rc) { SETERR("cannot open segment %020llu: %s", (unsigned long long)ids[i], strerror(-rc)); break; }
-        if (i > 0 && s->first_id != expect) {
+        if (i > 0 && s->first_id != expect && !(prev_hole && s->first_id > expect)) {
+            /* a later file with the expected id makes the ones before it strays (NMQ-S9-9) */
+            uint64_t j = i + 1;
+            while (j < n && ids[j] != expect) j++;
+            if (j < n && quarantine) {
+                seg_destroy(s);
+                for (uint64_t k = i; k < j; k++)
+                    if (quarantine_file(log, ids[k]) == 0) {
+                        rep->quarantined_files++;
+                        rep->stray_files++;
+                    }
+                fsync_dir(log);
+                i = j - 1;
+                continue;
+            }
             report_corrupt(rep, 2, s, 0, "id gap: segment does not start at the next id");
             rep->corrupt_id = expect;
+            snprintf(rep->message, sizeof rep->message, "id gap: segment %020llu does not start at the next id "
+                     "%llu", (unsigned long long)s->first_id, (unsigned long long)expect);
             seg_destroy(s);
             cut_from = i;
             break;
@@ -1103,6 +1275,14 @@ static int recover(nmq_log *log, nmq_recovery_report *rep) {
                 rep->verified_bytes += stop - from;
             }
         }
+        /* NMQ-S8-7: a zeroed header with intact records after it is damage, not the end of the log
+         * (a crash never zeroes a published header; a dying writer leaves a non-zero header behind
+         * a zero id word) */
+        int zero_hdr = 0;
+        if (res == SCAN_END && is_last && !loaded && stop + NMQ_HEADER_SIZE <= fsize && record_after_zero(s, stop, fsize)) {
+            res = SCAN_BAD;
+            zero_hdr = 1;
+        }
         int corrupt_here = 0;
         if (res == SCAN_BAD) {
             /* bytes the checkpoint vouched for were durable: damage there is never a torn write */
@@ -1110,8 +1290,8 @@ static int recover(nmq_log *log, nmq_recovery_report *rep) {
             /* A zero id word over a non-zero header is a run whose writer died before publishing
              * it (NMQ-S6-3): the rest of the run may be complete and valid, yet it was never
              * visible, so it is a torn tail whatever follows it. */
-            int unpublished = stop + 8 <= fsize && ld64(s->map + stop) == 0;
-            int torn = is_last && !vouched && (unpublished || !followed_by_valid(s, stop, fsize));
+            int unpublished = !zero_hdr && stop + 8 <= fsize && ld64(s->map + stop) == 0;
+            int torn = !zero_hdr && is_last && !vouched && (unpublished || !followed_by_valid(s, stop, fsize));
             if (!torn) {
                 report_corrupt(rep, 1, s, stop, "record fails its check (bad CRC, id or length)");
                 corrupt_here = 1;
@@ -1148,6 +1328,7 @@ static int recover(nmq_log *log, nmq_recovery_report *rep) {
             break;
         }
         expect = s->last_id + 1;
+        prev_hole = fsize == 0 && s->last_id < s->first_id;
         s->durable_size = s->size;
         if ((rc = segs_push(log, s))) { seg_destroy(s); break; }
         log->total_bytes += s->size;
@@ -1159,10 +1340,16 @@ static int recover(nmq_log *log, nmq_recovery_report *rep) {
          * would hand out those ids again. */
         nmq_seg *l = log->segs[log->nsegs - 1];
         if (l->last_id + 1 < ck.next_id) {
+            uint64_t lost = l->last_id + 1;
             report_corrupt(rep, 2, l, l->size, "segments missing at the end of the log");
             snprintf(rep->message, sizeof rep->message,
                      "segments missing at the end of the log: it ends at id %llu but the checkpoint vouches "
-                     "for ids up to %llu", (unsigned long long)l->last_id, (unsigned long long)(ck.next_id - 1));
+                     "for ids up to %llu; ids %llu..%llu are never handed out again, the log continues at id %llu",
+                     (unsigned long long)l->last_id, (unsigned long long)(ck.next_id - 1), (unsigned long long)lost,
+                     (unsigned long long)(ck.next_id - 1), (unsigned long long)ck.next_id);
+            if (quarantine && (rc = make_hole(log, ck.next_id)))
+                SETERR("recovery: cannot continue the log after lost ids at %llu: %s", (unsigned long long)ck.next_id,
+                       strerror(-rc));
         }
     }
     if (rc == 0 && rep->corruption && log->cfg.on_corrupt == NMQ_ON_CORRUPT_RAISE) {

@@ -79,6 +79,7 @@ typedef struct {
     uint64_t corrupt_offset;
     uint64_t corrupt_id;        /* the id expected at corrupt_offset */
     uint64_t quarantined_files;
+    uint64_t stray_files;       /* files named like segments that were not the log's, set aside (NMQ-S9-9) */
     uint64_t duration_ns;
     char message[512];
 } nmq_recovery_report;
