@@ -401,7 +401,16 @@ class Connection(asyncio.Protocol):
                 log = sub.topic.log
                 if sub.next_id >= log.next_id:
                     break
-                r = log.read(sub.next_id, min(sub.credit, max_batch), _DELIVER_MAX_BYTES)
+                try:
+                    r = log.read(sub.next_id, min(sub.credit, max_batch), _DELIVER_MAX_BYTES)
+                except StorageError as e:
+                    # Damaged stored bytes met while serving [NMQ-S9-7]: never delivered, logged once;
+                    # this subscription cannot go on, so its connection is told why and closed.
+                    sub.topic.damage_found(sub.next_id, e)
+                    self._fatal(ErrorCode.STORAGE_ERROR, f"topic {sub.topic.name!r}: record {sub.next_id} cannot be "
+                                f"delivered on subscription {sub.sub_id}: its stored bytes are damaged ({e})",
+                                "NMQ-S9-7")
+                    return
                 if r.count == 0:
                     if r.first_id > sub.next_id:  # retention removed what was next
                         sub.next_id = r.first_id

@@ -9,6 +9,7 @@ next one, so N concurrent durable publishers share ~N/k fdatasyncs instead of pa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -46,6 +47,8 @@ class Topic:
         """Called (synchronously, on the event loop) after every append."""
         self.touched_since_trim = False
         """Set by appends and deliveries: the trimmer drops this topic's mapped pages when True."""
+        self.damaged: set[int] = set()
+        """Ids whose stored bytes failed their check when read ([NMQ-S9-7]); each is logged once."""
 
     def append(self, data: bytes, count: int) -> tuple[int, int]:
         """Append a validated batch (not yet synced); call :meth:`notify` once it is acked."""
@@ -66,6 +69,17 @@ class Topic:
         """Wake the subscriptions of this topic (they deliver synchronously, see Connection)."""
         for wake in tuple(self.listeners):
             wake()
+
+    def damage_found(self, record_id: int, exc: BaseException) -> None:
+        """A read met damaged stored bytes at ``record_id`` ([NMQ-S9-4]): log it loudly, once per
+        record. The bytes stay where they are (published bytes never change, [NMQ-S13-2]); a start
+        with ``--verify-on-start`` quarantines them ([NMQ-S9-2], [NMQ-S9-7])."""
+        if record_id in self.damaged:
+            return
+        self.damaged.add(record_id)
+        _log.error("topic %s: DAMAGED DATA: record %d fails its check when read (%s); it and the records after it "
+                   "are not delivered to subscriptions that reach it. Restart with --verify-on-start to quarantine "
+                   "the damage.", self.name, record_id, exc)
 
     def when_durable(self, last_id: int, callback: DurableCallback) -> None:
         """Call ``callback(None)`` once ``last_id`` is on stable storage, or ``callback(exc)``."""
@@ -129,19 +143,55 @@ class TopicRegistry:
         self._next_topic_id = 1
 
     def open_all(self) -> None:
-        """Open (and recover) every topic found on disk."""
+        """Open (and recover) every topic found on disk.
+
+        Damage to the broker's own file never hides a topic ([NMQ-S2-5]): a ``topic_id`` that is
+        missing or unreadable beside a log is taken from the ``topic_id`` field of the log's first
+        record (a fresh id when the log has none) and rewritten; a directory left by a creation
+        that never finished (no ``topic_id``, no log) is removed."""
         self.root.mkdir(parents=True, exist_ok=True)
+        found: list[tuple[str, int | None]] = []
         for entry in sorted(self.root.iterdir()):
             if not entry.is_dir() or not valid_topic(entry.name):
                 continue
-            id_file = entry / "topic_id"
-            try:
-                topic_id = int(id_file.read_text().strip())
-            except (OSError, ValueError):
-                _log.error("topic dir %s has no readable topic_id; skipped", entry)
+            topic_id = _read_topic_id(entry)
+            if topic_id is None and not _has_log(entry):
+                _remove_unfinished(entry)
                 continue
-            self._open(entry.name, topic_id)
-            self._next_topic_id = max(self._next_topic_id, topic_id + 1)
+            if topic_id is None:
+                topic_id = _first_record_topic_id(entry)
+            found.append((entry.name, topic_id))
+        used = {tid for _, tid in found if tid is not None}
+        self._next_topic_id = max(used, default=0) + 1
+        seen: set[int] = set()
+        for name, topic_id in found:
+            if topic_id is None or topic_id in seen or _read_topic_id(self.root / name) != topic_id:
+                how = "kept from its records"
+                if topic_id is None or topic_id in seen:
+                    how = ("new: its log has no record that tells the old one" if topic_id is None
+                           else "new: another topic has the id its records carry")
+                    topic_id = self._next_topic_id
+                    self._next_topic_id += 1
+                try:
+                    self._write_topic_id(self.root / name, topic_id)
+                except OSError as e:
+                    _log.error("topic %s: cannot rewrite its topic_id file: %s", name, e)
+                _log.error("topic %s: its topic_id file was missing or damaged; topic id %d, %s", name, topic_id, how)
+            seen.add(topic_id)
+            self._open(name, topic_id)
+
+    def _write_topic_id(self, path: Path, topic_id: int) -> None:
+        """Write ``<path>/topic_id`` durably and atomically (tmp, fsync, rename, fsync the directory)."""
+        tmp = path / "topic_id.tmp"
+        try:
+            with open(tmp, "w") as f:
+                f.write(f"{topic_id}\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path / "topic_id")
+            _fsync_dir(path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _open(self, name: str, topic_id: int) -> Topic:
         c = self._config
@@ -154,6 +204,7 @@ class TopicRegistry:
             retention_bytes=c.retention_bytes,
             max_payload=c.max_payload,
             topic_id=topic_id,
+            verify_all=c.verify_on_start,
         )
         rep = log.report
         if rep.message:
@@ -174,18 +225,18 @@ class TopicRegistry:
         if len(self.topics) >= self._config.max_topics:
             raise LookupError(f"topic limit of {self._config.max_topics} reached")
         path = self.root / name
-        path.mkdir(parents=True, exist_ok=True)
         topic_id = self._next_topic_id
-        tmp = path / "topic_id.tmp"
+        existed = (path / "topic_id").exists()
         try:
-            with open(tmp, "w") as f:
-                f.write(f"{topic_id}\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path / "topic_id")
-            _fsync_dir(path)
+            path.mkdir(parents=True, exist_ok=True)
+            self._write_topic_id(path, topic_id)
             _fsync_dir(self.root)
         except OSError as e:
+            # a failed creation leaves nothing behind (a later start would find a topic without a log)
+            if not existed:
+                with contextlib.suppress(OSError):
+                    (path / "topic_id").unlink(missing_ok=True)
+            _remove_unfinished(path)
             raise StorageError(f"cannot create topic {name}: {e}") from e
         self._next_topic_id += 1
         return self._open(name, topic_id)
@@ -216,6 +267,56 @@ class TopicRegistry:
             except StorageError as e:
                 _log.error("topic %s: close failed: %s", t.name, e)
         self.topics.clear()
+
+
+def _read_topic_id(path: Path) -> int | None:
+    """The id in ``<path>/topic_id``, or None when it is missing or not a topic id."""
+    try:
+        text = (path / "topic_id").read_bytes().decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text.isdigit():
+        return None
+    value = int(text)
+    return value if 1 <= value <= 0xFFFFFFFF else None
+
+
+def _segment_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if len(p.name) == 24 and p.name.endswith(".log") and p.name[:20].isdigit())
+
+
+def _has_log(path: Path) -> bool:
+    return bool(_segment_files(path)) or (path / "checkpoint").exists()
+
+
+def _first_record_topic_id(path: Path) -> int | None:
+    """The ``topic_id`` field of the first record of the topic's log (spec/storage.md §3), or None."""
+    for seg in _segment_files(path):
+        try:
+            with open(seg, "rb") as f:
+                head = f.read(64)
+        except OSError:
+            continue
+        if len(head) == 64 and int.from_bytes(head[:8], "little") != 0:
+            tid = int.from_bytes(head[16:20], "little")
+            return tid if tid else None
+    return None
+
+
+def _remove_unfinished(path: Path) -> None:
+    """Remove the directory of a topic creation that did not finish: only its own leftovers
+    (``topic_id.tmp``, an empty directory); anything else stays, and says so in the log."""
+    (path / "topic_id.tmp").unlink(missing_ok=True)
+    try:
+        path.rmdir()
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        _log.error("topic dir %s has no topic_id and no log, but holds other files; left alone (%s)", path, e)
+        return
+    _log.warning("removed %s, left by a topic creation that did not finish", path)
+    with contextlib.suppress(OSError):
+        _fsync_dir(path.parent)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "Plaintext clients are answered with an ERROR saying TLS is expected")
     ap.add_argument("--tls-key", type=Path, metavar="PEM",
                     help="the PEM private key, unencrypted (needed unless it is in the --tls-cert file)")
+    ap.add_argument("--verify-on-start", action="store_true",
+                    help="verify the CRC of every stored record at start, quarantining damage then (reads "
+                    "every log once: 0.3-0.9 s per GiB in the page cache, the disk's read time otherwise); by "
+                    "default what the checkpoints vouch for is trusted and verified when first read")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ap.add_argument("--version", action="version", version=f"nanomq-broker {__version__}")
     return ap
@@ -121,6 +125,7 @@ def config_from_args(args: argparse.Namespace) -> BrokerConfig:
         frame_timeout_s=args.frame_timeout,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        verify_on_start=args.verify_on_start,
         # Room for a full batch of maximum records, within HELLO_OK's u32 field: at 16 MiB payloads
         # a full batch would not fit, and a client has to send fewer per frame.
         max_frame=min(0xFFFF_FFFF, max(DEFAULT_MAX_FRAME, MAX_BATCH * (RECORD_HEADER_SIZE + max_payload) + 1024)),
