@@ -1,19 +1,14 @@
 """Layer (d): crashes. SIGKILL (or the target's kill command) under load, restart, verify.
 
 SIGKILL cannot catch a broker that acks ``durable`` before syncing: the killed process's writes
-are still in the page cache. So durability is also checked directly: the target runs under
-``strace``, which records every fsync-family call with its start and end time, and every durable
-ack must be preceded by a sync call that started after the PUBLISH was sent and finished before
-its ack arrived ([NMQ-SEM-3-1]; spec/semantics.md §3 "How the kit tests it").
+are still in the page cache. That is checked directly, under strace, by
+:mod:`conformance.cases_durability` ([NMQ-SEM-3-1]; spec/semantics.md §3 "How the kit tests it").
 """
 
 from __future__ import annotations
 
-import re
-import shutil
 import threading
 import time
-from pathlib import Path
 
 from conformance.helpers import collect_all
 from conformance.registry import Context, Failed, Skipped, case
@@ -126,60 +121,3 @@ def crash_durable(ctx: Context) -> None:
       rules=("NMQ-SEM-3-2", "NMQ-SEM-3-3", "NMQ-SEM-2-1"))
 def crash_written(ctx: Context) -> None:
     _crash_loop(ctx, Ack.WRITTEN, "NMQ-SEM-3-2")
-
-
-_SYNC = re.compile(r"^\d+\s+(\d+\.\d+)\s+(?:<\.\.\. )?(fsync|fdatasync|msync|sync_file_range|syncfs|sync)\b(.*)$")
-_DUR = re.compile(r"<(\d+\.\d+)>\s*$")
-
-
-def parse_sync_intervals(trace: str) -> list[tuple[float, float]]:
-    """(start, end) wall-clock seconds of every successful sync-family call in an strace -f -ttt -T log."""
-    out = []
-    for line in trace.splitlines():
-        m = _SYNC.match(line)
-        if not m or "unfinished" in line or "= -1" in line:
-            continue
-        d = _DUR.search(line)
-        if not d:
-            continue
-        ts, dur = float(m.group(1)), float(d.group(1))
-        if "resumed>" in line:
-            out.append((ts - dur, ts))  # a resumed line is stamped when the call returned
-        else:
-            out.append((ts, ts + dur))
-    return out
-
-
-@case("crash.durable-ack-after-sync", "every durable ack follows a sync call that began after the publish",
-      layer="crash", rules=("NMQ-SEM-3-1",))
-def durable_after_sync(ctx: Context) -> None:
-    _need_crash(ctx)
-    if shutil.which("strace") is None:
-        raise Skipped("strace is not installed (the durability check observes sync calls with it)")
-    target = ctx.target
-    target.stop()
-    target.spec.trace_syncs = True
-    Path(target.trace_path).unlink(missing_ok=True)
-    try:
-        target.start()
-        topic = ctx.topic("durable")
-        windows = []
-        with ctx.client() as w:
-            for i in range(25):
-                t0 = time.time()
-                f = w.publish(topic, [f"d{i}".encode()], Ack.DURABLE)
-                t1 = time.time()
-                if not isinstance(f, PublishAck):
-                    raise Failed(f"durable publish answered {f!r}")
-                windows.append((t0, t1))
-        time.sleep(0.2)  # let strace flush
-        syncs = parse_sync_intervals(Path(target.trace_path).read_text(errors="replace"))
-    finally:
-        target.stop()
-        target.spec.trace_syncs = False
-        target.start()
-    early = [k for k, (t0, t1) in enumerate(windows) if not any(t0 <= s and e <= t1 for s, e in syncs)]
-    ctx.note(f"{len(windows)} durable acks, {len(syncs)} sync calls observed")
-    if early:
-        raise Failed(f"{len(early)} of {len(windows)} durable acks arrived with no sync call between the publish "
-                     "and the ack", ("NMQ-SEM-3-1",))

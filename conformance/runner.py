@@ -124,9 +124,11 @@ def all_cases() -> list[Case]:
     from conformance import (  # noqa: F401
         cases_budgets,
         cases_crash,
+        cases_durability,
         cases_enums,
         cases_history,
         cases_limits,
+        cases_storage,
         cases_vectors,
         cases_wire,
     )

@@ -1,0 +1,174 @@
+"""Layer (d), durability: a durable ack follows a sync of the file that holds the record.
+
+SIGKILL cannot catch a broker that acks ``durable`` before syncing: the killed process's writes
+survive in the page cache. So the target runs under ``strace -f -ttt -T -y`` (spec/semantics.md
+§3 "How the kit tests it"), and for every durable ack the kit proves from the trace that
+
+1. the file holding the acked records was synced (fsync/fdatasync of it, msync(MS_SYNC) of a
+   shared mapping of it, syncfs of its file system, or sync) by a call that began after the
+   PUBLISH was sent and returned before the PUBLISH_ACK arrived ([NMQ-SEM-3-1], [NMQ-S7-1],
+   [NMQ-S7-2]); and
+2. when that file — or a directory above it, up to the data directory — was created while traced
+   (an ``O_CREAT`` open, ``mkdir``, the target of a ``rename``), its parent directory was synced
+   after the creation and before the ack: without that, a power loss can lose the file's name and
+   with it the acked records.
+
+Which file holds a record is found by a unique marker in its payload, searched for in every file
+under the target's data directory (any broker that stores payloads uncompressed); a marker that is
+found nowhere makes the case SKIPPED with the reason, never a pass. The workload publishes large
+durable batches, so the reference broker (8 MB segments) rotates a segment inside the test: the
+batch that rotates lands in a new file, which needs its own data sync and a directory sync, and
+the sealed segment must be synced before the new one is written ([NMQ-S3-7]).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+from conformance.registry import Context, Failed, Skipped, case
+from conformance.strace import Trace
+from nanomq.protocol import Ack, PublishAck
+
+__all__ = ["durable_after_sync", "find_markers"]
+
+_RULES_ACK = ("NMQ-SEM-3-1", "NMQ-S7-1", "NMQ-S7-2")
+
+
+def find_markers(root: Path, pattern: re.Pattern[bytes]) -> dict[int, set[str]]:
+    """Marker number -> the real paths of the files under ``root`` whose bytes contain it."""
+    where: dict[int, set[str]] = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            try:
+                with open(p, "rb") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            real = os.path.realpath(p)
+            for m in pattern.finditer(data):
+                where.setdefault(int(m.group(1)), set()).add(real)
+    return where
+
+
+def _chain(path: str, root: str) -> list[str]:
+    """``path`` and the directories above it, strictly below ``root``."""
+    out = []
+    p = path
+    while p.startswith(root + os.sep):
+        out.append(p)
+        p = os.path.dirname(p)
+    return out
+
+
+@case("crash.durable-ack-after-sync",
+      "every durable ack follows a sync of the file holding the record (and of its directory when the file is "
+      "new) inside the publish->ack window, also when a batch rotates a segment", layer="crash",
+      rules=("NMQ-SEM-3-1", "NMQ-S7-1", "NMQ-S7-2", "NMQ-S3-7"))
+def durable_after_sync(ctx: Context) -> None:
+    if not ctx.target.can_crash:
+        raise Skipped("no launch command: the kit cannot restart the target under strace")
+    if shutil.which("strace") is None:
+        raise Skipped("strace is not installed (the durability check observes sync calls with it)")
+    target = ctx.target
+    topic = ctx.topic("durable")
+    marker = re.compile(rb"<" + re.escape(topic.encode()) + rb":(\d{8})>")
+    size = max(64, min(8192, ctx.max_payload))
+    per_batch = max(1, min(32, ctx.max_batch))
+
+    def payload(n: int, length: int) -> bytes:
+        head = f"<{topic}:{n:08d}>".encode()
+        return head + bytes((n * 7 + k) & 0xFF for k in range(min(64, length - len(head)))) \
+            + b"." * max(0, length - len(head) - 64)
+
+    # (t0, t1, record numbers) per acknowledged PUBLISH
+    acks: list[tuple[float, float, list[int]]] = []
+    target.stop()
+    target.spec.trace_syncs = True
+    Path(target.trace_path).unlink(missing_ok=True)
+    rotated = False
+    try:
+        target.start()
+        n = 0
+        with ctx.client() as w:
+            plan = [1] * 10  # single records first, then batches until the records span two files
+            budget = 32 << 20
+            sent = 0
+            while plan or (not rotated and sent < budget):
+                k = plan.pop(0) if plan else per_batch
+                nums = list(range(n, n + k))
+                payloads = [payload(i, size) for i in nums]
+                t0 = time.time()
+                f = w.publish(topic, payloads, Ack.DURABLE)
+                t1 = time.time()
+                if not isinstance(f, PublishAck):
+                    raise Failed(f"durable publish {len(acks) + 1} answered {f!r}", ("NMQ-SEM-3-1",))
+                acks.append((t0, t1, nums))
+                n += k
+                sent += sum(len(p) for p in payloads)
+                if not plan and sent >= (9 << 20) and len(acks) % 4 == 0:
+                    where = find_markers(target.data_dir, marker)
+                    rotated = bool(where.get(0)) and bool(where.get(n - 1)) and not (where[0] & where[n - 1])
+    finally:
+        # a clean stop ends the trace (strace writes every line before its tracee exits)
+        target.stop()
+        target.spec.trace_syncs = False
+        trace_text = Path(target.trace_path).read_text(errors="replace") if Path(target.trace_path).exists() else ""
+        target.start()
+    trace = Trace.from_text(trace_text)
+    where = find_markers(target.data_dir, marker)
+    missing = [i for _, _, nums in acks for i in nums if i not in where]
+    if missing:
+        raise Skipped(f"{len(missing)} of {n} acked payloads were not found uncompressed in any file under the "
+                      f"data directory (first: record {missing[0]}): the kit cannot tell which file holds them")
+    root = os.path.realpath(target.data_dir)
+    bad_data: list[str] = []
+    bad_dir: list[str] = []
+    for k, (t0, t1, nums) in enumerate(acks):
+        files = set().union(*(where[i] for i in nums))
+        for path in sorted(files):
+            if not trace.data_syncs(path, t0, t1):
+                bad_data.append(f"ack {k + 1} (records {nums[0]}..{nums[-1]}): {os.path.relpath(path, root)} "
+                                "was not synced between the PUBLISH and its ack")
+                continue
+            for p in _chain(path, root):
+                created = trace.created.get(p)
+                if created is not None and created <= t1 and not trace.dir_syncs(os.path.dirname(p), created, t1):
+                    bad_dir.append(f"ack {k + 1}: {os.path.relpath(p, root)} was created at {created:.6f} but its "
+                                   "directory was not synced after that and before the ack")
+    # [NMQ-S3-7]: each file holding our records is synced before the next one is first written to
+    order: list[str] = []
+    for _, _, nums in acks:
+        for i in nums:
+            for p in sorted(where[i]):
+                if p not in order:
+                    order.append(p)
+    bad_seal = []
+    for g, g2 in zip(order, order[1:], strict=False):
+        last_in_g = max(k for k, (_, _, nums) in enumerate(acks) if any(g in where[i] for i in nums))
+        first_in_g2 = min(k for k, (_, _, nums) in enumerate(acks) if any(g2 in where[i] for i in nums))
+        used = acks[first_in_g2][1]
+        w2 = trace.first_write(g2, trace.created.get(g2, 0.0))
+        if w2 is not None:
+            used = min(used, w2)
+        lo = acks[last_in_g][0]
+        last_w = trace.last_write(g, used)
+        if last_w is not None:
+            lo = max(lo, last_w)
+        if not trace.data_syncs(g, lo, used):
+            bad_seal.append(f"{os.path.relpath(g, root)} was not synced after its last write and before "
+                            f"{os.path.relpath(g2, root)} was first written to")
+    ctx.note(f"{len(acks)} durable acks of {n} records in {len(order)} file(s); {len(trace.calls)} traced calls")
+    if len(order) < 2:
+        ctx.note("the records stayed in one file: no rotation inside the test, NMQ-S3-7 was not exercised")
+    if bad_data or bad_dir:
+        detail = (bad_data + bad_dir)[:3]
+        raise Failed(f"{len(bad_data)} ack(s) without a sync of the file holding the records, {len(bad_dir)} without "
+                     f"a sync of the directory of a file created for them; e.g. {'; '.join(detail)}", _RULES_ACK)
+    if bad_seal:
+        raise Failed("a sealed segment was not durable before the next one was used: " + "; ".join(bad_seal[:3]),
+                     ("NMQ-S3-7",))
