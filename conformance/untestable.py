@@ -14,6 +14,18 @@ __all__ = ["UNTESTABLE"]
 _CLIENT = ("a rule for clients: the kit plays the client and tests servers; the reference clients are "
            "checked by tests/ in this repository")
 
+_POLICY = ("the sync policy is the target's configuration, not chosen or visible over the wire; whatever it "
+           "is, every durable ack must follow a sync of the record's file (crash.durable-ack-after-sync)")
+_DISK = ("needs the target's disk to fail (EIO) or to be full (ENOSPC); the kit cannot cause that from outside "
+         "without filling the host's disk. tests/storage injects these faults (nmq_log_fault_set)")
+_RETENTION = ("retention is the operator's configuration (no wire request sets it, the kit's reference target "
+              "runs without it), so the kit cannot make a target delete segments; reads below the first "
+              "retained id are checked by deleting the oldest segment (storage.missing-segments, NMQ-S11-4)")
+_OFFSETS = ("the spec does not say where in its data directory a broker keeps offsets.journal, and the "
+            "reference broker has no consumer groups (CONSUMER_GROUPS is not announced); tests/storage checks "
+            "the reference OffsetStore")
+_API = "a rule of the log's in-process read API and threading contract, not observable on the wire or on disk"
+
 UNTESTABLE: dict[str, str] = {
     "NMQ-3.3-3": _CLIENT,
     "NMQ-4.6-4": _CLIENT,
@@ -23,5 +35,33 @@ UNTESTABLE: dict[str, str] = {
     "NMQ-SEM-3-6": "a power loss (or kernel crash) cannot be caused from outside the target; killing the "
                    "process keeps the page cache, so only what the process writes is tested "
                    "(NMQ-SEM-3-2, NMQ-SEM-3-3), and durable acks are checked against observed syncs (NMQ-SEM-3-1)",
+    # spec/storage.md: what the storage layer (files between a stop and a start) cannot observe
+    "NMQ-S7-3": _POLICY,
+    "NMQ-S7-4": _POLICY,
+    "NMQ-S7-5": "a promise about power loss, which cannot be caused from outside the target (the durable-ack "
+                "proof under strace checks that acknowledged records were synced: NMQ-SEM-3-1, NMQ-S7-2)",
+    "NMQ-S8-5": "the recovery report is a value of the log's API (RecoveryReport), not on the wire or on disk; "
+                "what recovery did is checked by its effects (storage.unclean, storage.*-damage)",
+    "NMQ-S8-7": "only the classification changes (corruption instead of a torn tail: ERROR in the log, a refused "
+                "open with on_corrupt = raise); what is delivered, quarantined and the next id are the same as "
+                "for a torn tail, which storage.unclean checks for a zeroed header",
+    "NMQ-S10-1": _DISK,
+    "NMQ-S10-2": _DISK,
+    "NMQ-S10-3": _DISK,
+    "NMQ-S10-4": _DISK,
+    "NMQ-S10-5": _DISK,
+    "NMQ-S10-6": "says what the contract does not cover (files changed under a running owner): nothing to check",
+    "NMQ-S10-7": "the fault-injection hook is a C/Python API of the reference implementation "
+                 "(nmq_log_fault_set), used by tests/storage",
+    "NMQ-S11-1": _RETENTION,
+    "NMQ-S11-2": _RETENTION,
+    "NMQ-S11-3": _RETENTION,
+    "NMQ-S12-1": _OFFSETS,
+    "NMQ-S12-2": _OFFSETS,
+    "NMQ-S12-3": _OFFSETS,
+    "NMQ-S13-1": _API,
+    "NMQ-S13-2": _API,
+    "NMQ-S13-3": _API,
+    "NMQ-S13-4": _API,
 }
 """Rule ID -> why no black-box case can check it."""
