@@ -156,8 +156,20 @@ int main(int argc, char **argv) {
         const char *victim = names[rand_r(&seed) % nn];
         int fd = open(victim, O_RDWR);
         struct stat stt;
-        if (fd >= 0 && fstat(fd, &stt) == 0 && stt.st_size > 0) {
-            int what = rand_r(&seed) % 4;
+        int what = rand_r(&seed) % 6;
+        if (what == 4) { /* a file deleted (the last segment: ids lost at the end, NMQ-S9-8) */
+            if (fd >= 0) close(fd);
+            fd = -1;
+            CHECK(unlink(victim) == 0);
+        } else if (what == 5) { /* a stray file named like a segment (NMQ-S9-9) */
+            char stray[300];
+            uint8_t g[200];
+            for (int k = 0; k < 200; k++) g[k] = (uint8_t)rand_r(&seed);
+            snprintf(stray, sizeof stray, "%s/%020u.log", dir, (unsigned)(rand_r(&seed) % 40000));
+            int sfd = open(stray, O_CREAT | O_WRONLY | O_TRUNC, 0644);
+            CHECK(sfd >= 0 && write(sfd, g, sizeof g) == (ssize_t)sizeof g);
+            close(sfd);
+        } else if (fd >= 0 && fstat(fd, &stt) == 0 && stt.st_size > 0) {
             off_t pos = (off_t)(rand_r(&seed) % (unsigned)stt.st_size);
             if (what == 0) { /* flip one bit */
                 uint8_t b;
