@@ -4,13 +4,13 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-EXTRAS  := test,lint,fuzz,bench
+EXTRAS  := test,lint,fuzz,bench,mutation
 C_DEPS  := $(wildcard nanomq/_c/src/*) $(wildcard nanomq/_c/cdef/*) $(wildcard nanomq/_c/build_*.py) nanomq/_c/_builder.py
 FUZZ_SECONDS ?= 60
 PORT    ?= 9000
 DATA_DIR ?= ./data
 
-.PHONY: help install build test test-fast lint fuzz fuzz-smoke benchmark conformance run clean sanitize
+.PHONY: help install build test test-fast lint fuzz fuzz-smoke benchmark conformance mutation run clean sanitize
 
 help:
 	@echo "make install      create .venv and install nanomq (with its C core) and the dev tools"
@@ -19,6 +19,7 @@ help:
 	@echo "make fuzz         every atheris target for FUZZ_SECONDS (default 60) each"
 	@echo "make benchmark    the benchmark tables"
 	@echo "make conformance  the conformance kit against the reference broker (KIT_ARGS=... for another)"
+	@echo "make mutation     mutants of the broker (Python: mutmut; C: log.c) under the kit; reports/mutation/"
 	@echo "make run          start the broker on PORT=$(PORT), DATA_DIR=$(DATA_DIR)"
 	@echo "make sanitize     the C ring and log drivers under TSan and ASan/UBSan"
 	@echo "make clean        remove the venv and build products"
@@ -48,7 +49,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not slow" -x -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check nanomq tests fuzz benchmarks conformance
+	$(BIN)/ruff check nanomq tests fuzz benchmarks conformance mutation
 	$(BIN)/mypy
 
 fuzz: $(STAMP)
@@ -64,6 +65,11 @@ benchmark: $(STAMP)
 KIT_ARGS ?=
 conformance: $(STAMP)
 	$(BIN)/python -m conformance $(KIT_ARGS)
+
+# Every mutant of the broker as a real broker under the kit (docs/mutation.md); MUTATION_ARGS=... passes options.
+MUTATION_ARGS ?=
+mutation: $(STAMP)
+	$(BIN)/python -m mutation run $(MUTATION_ARGS)
 
 run: $(STAMP)
 	$(BIN)/nanomq-broker --port $(PORT) --data-dir $(DATA_DIR)

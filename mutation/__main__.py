@@ -1,0 +1,253 @@
+"""``python -m mutation``: the mutation campaign (``make mutation``), its CI sample and helpers.
+
+    python -m mutation run [--workers 2] [--only-python|--only-c] [--filter REGEX] [--sample N]
+    python -m mutation coverage [--force]     # (re)build the per-case coverage map only
+    python -m mutation list [--filter REGEX]  # mutants, scope and the cases selected for each
+    python -m mutation show ID                # a mutant's diff
+    python -m mutation equivalent ID --kind equivalent|not-a-rule --reason TEXT
+    python -m mutation ci                     # the CI sample (tests/test_mutation.py)
+    python -m mutation clean                  # remove build/mutation and leftovers in the temp dir
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mutation import cmutants, config, coverage_map, equivalent, pymutants, report, runner, snapshot
+from mutation.common import Mutant
+from mutation.selection import Selector, usable_cases
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def prepare(args: argparse.Namespace, take: bool = True) -> tuple[dict[str, str], list[Mutant], dict[int, str], str]:
+    """Snapshot (``take``: a fresh one if the sources changed; else the existing one), Python and
+    C mutants. Returns (snapshot manifest, mutants, {index: C source}, mutmut version)."""
+    snap = snapshot.take(log=log) if take else snapshot.current()
+    mutants: list[Mutant] = []
+    c_src: dict[int, str] = {}
+    mutmut_version = ""
+    if not getattr(args, "only_c", False):
+        gen = pymutants.generate(snap["source_hash"], log=log, cached_only=not take)
+        mutmut_version = gen.get("mutmut", "")
+        mutants += pymutants.load(gen)
+    if not getattr(args, "only_python", False):
+        for m, src in cmutants.load():
+            c_src[len(mutants)] = src
+            mutants.append(m)
+    return snap, mutants, c_src, mutmut_version
+
+
+def _selected(mutants: list[Mutant], args: argparse.Namespace) -> list[int]:
+    idx = [i for i, m in enumerate(mutants) if not m.excluded]
+    if getattr(args, "filter", None):
+        rx = re.compile(args.filter)
+        idx = [i for i in idx if rx.search(mutants[i].id) or rx.search(mutants[i].file)]
+    if getattr(args, "sample", None):
+        rng = random.Random(args.sample_seed)
+        idx = sorted(rng.sample(idx, min(args.sample, len(idx))))
+    return idx
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    t0 = time.time()
+    snap, mutants, c_src, mutmut_version = prepare(args)
+    kit_start = snap["kit_hash"]
+    cmap = coverage_map.build(snap["source_hash"], workers=args.workers, log=log)
+    sel = Selector(cmap)
+    failing = [cid for cid, c in cmap["cases"].items() if cid not in sel.cases]
+    if failing:
+        log(f"warning: {len(failing)} kit case(s) fail against the reference broker and are not used: "
+            + ", ".join(failing))
+    entries = equivalent.load()
+    applied, stale = equivalent.match(mutants, entries)
+    chosen = _selected(mutants, args)
+    jobs = []
+    for i in chosen:
+        m = mutants[i]
+        cases = sel.cases_for(m)
+        job = runner.Job(m, cases, sel.timeout_for(cases))
+        if m.kind == "python":
+            job.launch = pymutants.launch(m.id)
+        else:
+            src = c_src[i]
+
+            def prep(build_dir: Path, src: str = src) -> tuple[str, str]:
+                ok, out = cmutants.build(src, build_dir)
+                return (cmutants.launch(build_dir), "" if ok else out)
+
+            job.prepare = prep
+        jobs.append(job)
+    n_py = sum(1 for j in jobs if j.mutant.kind == "python")
+    log(f"running {len(jobs)} mutants ({n_py} Python, {len(jobs) - n_py} C) on {args.workers} workers; "
+        f"{sum(1 for j in jobs if not j.cases)} have no covering case")
+    key = f"{cmap['key']}|{coverage_map.tools_hash()}"
+    journal = config.BUILD / "results.jsonl"
+    if args.fresh and journal.exists():
+        journal.unlink()
+    t_run = time.time()
+
+    def progress(rec: dict[str, Any], n: int, total: int) -> None:
+        el = time.time() - t_run
+        by = f" by {rec['killed_by']}" if rec.get("killed_by") else ""
+        log(f"[{n:5d}/{total}] {rec['verdict']:11s} {rec.get('duration_s', 0):6.1f}s {rec['id']}{by}"
+            f"  (elapsed {el / 60:.1f} min)")
+
+    partial = ""
+    try:
+        results = runner.run_all(jobs, journal, key, workers=args.workers, progress=progress)
+    except KeyboardInterrupt:
+        partial = "interrupted; run `make mutation` again to resume from build/mutation/results.jsonl"
+        results = runner.load_journal(journal, key)
+    kit_end = snapshot.kit_hash()  # the checkout's kit now (the campaign ran its copy, kit_start)
+    meta = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t0)),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "duration_s": round(time.time() - t0, 1), "run_s": round(time.time() - t_run, 1),
+        "coverage_map_s": cmap.get("build_s"), "cpus": os.cpu_count(), "workers": args.workers,
+        "source_hash": snap["source_hash"], "kit_hash": kit_start, "kit_hash_end": kit_end,
+        "kit_changed": kit_start != kit_end, "seed": config.SEED, "quick": config.QUICK, "mutmut": mutmut_version,
+        "cases_usable": len(sel.cases), "cases_total": len(cmap["cases"]), "partial": partial,
+        "selection": {"filter": args.filter, "sample": args.sample, "sample_seed": args.sample_seed,
+                      "only_python": args.only_python, "only_c": args.only_c},
+    }
+    in_run = {mutants[i].id for i in chosen}
+    rep = report.build(meta, [m for m in mutants if m.excluded or m.id in in_run], results, applied, stale, cmap)
+    paths = report.write(rep)
+    c = rep["scores"]
+    log(f"score: Python {report._pct(c['python'])}, C {report._pct(c['c'])}, total {report._pct(c['total'])}; "
+        f"{meta['duration_s'] / 60:.1f} min; reports: {', '.join(str(p) for p in paths)}")
+    if not args.filter and not args.sample and not partial and not args.only_c and not args.only_python:
+        shutil.copy(paths[2], config.DOCS_REPORT)
+        log(f"summary copied to {config.DOCS_REPORT}")
+    return 0 if not partial else 130
+
+
+def cmd_coverage(args: argparse.Namespace) -> int:
+    snap = snapshot.take(log=log)
+    cmap = coverage_map.build(snap["source_hash"], workers=args.workers, force=args.force, log=log)
+    usable = usable_cases(cmap)
+    log(f"coverage map {coverage_map.MAP_FILE}: {len(cmap['cases'])} cases, {len(usable)} pass against the "
+        f"reference broker (built in {cmap.get('build_s')} s)")
+    for cid, c in cmap["cases"].items():
+        if cid not in usable:
+            log(f"  not usable: {cid}: {c['verdict']}: {c.get('message', '').splitlines()[0] if c.get('message') else ''}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    snap, mutants, _, _ = prepare(args, take=False)
+    sel = None
+    if coverage_map.MAP_FILE.exists():
+        import json
+
+        cmap = json.loads(coverage_map.MAP_FILE.read_text())
+        if cmap.get("source_hash") == snap["source_hash"]:
+            sel = Selector(cmap)
+    rx = re.compile(args.filter) if args.filter else None
+    for m in mutants:
+        if rx and not (rx.search(m.id) or rx.search(m.file)):
+            continue
+        if m.excluded:
+            print(f"{m.id}\tEXCLUDED\t{m.excluded[:80]}")
+            continue
+        cases = sel.cases_for(m) if sel else None
+        print(f"{m.id}\t{m.file}:{m.lines[0] if m.lines else '?'}\t{m.description}\t"
+              f"{'?' if cases is None else len(cases)} case(s)")
+    return 0
+
+
+def _find(mutant_id: str, args: argparse.Namespace) -> Mutant:
+    _, mutants, _, _ = prepare(args, take=False)
+    m = next((m for m in mutants if m.id == mutant_id), None)
+    if m is None:
+        raise SystemExit(f"no mutant {mutant_id!r}")
+    return m
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    m = _find(args.id, args)
+    print(f"# {m.id} ({m.kind}, {m.file}, {m.function}, lines {m.lines}, diff key {m.diff_key})")
+    if m.excluded:
+        print(f"# out of scope: {m.excluded}")
+    print(m.diff)
+    return 0
+
+
+def cmd_equivalent(args: argparse.Namespace) -> int:
+    m = _find(args.id, args)
+    equivalent.add(m, args.kind, args.reason)
+    log(f"recorded {m.id} ({m.diff_key}) as {args.kind} in {config.EQUIVALENT_FILE}")
+    return 0
+
+
+def cmd_ci(args: argparse.Namespace) -> int:
+    from mutation import ci
+
+    return ci.main(args)
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    shutil.rmtree(config.BUILD, ignore_errors=True)
+    tmp = Path(tempfile.gettempdir())
+    for d in tmp.glob("nanomq-mutation-*"):
+        pid = d.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(d, ignore_errors=True)
+            log(f"removed {d}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mutation", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("run", "coverage", "list", "show", "equivalent", "ci", "clean"):
+        p = sub.add_parser(name)
+        p.add_argument("--workers", type=int, default=config.WORKERS)
+        if name in ("run", "list", "show", "equivalent"):
+            p.add_argument("--only-python", action="store_true")
+            p.add_argument("--only-c", action="store_true")
+        if name in ("run", "list"):
+            p.add_argument("--filter", help="only mutants whose id or file matches this regex")
+        if name == "run":
+            p.add_argument("--sample", type=int, help="run a seeded random sample of this many mutants")
+            p.add_argument("--sample-seed", type=int, default=1)
+            p.add_argument("--fresh", action="store_true", help="forget the results journal (no resume)")
+        if name == "coverage":
+            p.add_argument("--force", action="store_true")
+        if name in ("show", "equivalent"):
+            p.add_argument("id")
+        if name == "equivalent":
+            p.add_argument("--kind", choices=equivalent.KINDS, required=True)
+            p.add_argument("--reason", required=True)
+        if name == "ci":
+            p.add_argument("--json", type=Path, help="write the result here as JSON")
+    args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    handler = {"run": cmd_run, "coverage": cmd_coverage, "list": cmd_list, "show": cmd_show,
+               "equivalent": cmd_equivalent, "ci": cmd_ci, "clean": cmd_clean}[args.cmd]
+    if args.cmd in ("run", "coverage", "clean"):
+        with snapshot.locked():
+            return handler(args)
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Where the campaign works, what it mutates, and what it leaves out (with the reason for each).
+
+Every exclusion here is listed in the report with its mutant count, so the score can be read
+against what was left out. docs/mutation.md explains the choices.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = Path(os.environ.get("NMQ_MUTATION_BUILD") or ROOT / "build" / "mutation")
+"""Snapshots, mutants, builds, the coverage map and the results journal (gitignored). The CI
+sample uses build/mutation-ci (NMQ_MUTATION_BUILD), apart from a campaign that may be running."""
+REPORT_DIR = ROOT / "reports" / "mutation"
+EQUIVALENT_FILE = ROOT / "mutation" / "equivalent.toml"
+CI_SAMPLE_FILE = ROOT / "mutation" / "ci_sample.toml"
+DOCS_REPORT = ROOT / "docs" / "mutation-report.md"
+
+SEED = 1
+"""The kit's --seed for every run: the coverage map and the mutant runs see the same workloads."""
+WORKERS = 2
+"""Mutants run this many at a time (a kit process and a broker each)."""
+
+# ------------------------------------------------------------------------------------------------
+# how brokers are launched
+
+_DEFAULT_BROKER_ARGS = ("--port {port} --data-dir {data_dir} --log-level warning --log-segment-size 8MB")
+
+
+def broker_args() -> str:
+    """The reference broker's command-line flags exactly as the kit's default target uses them
+    (REFERENCE_LAUNCH of the campaign's copy of conformance/target.py, read without importing
+    it), so a mutant runs like the reference does."""
+    import ast
+
+    target = BUILD / "kit" / "conformance" / "target.py"
+    if not target.exists():
+        target = ROOT / "conformance" / "target.py"
+    try:
+        tree = ast.parse(target.read_text())
+        value = next(ast.literal_eval(n.value) for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                     and any(isinstance(t, ast.Name) and t.id == "REFERENCE_LAUNCH" for t in n.targets))
+    except (OSError, SyntaxError, ValueError, StopIteration):
+        return _DEFAULT_BROKER_ARGS
+    prefix = "{python} -m nanomq.cli.broker "
+    return value[len(prefix):] if isinstance(value, str) and value.startswith(prefix) else _DEFAULT_BROKER_ARGS
+
+
+def scratch_root() -> Path:
+    """Where the kit's working directories of this process's runs go (TMPDIR of the kit), so
+    everything a run leaves behind is under one directory that is removed afterwards."""
+    return Path(tempfile.gettempdir()) / f"nanomq-mutation-{os.getpid()}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Python scope: the files mutmut generates mutants for, and which of their functions count
+
+PY_GENERATE = [
+    "nanomq/broker/*.py",
+    "nanomq/storage/*.py",
+    "nanomq/protocol/codec.py",
+    "nanomq/protocol/frames.py",
+    "nanomq/protocol/records.py",
+    "nanomq/protocol/_pyrecords.py",
+]
+"""mutmut's only_mutate: every mutant of these files is generated; the scope below decides which
+are run (the others are listed in the report as excluded, with the reason)."""
+
+PY_EXCLUDED_FILES = {
+    "nanomq/broker/config.py": "operator configuration (BrokerConfig.validate of command-line values, "
+    "default_data_dir): nothing a client sends reaches it, no spec rule constrains it, and every "
+    "conformance target is launched with valid, explicit flags",
+    "nanomq/storage/offsets.py": "OffsetStore is not used by the reference broker (it does not implement "
+    "consumer groups: SUBSCRIBE with a group is answered NOT_SUPPORTED), so no wire behaviour depends on it",
+    "nanomq/protocol/_pyrecords.py": "the pure-Python reference scanner the C scanner is fuzzed against; "
+    "the server validates records with the C scanner (RecordBatch.parse)",
+}
+
+PY_PROTOCOL_SCOPE = {
+    "nanomq/protocol/codec.py": {"Decoder.*"},
+    "nanomq/protocol/frames.py": {"valid_topic", "_fail", "_need", "_reserved", "_name", "_text", "_enum"},
+    "nanomq/protocol/records.py": {"RecordBatch.__init__", "RecordBatch.parse", "RecordBatch.summary"},
+}
+"""The server side of nanomq/protocol: the decoder, the validation helpers of requests, and the
+record-scan wrapper. ``<Request>.parse`` of every class in codec.REQUESTS is added to frames.py
+(read from the snapshot's codec.py, so a new request type is in scope at once)."""
+
+PY_PROTOCOL_OUT_OF_SCOPE = ("client side of nanomq/protocol (encoders: frame_header, encode, *.body, "
+                            "*.prefix, RecordBatch.from_payloads; parse of response frames; record "
+                            "iteration): the issue scopes the protocol to what a server uses to decode "
+                            "and validate requests")
+
+PY_EXCLUDED_FUNCTIONS = {
+    ("nanomq/storage/topic_log.py", "TopicLog.__repr__"): "debugging text, never on the wire",
+}
+
+DO_NOT_MUTATE_PATTERNS = [r"\b_log\.(debug|info|warning|error|exception|critical|log)\("]
+"""Lines starting a call to the module loggers: the whole call (level, message, arguments) is left
+alone. Log output is not part of the wire protocol and no spec rule constrains it."""
+
+# ------------------------------------------------------------------------------------------------
+# C scope: nanomq/_c/src/log.c with our operator set (mutation/cmutants.py)
+
+C_FILE = "nanomq/_c/src/log.c"
+C_EXCLUDED_FUNCTIONS = {
+    "nmq_log_fault_set": "test-only fault injection: never called by the broker",
+    "nmq_log_fault_clear": "test-only fault injection: never called by the broker",
+    "fault": "test-only fault injection: inert in a broker (no fault is ever armed, f_nth stays 0)",
+}
+C_EXCLUDED_LINES = [
+    (re.compile(r"\bfault\(|^\s*if \(e\) \{ errno = e; return -1; \}"),
+     "the fault-injection hook of the x_* syscall wrappers: inert in a broker (no fault is ever armed)"),
+]
+C_EXCLUDED_CALLS = {
+    "SETERR": "error message text (raised as the exception text; no spec rule constrains it)",
+    "snprintf": "message and file-name formatting (the report message is logged; names are fixed-width)",
+}
+"""Tokens inside the argument list of these calls are not mutated."""
+
+# ------------------------------------------------------------------------------------------------
+# running
+
+QUICK = True
+"""Mutant runs and the coverage map use the kit's --quick (one crash cycle per crash case,
+smaller histories; every rule is still checked) and so never the budgets layer."""
+TIMEOUT_BASE_S = 60.0
+TIMEOUT_FACTOR = 3.0
+TIMEOUT_PER_CASE_S = 1.0
+"""A mutant's run is stopped (verdict timeout) after TIMEOUT_BASE_S + the sum over its selected
+cases of TIMEOUT_FACTOR x the case's duration against the reference broker (measured under
+coverage, so already slower than a plain run) + TIMEOUT_PER_CASE_S: about ten times what a
+surviving mutant's run takes."""
+DISK_LIMIT_BYTES = 6 << 30
+"""A run whose working directory grows beyond this is stopped (verdict timeout, "disk limit")."""

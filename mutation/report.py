@@ -1,0 +1,185 @@
+"""The campaign's report: reports/mutation/mutation.json, mutation.md (every survivor with its
+diff) and summary.md (the scores and tables, committed as docs/mutation-report.md).
+
+Score = (killed + timeout) / (mutants run - equivalent), per kind and overall. A timeout is a
+hang the run had to be stopped for, counted as killed and listed separately; no-coverage counts
+as survived; build errors (C mutants that do not compile) and out-of-scope mutants are not
+mutants of the broker under test and are left out, with their counts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from mutation import config
+from mutation.common import Mutant
+from mutation.equivalent import Entry
+
+ORDER = ("killed", "timeout", "survived", "no-coverage", "equivalent", "build-error", "error")
+
+
+def verdict_of(m: Mutant, rec: dict[str, Any] | None, eq: Entry | None) -> str:
+    if rec is None:
+        return "not-run"
+    v = str(rec["verdict"])
+    if eq is not None and v in ("survived", "no-coverage"):
+        return "equivalent"
+    return v
+
+
+def score(counts: Counter[str]) -> float | None:
+    denom = sum(counts[v] for v in ("killed", "timeout", "survived", "no-coverage"))
+    return None if denom == 0 else (counts["killed"] + counts["timeout"]) / denom
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f} %"
+
+
+def _change(m: Mutant) -> tuple[str, str]:
+    minus = next((ln[1:].strip() for ln in m.diff.splitlines() if ln.startswith("-") and not ln.startswith("---")), "")
+    plus = next((ln[1:].strip() for ln in m.diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")), "")
+    return minus, plus
+
+
+def build(meta: dict[str, Any], mutants: list[Mutant], results: dict[str, dict[str, Any]],
+          applied: dict[str, Entry], stale: list[tuple[Entry, str]], cmap: dict[str, Any] | None) -> dict[str, Any]:
+    """The report as one JSON-able dict."""
+    rows = []
+    excluded: Counter[str] = Counter()
+    for m in mutants:
+        if m.excluded:
+            if m.file in config.PY_EXCLUDED_FILES:
+                excluded[f"{m.file}: {m.excluded}"] += 1
+            elif (m.file, m.function) in config.PY_EXCLUDED_FUNCTIONS:
+                excluded[f"{m.file} `{m.function}`: {m.excluded}"] += 1
+            else:
+                excluded[m.excluded] += 1
+            continue
+        rec = results.get(f"{m.id}|{m.diff_key}")
+        eq = applied.get(m.id)
+        v = verdict_of(m, rec, eq)
+        row = {"id": m.id, "kind": m.kind, "file": m.file, "function": m.function, "lines": m.lines,
+               "operator": m.operator, "description": m.description, "verdict": v, "diff_key": m.diff_key}
+        if rec is not None:
+            row.update({k: rec[k] for k in ("cases", "killed_by", "detail", "duration_s") if k in rec})
+        if eq is not None:
+            row["equivalence"] = {"kind": eq.kind, "reason": eq.reason}
+            if v in ("killed", "timeout"):
+                row["equivalence"]["contradicted"] = True
+        if v not in ("killed", "timeout"):
+            row["diff"] = m.diff
+        rows.append(row)
+    counts = {k: Counter(r["verdict"] for r in rows if r["kind"] == k) for k in ("python", "c")}
+    total = counts["python"] + counts["c"]
+    by_func: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    for r in rows:
+        by_func[(r["file"], r["function"])][r["verdict"]] += 1
+    baseline = {}
+    if cmap is not None:
+        baseline = {cid: {"verdict": c["verdict"], "message": c.get("message", "")[:500]}
+                    for cid, c in cmap["cases"].items() if c["verdict"] not in ("OK", "UNIMPLEMENTED", "INFORMATIONAL")}
+    return {
+        "meta": meta,
+        "scores": {"python": score(counts["python"]), "c": score(counts["c"]), "total": score(total)},
+        "counts": {k: dict(v) for k, v in (("python", counts["python"]), ("c", counts["c"]), ("total", total))},
+        "excluded": dict(excluded),
+        "baseline_failures": baseline,
+        "stale_equivalents": [{"id": e.id, "diff_key": e.diff_key, "kind": e.kind, "reason": e.reason, "why": why}
+                              for e, why in stale],
+        "functions": [{"file": f, "function": fn, **dict(c), "score": score(c)} for (f, fn), c in sorted(by_func.items())],
+        "mutants": rows,
+    }
+
+
+def _table(rep: dict[str, Any]) -> list[str]:
+    out = ["| | mutants | killed | timeout | survived | no coverage | equivalent | build error | error | score |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for k, label in (("python", "Python"), ("c", "C (log.c)"), ("total", "total")):
+        c = Counter(rep["counts"][k])
+        out.append(f"| {label} | {sum(c.values())} | {c['killed']} | {c['timeout']} | {c['survived']} | "
+                   f"{c['no-coverage']} | {c['equivalent']} | {c['build-error']} | {c['error']} | "
+                   f"**{_pct(rep['scores'][k])}** |")
+    return out
+
+
+def markdown(rep: dict[str, Any], full: bool) -> str:
+    meta = rep["meta"]
+    L = ["# Mutation testing report", ""]
+    L += [f"Generated by `make mutation` (mutation/, docs/mutation.md) on {meta.get('finished', '?')}: "
+          f"{meta.get('duration_s', 0) / 60:.1f} min on {meta.get('cpus', '?')} CPU(s), {meta.get('workers')} workers. "
+          f"Sources {meta.get('source_hash')}, kit {meta.get('kit_hash')} ({meta.get('cases_usable')} usable kit "
+          f"cases), kit seed {meta.get('seed')}, `--quick`: {meta.get('quick')}, mutmut {meta.get('mutmut')}.", ""]
+    if meta.get("kit_changed"):
+        L += [f"The campaign ran its copy of the kit as of its start ({meta.get('kit_hash')}); the checkout's "
+              f"kit has changed since ({meta.get('kit_hash_end')}): the next campaign takes the new cases.", ""]
+    if meta.get("partial"):
+        L += [f"**Partial run**: {meta['partial']}", ""]
+    L += ["Score = (killed + timeout) / (mutants − equivalent). No coverage counts as survived; build errors are "
+          "left out (they are not mutants of a broker).", ""]
+    L += _table(rep) + [""]
+    if rep["excluded"]:
+        L += ["## Out of scope (not run, not in the score)", "", "| mutants | reason |", "| ---: | --- |"]
+        L += [f"| {n} | {why} |" for why, n in sorted(rep["excluded"].items(), key=lambda x: -x[1])]
+        L += ["", "Also never generated: calls to the loggers (log text is not on the wire); in log.c the "
+              "fault-injection hooks and the arguments of message-formatting calls (mutation/config.py).", ""]
+    if rep["baseline_failures"]:
+        L += ["## Kit cases not used (they fail against the reference broker)", ""]
+        L += [f"- `{cid}`: {b['verdict']}: {b['message'].splitlines()[0] if b['message'] else ''}"
+              for cid, b in sorted(rep["baseline_failures"].items())]
+        L += [""]
+    L += ["## By file and function", "", "| file | function | mutants | killed+timeout | survived | no coverage | "
+          "equivalent | score |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for f in rep["functions"]:
+        n = sum(f.get(v, 0) for v in ORDER)
+        L.append(f"| {f['file']} | `{f['function']}` | {n} | {f.get('killed', 0) + f.get('timeout', 0)} | "
+                 f"{f.get('survived', 0)} | {f.get('no-coverage', 0)} | {f.get('equivalent', 0)} | {_pct(f['score'])} |")
+    L.append("")
+    surv = [r for r in rep["mutants"] if r["verdict"] in ("survived", "no-coverage")]
+    L += [f"## Survivors ({len(surv)})", ""]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in surv:
+        groups[(r["file"], r["function"])].append(r)
+    for (f, fn), rs in sorted(groups.items()):
+        L += [f"### {f} `{fn}` ({len(rs)})", ""]
+        for r in rs:
+            cases = r.get("cases") or []
+            where = f"line {r['lines'][0]}" if r["lines"] else ""
+            L.append(f"- `{r['id']}` {r['verdict']}, {where}, {r.get('description') or ''} "
+                     f"({len(cases)} case(s) run{': ' + ', '.join(cases[:4]) + (' …' if len(cases) > 4 else '') if cases else ''})")
+            if full:
+                L += ["", "  ```diff", *["  " + ln for ln in r.get("diff", "").splitlines()], "  ```", ""]
+        L.append("")
+    to = [r for r in rep["mutants"] if r["verdict"] == "timeout"]
+    if to:
+        L += [f"## Timeouts ({len(to)}: counted as killed)", ""]
+        L += [f"- `{r['id']}` ({r['function']}): {r.get('detail', '')}" for r in to] + [""]
+    eqs = [r for r in rep["mutants"] if "equivalence" in r]
+    if eqs:
+        L += [f"## Recorded in mutation/equivalent.toml ({len(eqs)})", ""]
+        for r in eqs:
+            e = r["equivalence"]
+            flag = " — **killed now: the entry is wrong, remove it**" if e.get("contradicted") else ""
+            L.append(f"- `{r['id']}` ({e['kind']}){flag}: {e['reason']}")
+        L.append("")
+    if rep["stale_equivalents"]:
+        L += [f"## Stale entries of mutation/equivalent.toml ({len(rep['stale_equivalents'])})", ""]
+        L += [f"- `{e['id']}` ({e['why']}): {e['reason']}" for e in rep["stale_equivalents"]] + [""]
+    bad = [r for r in rep["mutants"] if r["verdict"] in ("build-error", "error", "not-run")]
+    if bad:
+        L += [f"## Build errors, harness errors, not run ({len(bad)})", ""]
+        L += [f"- `{r['id']}` {r['verdict']}: {(r.get('detail') or '').splitlines()[0][:200] if r.get('detail') else ''}"
+              for r in bad] + [""]
+    return "\n".join(L) + "\n"
+
+
+def write(rep: dict[str, Any], out_dir: Path = config.REPORT_DIR) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "mutation.json", out_dir / "mutation.md", out_dir / "summary.md"]
+    paths[0].write_text(json.dumps(rep, indent=1, ensure_ascii=False))
+    paths[1].write_text(markdown(rep, full=True))
+    paths[2].write_text(markdown(rep, full=False))
+    return paths
