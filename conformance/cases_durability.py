@@ -19,6 +19,10 @@ found nowhere makes the case SKIPPED with the reason, never a pass. The workload
 durable batches, so the reference broker (8 MB segments) rotates a segment inside the test: the
 batch that rotates lands in a new file, which needs its own data sync and a directory sync, and
 the sealed segment must be synced before the new one is written ([NMQ-S3-7]).
+
+For a target in the reference on-disk format the case then writes records without syncing, kills
+the target and restarts it under strace: the recovery must sync the segment holding them and then
+put a new checkpoint in place before the target accepts connections ([NMQ-S8-4]).
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ def _chain(path: str, root: str) -> list[str]:
 @case("crash.durable-ack-after-sync",
       "every durable ack follows a sync of the file holding the record (and of its directory when the file is "
       "new) inside the publish->ack window, also when a batch rotates a segment", layer="crash",
-      rules=("NMQ-SEM-3-1", "NMQ-S7-1", "NMQ-S7-2", "NMQ-S3-7"))
+      rules=("NMQ-SEM-3-1", "NMQ-S7-1", "NMQ-S7-2", "NMQ-S3-7", "NMQ-S8-4"))
 def durable_after_sync(ctx: Context) -> None:
     if not ctx.target.can_crash:
         raise Skipped("no launch command: the kit cannot restart the target under strace")
@@ -91,6 +95,10 @@ def durable_after_sync(ctx: Context) -> None:
     target.spec.trace_syncs = True
     Path(target.trace_path).unlink(missing_ok=True)
     rotated = False
+    recovery = target.spec.storage_format == "nanomq-v1"
+    main_text = ""
+    tail: list[int] = []
+    t_restart = t_ready = 0.0
     try:
         target.start()
         n = 0
@@ -113,13 +121,28 @@ def durable_after_sync(ctx: Context) -> None:
                 if not plan and sent >= (9 << 20) and len(acks) % 4 == 0:
                     where = find_markers(target.data_dir, marker)
                     rotated = bool(where.get(0)) and bool(where.get(n - 1)) and not (where[0] & where[n - 1])
+            if recovery:
+                # [NMQ-S8-4]: records written (not synced) before a kill are synced by the recovery,
+                # and a new checkpoint written, before the target accepts connections again
+                tail = list(range(n, n + 16))
+                f = w.publish(topic, [payload(i, 512) for i in tail], Ack.WRITTEN)
+                if not isinstance(f, PublishAck):
+                    raise Failed(f"a written publish answered {f!r}", ("NMQ-S8-4",))
+                n += len(tail)
+        if recovery:
+            target.kill()
+            main_text = Path(target.trace_path).read_text(errors="replace")
+            Path(target.trace_path).unlink()
+            t_restart = time.time()
+            target.start()
+            t_ready = time.time()
     finally:
         # a clean stop ends the trace (strace writes every line before its tracee exits)
         target.stop()
         target.spec.trace_syncs = False
         trace_text = Path(target.trace_path).read_text(errors="replace") if Path(target.trace_path).exists() else ""
         target.start()
-    trace = Trace.from_text(trace_text)
+    trace = Trace.from_text(main_text if recovery else trace_text)
     where = find_markers(target.data_dir, marker)
     missing = [i for _, _, nums in acks for i in nums if i not in where]
     if missing:
@@ -162,6 +185,20 @@ def durable_after_sync(ctx: Context) -> None:
         if not trace.data_syncs(g, lo, used):
             bad_seal.append(f"{os.path.relpath(g, root)} was not synced after its last write and before "
                             f"{os.path.relpath(g2, root)} was first written to")
+    bad_recovery = []
+    if recovery:
+        rec = Trace.from_text(trace_text)
+        for path in sorted(set().union(*(where.get(i, set()) for i in tail))):
+            syncs = rec.data_syncs(path, t_restart, t_ready)
+            if not syncs:
+                bad_recovery.append(f"after the kill, {os.path.relpath(path, root)} (holding records written but not "
+                                    "synced before it) was not synced before the target accepted connections")
+                continue
+            ck = os.path.join(os.path.dirname(path), "checkpoint")
+            done = min(c.end for c in syncs)
+            if not [c for c in rec.renames_to(ck) if c.start >= done and c.end <= t_ready]:
+                bad_recovery.append(f"after the kill, no new {os.path.relpath(ck, root)} was put in place after the "
+                                    "recovery's sync and before the target accepted connections")
     ctx.note(f"{len(acks)} durable acks of {n} records in {len(order)} file(s); {len(trace.calls)} traced calls")
     if len(order) < 2:
         ctx.note("the records stayed in one file: no rotation inside the test, NMQ-S3-7 was not exercised")
@@ -172,3 +209,5 @@ def durable_after_sync(ctx: Context) -> None:
     if bad_seal:
         raise Failed("a sealed segment was not durable before the next one was used: " + "; ".join(bad_seal[:3]),
                      ("NMQ-S3-7",))
+    if bad_recovery:
+        raise Failed("; ".join(bad_recovery), ("NMQ-S8-4",))

@@ -261,6 +261,17 @@ class Trace:
         i = bisect_right(w, before) - 1
         return w[i] if i >= 0 else None
 
+    def renames_to(self, path: str) -> list[Call]:
+        """Successful ``rename*`` calls whose target is ``path``."""
+        path = os.path.normpath(path)
+        out = []
+        for c in self.calls:
+            if c.ok and c.name in ("rename", "renameat", "renameat2"):
+                target = _join("", c.string(1)) if c.name == "rename" else _join(c.fd_path(2), c.string(3))
+                if target == path:
+                    out.append(c)
+        return out
+
     def _fs_sync(self, c: Call, same_fs: str) -> bool:
         if c.name == "sync":
             return True
