@@ -50,6 +50,9 @@ def run_one(c: Case, ctx: Context, rules: dict[str, Rule]) -> CaseResult:
     """Run one case on its own copy of ``ctx``; never raises."""
     ctx = ctx.for_case(c)
     t0 = time.monotonic()
+    if c.layer in ("crash", "storage") and not ctx.target.can_crash:
+        return CaseResult(c, "INFORMATIONAL", "skipped: no launch command: the kit cannot crash and restart the "
+                          "target", duration_s=0.0)
     if c.needs is not None and not ctx.has(c.needs):
         return CaseResult(c, "UNIMPLEMENTED", f"capability {c.needs.name} not announced", duration_s=0.0)
     try:
@@ -79,11 +82,12 @@ def run_one(c: Case, ctx: Context, rules: dict[str, Rule]) -> CaseResult:
 
 def run_cases(cases: list[Case], ctx: Context, rules: dict[str, Rule],
               progress: Callable[[CaseResult], None] | None = None, fail_fast: bool = False,
-              jobs: int = 1) -> RunResult:
+              jobs: int = 1, before_layer: Callable[[str], None] | None = None) -> RunResult:
     """Run ``cases`` (layer order is the caller's choice). Consecutive non-exclusive cases run
     ``jobs`` at a time on threads (they use topics of their own, so they cannot disturb each
     other's checks); an exclusive case runs alone. ``fail_fast`` stops after the first FAILED
-    case. Results keep the order of ``cases``."""
+    case. ``before_layer(layer)`` runs before the first case of each layer (the kit gives the crash
+    layer a fresh data directory). Results keep the order of ``cases``."""
     t0 = time.monotonic()
     done: dict[int, CaseResult] = {}
     lock = threading.Lock()
@@ -98,13 +102,18 @@ def run_cases(cases: list[Case], ctx: Context, rules: dict[str, Rule],
                 stop.set()
 
     i = 0
+    layer = ""
     while i < len(cases) and not stop.is_set():
+        if cases[i].layer != layer:
+            layer = cases[i].layer
+            if before_layer is not None:
+                before_layer(layer)
         if cases[i].exclusive or jobs <= 1:
             finish(i, run_one(cases[i], ctx, rules))
             i += 1
             continue
         j = i
-        while j < len(cases) and not cases[j].exclusive:
+        while j < len(cases) and not cases[j].exclusive and cases[j].layer == layer:
             j += 1
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="case") as pool:
             futures = []
@@ -123,11 +132,16 @@ def all_cases() -> list[Case]:
     """Every registered case, layers in order (importing the case modules registers them)."""
     from conformance import (  # noqa: F401
         cases_budgets,
+        cases_capabilities,
+        cases_content,
         cases_crash,
         cases_durability,
         cases_enums,
         cases_history,
         cases_limits,
+        cases_resources,
+        cases_restart,
+        cases_session,
         cases_storage,
         cases_vectors,
         cases_wire,
