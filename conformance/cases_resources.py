@@ -87,7 +87,8 @@ def connection_limit(ctx: Context) -> None:
 @case("resources.retention", "with retention by size declared, a topic written well past it loses whole oldest "
       "segments only: first_id moves up, earlier ids are never delivered (SUBSCRIBE and SEEK below it start at "
       "it), what remains is intact and new ids continue", layer="wire", exclusive=True,
-      rules=("NMQ-SEM-2-4", "NMQ-4.4-4", "NMQ-4.8-1", "NMQ-4.9-2", "NMQ-SEM-4-1", "NMQ-SEM-2-1"))
+      rules=("NMQ-SEM-2-4", "NMQ-4.4-4", "NMQ-4.8-1", "NMQ-4.9-2", "NMQ-SEM-4-1", "NMQ-SEM-2-1", "NMQ-S11-1",
+             "NMQ-S11-2", "NMQ-S11-3", "NMQ-S11-4"))
 def retention(ctx: Context) -> None:
     limit = ctx.target.spec.retention_bytes
     if limit <= 0:
@@ -121,7 +122,7 @@ def retention(ctx: Context) -> None:
         while not settled() and time.monotonic() < deadline:
             time.sleep(0.1)
             info = topic_info(w, t)
-        with ctx.step("NMQ-SEM-2-4", "NMQ-4.9-2"):
+        with ctx.step("NMQ-SEM-2-4", "NMQ-4.9-2", "NMQ-S11-2"):
             check(info.first_id > 1, f"{n} records of {size} bytes ({n * size >> 20} MiB) against retention of "
                   f"{limit >> 20} MiB: first_id is still 1 after {wait:.0f} s")
             check(info.next_id == n + 1, f"retention changed next_id to {info.next_id} (expected {n + 1})")
@@ -130,7 +131,17 @@ def retention(ctx: Context) -> None:
                 check(limit - seg < kept <= limit + seg, f"retention kept {kept / 2**20:.1f} MiB of records with "
                       f"retention_bytes {limit >> 20} MiB and {seg >> 20} MiB segments")
         first = info.first_id
-        with ctx.step("NMQ-4.4-4", "NMQ-SEM-2-4"):
+        if ctx.target.spec.storage_format == "nanomq-v1" and ctx.target.can_crash:
+            with ctx.step("NMQ-S11-1", "NMQ-S11-3"):  # whole files went, oldest first; the active one stays
+                segs = sorted(int(p.name[:20]) for p in ctx.target.topic_dir(t).glob("*.log"))
+                check(segs and segs[0] == first, f"after retention the segments start at ids {segs[:4]}, but "
+                      f"METADATA says the first retained id is {first}: retention deleted part of a segment or "
+                      "left a deleted segment's file")
+                check(segs == sorted(segs) and segs[-1] <= n, f"segments {segs}: the active one is gone")
+                check(not list(ctx.target.topic_dir(t).glob("*.idx")) or all(
+                    int(p.name[:20]) >= first for p in ctx.target.topic_dir(t).glob("*.idx")),
+                    "the index of a deleted segment was left behind")
+        with ctx.step("NMQ-4.4-4", "NMQ-SEM-2-4", "NMQ-S11-4"):
             for v in (0, 1, first - 1):
                 s = w.subscribe(t, Start.ID, v, 2)
                 check(isinstance(s, Subscribed) and s.next_id == first,

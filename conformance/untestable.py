@@ -18,9 +18,6 @@ _POLICY = ("the sync policy is the target's configuration, not chosen or visible
            "is, every durable ack must follow a sync of the record's file (crash.durable-ack-after-sync)")
 _DISK = ("needs the target's disk to fail (EIO) or to be full (ENOSPC); the kit cannot cause that from outside "
          "without filling the host's disk. tests/storage injects these faults (nmq_log_fault_set)")
-_RETENTION = ("retention is the operator's configuration (no wire request sets it, the kit's reference target "
-              "runs without it), so the kit cannot make a target delete segments; reads below the first "
-              "retained id are checked by deleting the oldest segment (storage.missing-segments, NMQ-S11-4)")
 _OFFSETS = ("the spec does not say where in its data directory a broker keeps offsets.journal, and the "
             "reference broker has no consumer groups (CONSUMER_GROUPS is not announced); tests/storage checks "
             "the reference OffsetStore")
@@ -53,9 +50,6 @@ UNTESTABLE: dict[str, str] = {
     "NMQ-S10-6": "says what the contract does not cover (files changed under a running owner): nothing to check",
     "NMQ-S10-7": "the fault-injection hook is a C/Python API of the reference implementation "
                  "(nmq_log_fault_set), used by tests/storage",
-    "NMQ-S11-1": _RETENTION,
-    "NMQ-S11-2": _RETENTION,
-    "NMQ-S11-3": _RETENTION,
     "NMQ-S12-1": _OFFSETS,
     "NMQ-S12-2": _OFFSETS,
     "NMQ-S12-3": _OFFSETS,
