@@ -47,6 +47,7 @@ UNTESTABLE: dict[str, str] = {
     "NMQ-S10-3": _DISK,
     "NMQ-S10-4": _DISK,
     "NMQ-S10-5": _DISK,
+    "NMQ-S10-8": _DISK,
     "NMQ-S10-6": "says what the contract does not cover (files changed under a running owner): nothing to check",
     "NMQ-S10-7": "the fault-injection hook is a C/Python API of the reference implementation "
                  "(nmq_log_fault_set), used by tests/storage",

@@ -140,6 +140,9 @@ class LogStats:
     closed: bool
     fdatasyncs: int
     """How many group commits (fdatasyncs of the active segment) sync() has performed."""
+    read_only_errno: int = 0
+    """Non-zero (ENOSPC, EDQUOT) while recovery could not finish for lack of space: reads work, every
+    append retries the unfinished steps and fails with :class:`LogIOError` until they succeed."""
 
 
 _CORRUPTION = {0: "none", 1: "bad-record", 2: "id-gap", 3: "unreadable"}
@@ -339,7 +342,7 @@ class CLog:
         lib.nmq_log_stats_get(self._h, st)
         return LogStats(
             st.first_id, st.next_id, st.durable_id, st.segments, st.total_bytes,
-            st.last_timestamp_ns, st.last_sync_errno, bool(st.closed), st.fdatasyncs,
+            st.last_timestamp_ns, st.last_sync_errno, bool(st.closed), st.fdatasyncs, st.read_only_errno,
         )
 
     def close(self, clean: bool = True) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from nanomq.broker.config import BrokerConfig
 from nanomq.protocol import valid_topic
-from nanomq.storage import StorageError, TopicLog
+from nanomq.storage import LogIOError, StorageError, TopicLog
 
 __all__ = ["Topic", "TopicRegistry", "SYNC_AHEAD_BYTES"]
 
@@ -47,6 +47,9 @@ class Topic:
         """Called (synchronously, on the event loop) after every append."""
         self.touched_since_trim = False
         """Set by appends and deliveries: the trimmer drops this topic's mapped pages when True."""
+        self._refused = 0
+        """Appends refused by the disk (ENOSPC, EIO, ...) since the last one that succeeded."""
+        self._sync_failing = False
         self.damaged: set[int] = set()
         """Ids whose stored bytes failed their check when read ([NMQ-S9-7]); each is logged once."""
 
@@ -55,7 +58,18 @@ class Topic:
         # The append publishes each run with a store into the segment mapping, which maps that
         # page into the broker: let the trimmer know.
         self.touched_since_trim = True
-        ids = self.log.append_batch(data, count, sync=False)
+        try:
+            ids = self.log.append_batch(data, count, sync=False)
+        except LogIOError as e:
+            # logged once per episode (a full disk refuses every publish), not once per publish
+            if not self._refused:
+                _log.error("topic %s: appends refused by the disk: %s; the next refusals are not logged until an "
+                           "append succeeds", self.name, e)
+            self._refused += 1
+            raise
+        if self._refused:
+            _log.warning("topic %s: appends accepted again, after %d refused", self.name, self._refused)
+            self._refused = 0
         self._unsynced += len(data)
         if self._unsynced >= SYNC_AHEAD_BYTES and not self._syncing and self.log.fsync != "never":
             # Sync ahead in the worker thread: sealing a full segment fdatasyncs it on the event
@@ -104,12 +118,18 @@ class Topic:
             # The records stay in the log and the next sync retries them (the C log rewrites
             # unsynced bytes), but the clients waiting now get an error: their outcome is unknown.
             self._sync_failures += 1
-            _log.error("topic %s: sync failed: %s", self.name, exc)
+            if not self._sync_failing:
+                _log.error("topic %s: sync failed: %s; the next failures are not logged until a sync succeeds",
+                           self.name, exc)
+            self._sync_failing = True
             waiters, self._waiters = self._waiters, []
             for _, cb in waiters:
                 cb(exc)
             return
         durable = fut.result()
+        if self._sync_failing:
+            _log.warning("topic %s: syncs succeed again", self.name)
+            self._sync_failing = False
         ready = [cb for last, cb in self._waiters if last <= durable]
         self._waiters = [(last, cb) for last, cb in self._waiters if last > durable]
         for cb in ready:
@@ -209,6 +229,10 @@ class TopicRegistry:
         rep = log.report
         if rep.message:
             _log.log(logging.INFO if rep.ok else logging.WARNING, "topic %s (id %d): %s", name, topic_id, rep.message)
+        ro = log.stats().read_only_errno
+        if ro:
+            _log.error("topic %s: opened read-only, recovery could not finish: %s; reads are served, publishes are "
+                       "refused until there is space", name, os.strerror(ro))
         topic = Topic(name, topic_id, log, self._executor)
         self.topics[name] = topic
         return topic

@@ -63,6 +63,7 @@ typedef struct {
     uint64_t last_timestamp_ns;
     int last_sync_errno;        
     uint64_t fdatasyncs;
+    int read_only_errno;
     int closed;
 } nmq_log_stats;
 int nmq_log_open(const char *dir, const nmq_log_config *cfg, nmq_log **out, nmq_recovery_report *rep);

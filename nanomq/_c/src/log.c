@@ -78,6 +78,12 @@ struct nmq_log {
     _Atomic uint64_t durable_id;
     int last_sync_errno;
     int closed;
+    /* Steps recovery could not finish for lack of space (NMQ-S10-8): the log opened read-only, and
+     * every append first retries them, in this order, and fails without effect until they succeed. */
+    uint64_t pend_q_from, pend_q_to; /* torn bytes of the active segment still to copy and zero */
+    int pend_alloc;                  /* the active segment is still to preallocate */
+    int pend_ckpt;                   /* the unclean checkpoint is still to write (NMQ-S5-3) */
+    int pend_errno;
     _Atomic uint64_t fdatasyncs; /* group commits performed (fdatasync calls on the active segment) */
     long refs; /* 1 for the handle + one per pin */
 };
@@ -633,6 +639,8 @@ static int stage_reserve(nmq_log *log, uint32_t count) {
 /* ------------------------------------------------------------------------------------------ */
 /* append                                                                                       */
 
+static int finish_pending(nmq_log *log);
+
 int nmq_log_append(nmq_log *log, const uint8_t *buf, size_t len, uint32_t count, uint64_t ts_ns,
                    uint64_t *first_id, uint64_t *last_id) {
     if (count == 0 || len < NMQ_HEADER_SIZE || (len & 7u)) {
@@ -662,6 +670,10 @@ int nmq_log_append(nmq_log *log, const uint8_t *buf, size_t len, uint32_t count,
     pthread_mutex_lock(&log->mu);
     int rc = 0;
     if (log->closed) { rc = NMQ_LOG_ECLOSED; goto out; }
+    if ((log->pend_q_to || log->pend_alloc || log->pend_ckpt) && (rc = finish_pending(log))) {
+        SETERR("append: the log is read-only until recovery can finish (no space?): %s", strerror(-rc));
+        goto out;
+    }
     nmq_seg *s = log->segs[log->nsegs - 1];
     if (s->cap - s->size < len) {
         rc = rotate(log);
@@ -926,6 +938,7 @@ int nmq_log_stats_get(nmq_log *log, nmq_log_stats *st) {
     st->total_bytes = log->total_bytes;
     st->last_timestamp_ns = log->last_ts;
     st->fdatasyncs = atomic_load(&log->fdatasyncs);
+    st->read_only_errno = (log->pend_q_to || log->pend_alloc || log->pend_ckpt) ? log->pend_errno : 0;
     pthread_mutex_unlock(&log->mu);
     pthread_mutex_lock(&log->tmu);
     st->last_sync_errno = log->last_sync_errno;
@@ -1005,6 +1018,7 @@ static int quarantine_bytes(nmq_log *log, nmq_seg *s, uint64_t from, uint64_t to
     int rc = x_pwrite_all(fd, s->map + from, to - from, 0) ? -errno : 0;
     if (!rc && x_fsync(fd)) rc = -errno;
     close(fd);
+    if (rc) unlinkat(log->dirfd, name, 0); /* a partial copy is no copy */
     return rc;
 }
 
@@ -1304,8 +1318,21 @@ static int recover(nmq_log *log, nmq_recovery_report *rep) {
         if (res == SCAN_BAD || (is_last && (!rep->clean || log->cfg.verify_all))) {
             uint64_t end = nonzero_end(s, stop, fsize);
             if (end > stop) {
-                quarantine_bytes(log, s, stop, end); /* keep a copy: nothing is silently destroyed */
-                rep->quarantined_files++;
+                /* keep a copy: nothing is silently destroyed. Without space for it the bytes stay
+                 * (the log ends at `stop` all the same) and appends wait (NMQ-S10-8). */
+                int qrc = quarantine_bytes(log, s, stop, end);
+                if (qrc == -ENOSPC || qrc == -EDQUOT) {
+                    log->pend_q_from = stop;
+                    log->pend_q_to = end;
+                    log->pend_errno = -qrc;
+                } else if (qrc) {
+                    rc = qrc;
+                    SETERR("recovery: cannot save the %llu bytes cut from segment %020llu: %s",
+                           (unsigned long long)(end - stop), (unsigned long long)s->first_id, strerror(-qrc));
+                    seg_destroy(s);
+                    break;
+                }
+                rep->quarantined_files += qrc == 0;
                 rep->truncated_bytes += end - stop;
                 if (!rep->truncated_segment) {
                     rep->truncated_segment = s->first_id;
@@ -1316,7 +1343,7 @@ static int recover(nmq_log *log, nmq_recovery_report *rep) {
                                  ".quarantine file)", (unsigned long long)(end - stop),
                                  (unsigned long long)s->first_id, (unsigned long long)stop);
                 }
-                memset(s->map + stop, 0, end - stop);
+                if (qrc == 0) memset(s->map + stop, 0, end - stop);
             }
         }
         /* After an unclean shutdown, data that survived only in the page cache (SIGKILL) is not yet
@@ -1374,8 +1401,14 @@ static int recover(nmq_log *log, nmq_recovery_report *rep) {
     }
     nmq_seg *a = log->segs[log->nsegs - 1];
     if (a->cap < log->cfg.segment_bytes) {
-        /* the last segment was sealed (truncated) or short: preallocate it again to write into */
-        if (x_fallocate(a->fd, (off_t)log->cfg.segment_bytes)) return -errno;
+        /* the last segment was sealed (truncated) or short: preallocate it again to write into.
+         * Without space it is mapped at full size all the same (reads stay below its end) and
+         * appends wait for the preallocation (NMQ-S10-8). */
+        if (x_fallocate(a->fd, (off_t)log->cfg.segment_bytes)) {
+            if (errno != ENOSPC && errno != EDQUOT) return -errno;
+            log->pend_alloc = 1;
+            log->pend_errno = errno;
+        }
         if ((rc = seg_map(a, log->cfg.segment_bytes))) return rc;
     }
     {
@@ -1396,10 +1429,43 @@ static int recover(nmq_log *log, nmq_recovery_report *rep) {
     rep->bytes = log->total_bytes;
     rep->first_id = log->segs[0]->first_id;
     rep->next_id = log->next_id;
-    /* From now on a crash is not a clean shutdown: replace the marker before accepting appends. */
+    /* From now on a crash is not a clean shutdown: replace the marker before accepting appends.
+     * Without space for it, appends wait until it is written (NMQ-S5-3, NMQ-S10-8). */
+    if (log->pend_q_to || log->pend_alloc) {
+        log->pend_ckpt = 1;
+        return 0;
+    }
     rc = ckpt_write(log, 0, a->first_id, a->size);
+    if (rc == -ENOSPC || rc == -EDQUOT) {
+        log->pend_ckpt = 1;
+        log->pend_errno = -rc;
+        return 0;
+    }
     if (rc == 0) log->ckpt_seg = a->first_id;
     return rc;
+}
+
+/* Finish what recovery left for lack of space (caller holds mu); 0 when the log is writable. */
+static int finish_pending(nmq_log *log) {
+    nmq_seg *a = log->segs[log->nsegs - 1];
+    int rc;
+    if (log->pend_q_to > log->pend_q_from) {
+        if ((rc = quarantine_bytes(log, a, log->pend_q_from, log->pend_q_to))) return rc;
+        memset(a->map + log->pend_q_from, 0, log->pend_q_to - log->pend_q_from);
+        if (x_fdatasync(a->fd) || fsync_dir(log)) return -errno;
+        log->pend_q_from = log->pend_q_to = 0;
+    }
+    if (log->pend_alloc) {
+        if (x_fallocate(a->fd, (off_t)log->cfg.segment_bytes)) return -errno;
+        log->pend_alloc = 0;
+    }
+    if (log->pend_ckpt) {
+        if ((rc = ckpt_write(log, 0, a->first_id, a->size))) return rc;
+        log->ckpt_seg = a->first_id;
+        log->pend_ckpt = 0;
+    }
+    log->pend_errno = 0;
+    return 0;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1470,7 +1536,9 @@ int nmq_log_close(nmq_log *log, int clean) {
     if (clean) rc = nmq_log_sync(log, NULL);
     pthread_mutex_lock(&log->mu);
     if (log->closed) { pthread_mutex_unlock(&log->mu); return rc == NMQ_LOG_ECLOSED ? 0 : rc; }
-    if (clean && rc == 0) {
+    /* torn bytes not yet copied to a quarantine file must be found again by the next recovery:
+     * no clean checkpoint then (NMQ-S10-8) */
+    if (clean && rc == 0 && !log->pend_q_to) {
         nmq_seg *a = log->segs[log->nsegs - 1];
         rc = idx_write(log, a);
         if (rc == 0) rc = ckpt_write(log, 1, a->first_id, a->size);

@@ -93,6 +93,8 @@ typedef struct {
     uint64_t last_timestamp_ns;
     int last_sync_errno;        /* errno of the last failed background sync (0: none) */
     uint64_t fdatasyncs;         /* group commits performed by sync() */
+    int read_only_errno;         /* non-zero: recovery could not finish for lack of space (ENOSPC,
+                                  * EDQUOT): reads work, appends fail until a retry succeeds */
     int closed;
 } nmq_log_stats;
 
