@@ -6,6 +6,8 @@
 
 Names are imported on first use (PEP 562), so ``import nanomq.testing`` — the pytest plugin every
 pytest run in an environment with nanomq loads — stays cheap and imports no C extension.
+``nanomq.ProtocolError`` is the client's (a :class:`NanoMQError`, and also the codec's
+``nanomq.protocol.ProtocolError``, which it subclasses). The asyncio clients are in ``nanomq.aio``.
 """
 
 from __future__ import annotations
@@ -14,28 +16,30 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
-    "ConnectionLostError", "Message", "NanoMQError", "NotSupportedError", "ProtocolError", "Publisher",
-    "RecordHeader", "RequestTimeoutError", "ServerError", "Subscriber", "__version__",
+    "ArgumentTypeError", "ConnectionLostError", "InvalidArgumentError", "Message", "NanoMQError",
+    "NotSupportedError", "ProtocolError", "Publisher", "RecordHeader", "RequestTimeoutError", "ServerError",
+    "Subscriber", "__version__",
 ]
 
 __version__ = "0.1.0"
 
-_HOME = {name: "nanomq.client" for name in __all__ if name not in ("ProtocolError", "__version__")}
-_HOME["ProtocolError"] = "nanomq.protocol"
+_HOME = {name: "nanomq.client" for name in __all__ if name != "__version__"}
 
 if TYPE_CHECKING:
     from nanomq.client import (
+        ArgumentTypeError,
         ConnectionLostError,
+        InvalidArgumentError,
         Message,
         NanoMQError,
         NotSupportedError,
+        ProtocolError,
         Publisher,
         RecordHeader,
         RequestTimeoutError,
         ServerError,
         Subscriber,
     )
-    from nanomq.protocol import ProtocolError
 
 
 def __getattr__(name: str) -> Any:

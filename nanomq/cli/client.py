@@ -12,7 +12,7 @@ import time
 
 from nanomq import __version__
 from nanomq.client import NanoMQError, Publisher, Subscriber
-from nanomq.client.core import parse_address
+from nanomq.client.args import parse_address
 from nanomq.client.message import Message
 from nanomq.protocol import valid_topic
 

@@ -1,9 +1,13 @@
-"""NanoMQ clients: blocking :class:`Publisher`/:class:`Subscriber` (asyncio twins in nanomq.aio)."""
+"""NanoMQ clients: blocking :class:`Publisher` and :class:`Subscriber` (asyncio forms in
+``nanomq.client.aio``, also importable as ``nanomq.aio``), their messages and their errors."""
 
 from nanomq.client.errors import (
+    ArgumentTypeError,
     ConnectionLostError,
+    InvalidArgumentError,
     NanoMQError,
     NotSupportedError,
+    ProtocolError,
     RequestTimeoutError,
     ServerError,
 )
@@ -11,6 +15,7 @@ from nanomq.client.message import Message, RecordHeader
 from nanomq.client.sync import Publisher, Subscriber
 
 __all__ = [
-    "ConnectionLostError", "Message", "NanoMQError", "NotSupportedError", "Publisher", "RecordHeader",
-    "RequestTimeoutError", "ServerError", "Subscriber",
+    "ArgumentTypeError", "ConnectionLostError", "InvalidArgumentError", "Message", "NanoMQError",
+    "NotSupportedError", "ProtocolError", "Publisher", "RecordHeader", "RequestTimeoutError", "ServerError",
+    "Subscriber",
 ]

@@ -1,8 +1,12 @@
-"""Sans-IO client state shared by the sync and asyncio clients: no sockets here.
+"""Sans-IO protocol state of one client: no sockets, no clock, no asyncio here.
 
-The core turns calls into frame bytes and received bytes into (a) responses keyed by request id
-and (b) messages buffered per subscription. The sync client (``nanomq.client.sync``) and the
-asyncio twin (``nanomq.aio``) only move bytes; everything they agree on lives here once.
+The core turns calls into :class:`Request` objects (the frame bytes, the request id and the
+response due) and received bytes into (a) responses kept by request id and (b) messages buffered
+per subscription. It owns the client's :class:`~nanomq.client.state.ClientState`, the typed
+table of requests awaiting an answer, the subscriptions to resume after a loss, and the
+translation of what the broker sends into the client's exceptions. The blocking client
+(``nanomq.client.sync``) and the asyncio client (``nanomq.client.aio``) only move bytes, driven
+by the flows of ``nanomq.client.flows``.
 
 Credit: each subscription keeps ``granted - handed <= window``. Records received but not handed
 out sit in the buffer, so the buffer never exceeds ``window`` records per subscription; when the
@@ -11,16 +15,25 @@ application has taken half a window, the core asks to send CREDIT for the rest [
 
 from __future__ import annotations
 
-import re
-import ssl
+import logging
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import lz4.block
 
-from nanomq.client.errors import ConnectionLostError, NotSupportedError, ServerError
+from nanomq.client.args import Options, options
+from nanomq.client.errors import (
+    ConnectionLostError,
+    InvalidArgumentError,
+    NotSupportedError,
+    ProtocolError,
+    ServerError,
+)
 from nanomq.client.message import Message, RecordHeader
+from nanomq.client.policy import PUBLISH_OVERHEAD, frame_spans, plan_batches
+from nanomq.client.state import ClientState, Event, next_state
 from nanomq.protocol import (
     MAX_BATCH,
     PROTOCOL_VERSION,
@@ -32,6 +45,7 @@ from nanomq.protocol import (
     Decoder,
     Deliver,
     Error,
+    ErrorCode,
     Frame,
     Hello,
     HelloOk,
@@ -39,6 +53,7 @@ from nanomq.protocol import (
     Metadata,
     MetadataOk,
     Ping,
+    Pong,
     Publish,
     PublishAck,
     RecordBatch,
@@ -48,38 +63,26 @@ from nanomq.protocol import (
     Start,
     Subscribe,
     Subscribed,
-    TopicInfo,
     Unsubscribe,
+    Unsubscribed,
     encode,
 )
+from nanomq.protocol import ProtocolError as CodecError
 
-__all__ = ["ClientCore", "SubState", "parse_address", "tls_context", "ACK_MODES", "DEFAULT_PORT"]
+__all__ = ["ClientCore", "Request", "SubState"]
 
-DEFAULT_PORT = 9000
-ACK_MODES = {"none": Ack.NONE, "written": Ack.WRITTEN, "durable": Ack.DURABLE}
-_ADDR = re.compile(r"^(?:tcp://|tls://)?(\[[0-9a-fA-F:.]+\]|[^:/\s]+)(?::(\d{1,5}))?/?$")
+log = logging.getLogger("nanomq.client")
 
-
-def tls_context(address: str, ssl_context: ssl.SSLContext | None) -> ssl.SSLContext | None:
-    """The TLS context to connect with: ``ssl_context`` if given, a default one (system CAs,
-    host name checked) for a ``tls://`` address, else None (plain TCP)."""
-    if ssl_context is not None:
-        return ssl_context
-    if address.strip().startswith("tls://"):
-        return ssl.create_default_context()
-    return None
+F = TypeVar("F", bound=Frame)
 
 
-def parse_address(address: str) -> tuple[str, int]:
-    """``host:port``, ``tcp://host:port``, ``tls://host:port`` or ``host`` (port 9000) -> (host, port)."""
-    m = _ADDR.match(address.strip())
-    if not m:
-        raise ValueError(f"bad broker address {address!r}: expected host:port, tcp://host:port or tls://host:port")
-    host = m.group(1).strip("[]")
-    port = int(m.group(2)) if m.group(2) else DEFAULT_PORT
-    if not 0 < port < 65536:
-        raise ValueError(f"bad port in broker address {address!r}")
-    return host, port
+@dataclass(frozen=True, slots=True)
+class Request(Generic[F]):
+    """One request to send: its id, its frame bytes, and the response type due."""
+
+    rid: int
+    data: bytes
+    expected: type[F]
 
 
 @dataclass(slots=True)
@@ -96,53 +99,184 @@ class SubState:
     buffer: deque[Message] = field(default_factory=deque)
 
 
-class ClientCore:
-    """Request ids, encoding, decoding, subscriptions and their buffers for one connection."""
+# What the core remembers of a request until its answer comes: the response due, and for some the
+# bookkeeping the answer completes.
 
-    def __init__(self, client_name: str = "nanomq-python", auth_token: bytes = b"") -> None:
-        self.client_name = client_name
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    expected: type[Frame]
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingSubscribe(_Pending):
+    topic: str
+    window: int
+    resumes: SubState | None
+    """The subscription of a lost connection this request re-creates, if it does."""
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingSeek(_Pending):
+    sub: SubState
+
+
+@dataclass(frozen=True, slots=True)
+class _Loss:
+    """Why a connection ended; :meth:`error` makes a fresh exception each time it is raised."""
+
+    reason: str
+    closed_by: ServerError | None = None
+    protocol: tuple[ErrorCode, str] | None = None
+    """(code, rule) when the broker broke the protocol."""
+
+    def error(self) -> ConnectionLostError:
+        if self.protocol is not None:
+            return ProtocolError(self.reason, *self.protocol)
+        return ConnectionLostError(self.reason, closed_by=self.closed_by)
+
+
+def _server_error(frame: Error) -> ServerError:
+    return ServerError(frame.code, frame.message, frame.rule)
+
+
+class ClientCore:
+    """State, requests, responses and subscription buffers of one client, across connections."""
+
+    def __init__(self, opts: Options | None = None, *, auth_token: bytes = b"") -> None:
+        self.options = opts if opts is not None else options(
+            "127.0.0.1:9000", client_name="nanomq-python", timeout=30.0, connect_timeout=10.0, ssl_context=None)
         self.auth_token = auth_token
+        self.state = ClientState.DISCONNECTED
         self.decoder = Decoder("client")
         self.server: HelloOk | None = None
-        self._rid = 0
-        self._pending: dict[int, tuple[str, object]] = {}
+        """What the broker announced in HELLO_OK on the current connection."""
+        self.requirements: list[tuple[Capability, str]] = []
+        """Capabilities the broker must announce, each with what needs it (checked on connect)."""
         self.subs: dict[str, SubState] = {}
+        self.resume: list[SubState] = []
+        """Subscriptions of a lost connection, to re-create on the next one (in order)."""
+        self.loss: _Loss | None = None
+        """Why the last connection ended."""
+        self._rid = 0
+        self._pending: dict[int, _Pending] = {}
+        self._responses: dict[int, Frame] = {}
+        self._lost: dict[int, _Loss] = {}
+        """Requests outstanding on a connection that ended, with how it ended."""
         self._by_id: dict[int, SubState] = {}
         self._order: deque[SubState] = deque()
-        self.closed_by_server: ServerError | None = None
-        self.lost: ConnectionLostError | None = None
-        """Set by :meth:`feed` when the stream ended (fatal ERROR or broken bytes); see there."""
+
+    # ------------------------------------------------------------------ state
+
+    def _move(self, event: Event) -> None:
+        self.state = next_state(self.state, event)
+
+    def begin_connect(self) -> None:
+        """A connection attempt begins: a fresh decoder, nothing left of the last connection."""
+        self._move(Event.CONNECT)
+        self.decoder = Decoder("client")
+        self.server = None
+        self._responses.clear()
+        self._lost.clear()
+
+    def ready(self) -> None:
+        """HELLO_OK came and the subscriptions were resumed: requests may go out."""
+        self._move(Event.READY)
+
+    def connection_lost(self, reason: str) -> ConnectionLostError:
+        """The transport ended (end of stream, a failed read or write): forget the connection.
+        Returns the error for it (a fresh one each call)."""
+        return self._lose(_Loss(reason))
+
+    def connect_failed(self, reason: str) -> ConnectionLostError:
+        """A connection attempt gave up (the flow that made it has said why in the log)."""
+        return self._lose(_Loss(reason), quiet=True)
+
+    def last_error(self) -> ConnectionLostError:
+        """The error of the last loss (or of a closed client)."""
+        if self.state is ClientState.CLOSED:
+            return ConnectionLostError("client is closed")
+        return (self.loss or _Loss("not connected")).error()
+
+    def close(self) -> None:
+        """The application closed the client: every request still waiting fails."""
+        self._end(_Loss("client is closed"))
+        self._move(Event.CLOSE)
+
+    def _lose(self, loss: _Loss, *, quiet: bool = False) -> ConnectionLostError:
+        if self.state in (ClientState.CONNECTING, ClientState.READY):
+            if not quiet:
+                log.warning("connection to %s lost: %s", self.options.address, loss.error())
+            self._end(loss)
+            self._move(Event.LOSE)
+            self.loss = loss
+        return loss.error()
+
+    def _end(self, loss: _Loss) -> None:
+        for rid in self._pending:
+            self._lost[rid] = loss
+        self._pending.clear()
+        # Restored subscriptions first, in their order, then those not restored yet.
+        self.resume = list(self.subs.values()) + self.resume
+        self.subs.clear()
+        self._by_id.clear()
+        self._order.clear()
+
+    def require(self, cap: Capability, what: str) -> None:
+        """Raise NotSupportedError unless the broker announced ``cap`` [NMQ-7-2]."""
+        if self.server is None or not self.server.capabilities & cap:
+            raise NotSupportedError(f"{what} is not supported by this broker (capability {cap.name} not announced)")
 
     # ------------------------------------------------------------------ requests
 
-    def _next(self, kind: str, ctx: object = None) -> int:
+    def _request(self, pending: _Pending | None) -> int:
         self._rid += 1
-        self._pending[self._rid] = (kind, ctx)
+        if pending is not None:
+            self._pending[self._rid] = pending
         return self._rid
 
-    def hello(self) -> tuple[int, bytes]:
+    def _plain(self, frame_of: Callable[..., Frame], expected: type[F], *fields: object) -> Request[F]:
+        rid = self._request(_Pending(expected))
+        return Request(rid, encode(frame_of(rid, *fields)), expected)
+
+    def hello(self) -> Request[HelloOk]:
         """HELLO, the first request of every connection."""
-        rid = self._next("hello")
-        return rid, encode(Hello(rid, PROTOCOL_VERSION, self.client_name, self.auth_token))
+        return self._plain(Hello, HelloOk, PROTOCOL_VERSION, self.options.client_name, self.auth_token)
 
-    def publish(self, topic: str, batch: RecordBatch, ack: Ack) -> tuple[int, bytes]:
-        """One PUBLISH of an encoded batch (no response is expected for ack none)."""
-        if ack == Ack.NONE:
-            self._rid += 1
-            rid = self._rid
-        else:
-            rid = self._next("publish")
-        return rid, encode(Publish(rid, topic, ack, batch))
+    def publish(self, topic: str, payloads: Sequence[bytes], ack: Ack,
+                compress_above: int | None) -> list[tuple[Request[PublishAck], int]]:
+        """PUBLISH requests for ``payloads`` in order, each with its record count: cut at the
+        broker's max_batch and so that no frame exceeds its max_frame. No response is registered
+        for ack ``none`` (the broker sends none)."""
+        server = self._server()
+        too_big = max(len(p) for p in payloads)
+        if too_big > server.max_payload:
+            raise InvalidArgumentError(f"payload of {too_big} bytes is larger than the broker's max_payload "
+                                       f"of {server.max_payload} bytes")
+        data, flags, raw_sizes = self._compress(payloads, compress_above)
+        overhead = PUBLISH_OVERHEAD + len(topic.encode())
+        spans = frame_spans([len(d) for d in data])
+        if overhead + max(spans) > server.max_frame:
+            raise InvalidArgumentError(f"a record of {max(spans) - 64} bytes does not fit the broker's max_frame "
+                                       f"of {server.max_frame} bytes")
+        out = []
+        for part in plan_batches(spans, overhead, server.max_batch, server.max_frame):
+            batch = RecordBatch.from_payloads(
+                data[part.start : part.stop], max_payload=server.max_payload,
+                flags=None if flags is None else flags[part.start : part.stop],
+                raw_sizes=None if raw_sizes is None else raw_sizes[part.start : part.stop])
+            rid = self._request(None if ack == Ack.NONE else _Pending(PublishAck))
+            out.append((Request(rid, encode(Publish(rid, topic, ack, batch)), PublishAck), len(part)))
+        return out
 
-    def encode_payloads(self, payloads: Sequence[bytes], compress_above: int | None) -> RecordBatch:
-        """Records for ``payloads``, LZ4-compressing those above ``compress_above`` bytes when
-        that makes them smaller (spec §5.3)."""
-        limit = self.server.max_payload if self.server else 65536
-        if compress_above is None:
-            return RecordBatch.from_payloads(payloads, max_payload=limit)
-        flags, raw_sizes, out = [], [], []
+    @staticmethod
+    def _compress(payloads: Sequence[bytes], above: int | None) -> tuple[
+            Sequence[bytes], list[int] | None, list[int] | None]:
+        """LZ4-compress the payloads above ``above`` bytes when that makes them smaller (§5.3)."""
+        if above is None:
+            return payloads, None, None
+        out, flags, raw_sizes = [], [], []
         for p in payloads:
-            if len(p) > compress_above:
+            if len(p) > above:
                 c = lz4.block.compress(p, store_size=False)
                 if len(c) < len(p):
                     out.append(c)
@@ -152,130 +286,159 @@ class ClientCore:
             out.append(p)
             flags.append(0)
             raw_sizes.append(0)
-        if len(max(payloads, key=len)) > limit:
-            raise ValueError(f"payload larger than the broker's max_payload of {limit} bytes")
-        return RecordBatch.from_payloads(out, flags=flags, raw_sizes=raw_sizes, max_payload=limit)
+        return out, flags, raw_sizes
 
-    def subscribe(self, topic: str, start: Start, value: int, window: int) -> tuple[int, bytes]:
-        rid = self._next("subscribe", (topic, window))
-        return rid, encode(Subscribe(rid, topic, start, value, window, ""))
+    def subscribe(self, topic: str, start: Start, value: int, window: int,
+                  resumes: SubState | None = None) -> Request[Subscribed]:
+        """SUBSCRIBE (``resumes``: the subscription of a lost connection it re-creates)."""
+        rid = self._request(_PendingSubscribe(Subscribed, topic, window, resumes))
+        return Request(rid, encode(Subscribe(rid, topic, start, value, window, "")), Subscribed)
 
-    def unsubscribe(self, topic: str) -> tuple[int, bytes]:
-        st = self.subs.pop(topic)
+    def unsubscribe(self, topic: str) -> Request[Unsubscribed]:
+        """UNSUBSCRIBE; the subscription's buffered records are dropped now."""
+        st = self._sub(topic)
+        del self.subs[topic]
         self._by_id.pop(st.sub_id, None)
         if st in self._order:
             self._order.remove(st)
-        rid = self._next("unsubscribe")
-        return rid, encode(Unsubscribe(rid, st.sub_id))
+        return self._plain(Unsubscribe, Unsubscribed, st.sub_id)
 
-    def commit(self, topic: str, ids: Sequence[int]) -> list[tuple[int, bytes]]:
+    def commit(self, topic: str, ids: Sequence[int]) -> list[Request[Committed]]:
+        """COMMITs of ``ids`` for the subscription to ``topic``, max_batch ids each."""
         st = self._sub(topic)
-        out = []
-        for i in range(0, len(ids), MAX_BATCH):
-            rid = self._next("commit")
-            out.append((rid, encode(Commit(rid, st.sub_id, tuple(ids[i : i + MAX_BATCH])))))
-        return out
+        return [self._plain(Commit, Committed, st.sub_id, tuple(ids[i : i + MAX_BATCH]))
+                for i in range(0, len(ids), MAX_BATCH)]
 
-    def seek(self, topic: str, start: Start, value: int) -> tuple[int, bytes]:
+    def seek(self, topic: str, start: Start, value: int) -> Request[SeekOk]:
+        """SEEK of the subscription to ``topic``."""
         st = self._sub(topic)
-        rid = self._next("seek", st)
-        return rid, encode(Seek(rid, st.sub_id, start, value))
+        rid = self._request(_PendingSeek(SeekOk, st))
+        return Request(rid, encode(Seek(rid, st.sub_id, start, value)), SeekOk)
 
-    def metadata(self, topic: str = "") -> tuple[int, bytes]:
-        rid = self._next("metadata")
-        return rid, encode(Metadata(rid, topic))
+    def metadata(self, topic: str = "") -> Request[MetadataOk]:
+        """METADATA of ``topic``, or of every topic when empty."""
+        return self._plain(Metadata, MetadataOk, topic)
 
-    def ping(self, token: int = 0) -> tuple[int, bytes]:
-        rid = self._next("ping")
-        return rid, encode(Ping(rid, token))
+    def ping(self, token: int = 0) -> Request[Pong]:
+        """PING."""
+        return self._plain(Ping, Pong, token)
 
     def one_topic(self, topic: str | None) -> str:
-        """``topic`` if subscribed; with None, the only subscribed topic (else ValueError)."""
+        """``topic`` if subscribed; with None, the only subscribed topic."""
         if topic is not None:
-            if topic not in self.subs:
-                raise ValueError(f"not subscribed to {topic!r}")
-            return topic
+            return self._sub(topic).topic
         if len(self.subs) != 1:
-            raise ValueError("several topics are subscribed: say which one (topic=...)")
+            raise InvalidArgumentError("several topics are subscribed: say which one (topic=...)" if self.subs
+                                       else "not subscribed to any topic")
         return next(iter(self.subs))
 
     def seek_targets(self, topic: str | None) -> list[str]:
         """The topics a seek applies to: ``topic``, or every subscribed one when None."""
-        if topic is None:
-            return list(self.subs)
-        return [self.one_topic(topic)]
+        return list(self.subs) if topic is None else [self.one_topic(topic)]
 
     def _sub(self, topic: str) -> SubState:
         st = self.subs.get(topic)
         if st is None:
-            raise ValueError(f"not subscribed to {topic!r}")
+            raise InvalidArgumentError(f"not subscribed to {topic!r}")
         return st
 
-    def require(self, cap: Capability, what: str) -> None:
-        """Raise NotSupportedError unless the broker announced ``cap``."""
-        if self.server is None or not self.server.capabilities & cap:
-            raise NotSupportedError(f"{what} is not supported by this broker (capability {cap.name} not announced)")
+    def _server(self) -> HelloOk:
+        if self.server is None or self.state is not ClientState.READY:
+            raise self.last_error()
+        return self.server
 
     # ------------------------------------------------------------------ responses
 
-    def feed(self, data: bytes) -> list[tuple[int, Frame]]:
-        """Received bytes -> completed responses ``(request_id, frame)``; DELIVERs are buffered.
+    def response(self, req: Request[F]) -> F | None:
+        """The answer to ``req``: the frame, None while it is still due. Raises ServerError for an
+        ERROR answer and ConnectionLostError when the connection it went out on ended first."""
+        frame = self._responses.pop(req.rid, None)
+        if frame is None:
+            if req.rid in self._pending:
+                return None
+            raise self._lost.pop(req.rid, self.loss or _Loss("no answer is due")).error()
+        if isinstance(frame, Error):
+            raise _server_error(frame)
+        assert isinstance(frame, req.expected)  # checked on arrival
+        return frame
 
-        A broken stream (undecodable bytes, a bad CRC, a bad LZ4 payload) or a fatal ERROR from the
-        server (request_id 0, also kept in ``closed_by_server``) ends the connection: decoding stops
-        there and ``lost`` is set to the ConnectionLostError to raise. Everything decoded *before*
-        it in the same bytes is still returned (and DELIVERs buffered), so the caller hands those
-        responses out first — an ack that arrived with the closing ERROR is an ack [D10]. Once
-        ``lost`` is set, later bytes are ignored until :meth:`reset_connection`.
+    def answered(self) -> set[int]:
+        """Ids of the requests whose answer has arrived and is not yet taken."""
+        return set(self._responses)
+
+    def forget(self, rid: int) -> None:
+        """No one waits for ``rid`` any more (timed out, or abandoned): drop its answer."""
+        self._pending.pop(rid, None)
+        self._responses.pop(rid, None)
+        self._lost.pop(rid, None)
+
+    def feed(self, data: bytes) -> ConnectionLostError | None:
+        """Received bytes: responses are kept for :meth:`response`, DELIVERs buffered.
+
+        A broken stream (undecodable bytes, a bad CRC or LZ4 payload, a response of the wrong
+        type) or a fatal ERROR from the broker (request_id 0) ends the connection: decoding stops
+        there, the connection is forgotten and its error returned (the transport then closes).
+        Everything decoded *before* it in the same bytes is kept, so the caller is handed those
+        answers first — an ack that arrived with the closing ERROR is an ack [D10]. Bytes that
+        arrive when no connection is up are ignored.
         """
-        done: list[tuple[int, Frame]] = []
-        if self.lost is not None:
-            return done
+        if self.state not in (ClientState.CONNECTING, ClientState.READY):
+            return None
         self.decoder.feed(data)
         while True:
             try:
                 frame = self.decoder.next_frame()
-            except Exception as e:  # ProtocolError: the server broke the protocol [NMQ-4.6-4]
-                self.lost = ConnectionLostError(f"invalid data from broker: {e}")
-                return done
+            except CodecError as e:  # the broker broke the protocol [NMQ-4.6-4]
+                err = ProtocolError.from_codec(e)
+                return self._lose(_Loss(err.reason, protocol=(e.code, e.rule)))
             if frame is None:
-                return done
+                return None
             if isinstance(frame, Deliver):
-                try:
-                    self._on_deliver(frame)
-                except ConnectionLostError as e:
-                    self.lost = e
-                    return done
-                continue
-            if isinstance(frame, Error) and frame.request_id == 0:
-                self.closed_by_server = ServerError(frame.code, frame.message, frame.rule)
-                self.lost = ConnectionLostError(f"broker closed the connection: {self.closed_by_server}")
-                return done
-            kind, ctx = self._pending.pop(frame.request_id, ("?", None))
-            if isinstance(frame, HelloOk):
-                self.server = frame
-                self.decoder.set_limits(max_frame=max(frame.max_frame, 1 << 16),
-                                        limits=Limits(frame.max_payload, frame.max_batch))
-            elif isinstance(frame, Subscribed) and kind == "subscribe":
-                assert isinstance(ctx, tuple)
-                topic_name, window = ctx
-                st = SubState(topic_name, frame.sub_id, frame.next_id, window, granted=window)
-                self.subs[topic_name] = st
-                self._by_id[frame.sub_id] = st
-            elif isinstance(frame, SeekOk) and kind == "seek":
-                st = ctx  # type: ignore[assignment]
-                assert isinstance(st, SubState)
-                # DELIVERs before SEEK_OK belong to the old position [NMQ-4.8-4]: drop them and
-                # count them as handed, so the credit they used is given back.
-                st.handed += len(st.buffer)
-                st.buffer.clear()
-                st.resume_id = frame.next_id
-            done.append((frame.request_id, frame))
+                loss = self._on_deliver(frame)
+            elif isinstance(frame, Error) and frame.request_id == 0:
+                loss = _Loss("broker closed the connection", closed_by=_server_error(frame))
+            else:
+                loss = self._on_response(frame)
+            if loss is not None:
+                return self._lose(loss)
 
-    def _on_deliver(self, f: Deliver) -> None:
+    def _on_response(self, frame: Frame) -> _Loss | None:
+        pending = self._pending.pop(frame.request_id, None)
+        if pending is None:
+            if isinstance(frame, Error):  # a request answered only when it fails: an ack-none PUBLISH
+                log.warning("broker refused request %d (no answer was awaited): %s", frame.request_id,
+                            _server_error(frame))
+            return None
+        if isinstance(frame, Error):
+            if isinstance(pending, _PendingSubscribe) and pending.resumes in self.resume:
+                self.resume.remove(pending.resumes)  # it cannot be resumed: dropped
+        elif not isinstance(frame, pending.expected):
+            err = ProtocolError.wrong_response(frame, pending.expected)
+            return _Loss(err.reason, protocol=(err.code, err.rule))
+        elif isinstance(frame, HelloOk):
+            self.server = frame
+            self.decoder.set_limits(max_frame=max(frame.max_frame, 1 << 16),
+                                    limits=Limits(frame.max_payload, frame.max_batch))
+        elif isinstance(frame, Subscribed) and isinstance(pending, _PendingSubscribe):
+            st = SubState(pending.topic, frame.sub_id, frame.next_id, pending.window, granted=pending.window)
+            self.subs[pending.topic] = st
+            self._by_id[frame.sub_id] = st
+            if pending.resumes in self.resume:
+                self.resume.remove(pending.resumes)
+        elif isinstance(frame, SeekOk) and isinstance(pending, _PendingSeek):
+            st = pending.sub
+            # DELIVERs before SEEK_OK belong to the old position [NMQ-4.8-4]: drop them and
+            # count them as handed, so the credit they used is given back.
+            st.handed += len(st.buffer)
+            st.buffer.clear()
+            st.resume_id = frame.next_id
+        self._responses[frame.request_id] = frame
+        return None
+
+    def _on_deliver(self, f: Deliver) -> _Loss | None:
         st = self._by_id.get(f.sub_id)
         if st is None:
-            return  # a subscription we have just left
+            return None  # a subscription we have just left
         was_empty = not st.buffer
         for r in f.records:
             data = r.payload
@@ -283,10 +446,12 @@ class ClientCore:
                 try:
                     data = lz4.block.decompress(data, uncompressed_size=r.raw_size)
                 except lz4.block.LZ4BlockError as e:
-                    raise ConnectionLostError(f"record {r.id} of {st.topic}: bad LZ4 payload: {e}") from e
+                    return _Loss(f"invalid data from broker: record {r.id} of {st.topic}: bad LZ4 payload: {e}",
+                                 protocol=(ErrorCode.MALFORMED, "NMQ-5.3-1"))
             st.buffer.append(Message(r.id, r.timestamp_ns, st.topic, data, RecordHeader(*r[:9])))
         if was_empty and st.buffer:
             self._order.append(st)
+        return None
 
     # ------------------------------------------------------------------ the application's side
 
@@ -321,39 +486,3 @@ class ClientCore:
                 st.granted += add
                 credits.append(encode(Credit(0, st.sub_id, add)))
         return out, credits
-
-    def reset_connection(self) -> list[SubState]:
-        """Forget the connection (after a loss); returns the subscriptions to re-create."""
-        self.decoder = Decoder("client")
-        self.server = None
-        self._pending.clear()
-        subs = list(self.subs.values())
-        self.subs.clear()
-        self._by_id.clear()
-        self._order.clear()
-        self.closed_by_server = None
-        self.lost = None
-        return subs
-
-
-def check(frame: Frame, expected: type[Frame]) -> Frame:
-    """Return ``frame`` if it is the expected response, raise ServerError for ERROR."""
-    if isinstance(frame, Error):
-        raise ServerError(frame.code, frame.message, frame.rule)
-    if not isinstance(frame, expected):
-        raise ConnectionLostError(f"broker answered {type(frame).__name__} where {expected.__name__} was due")
-    return frame
-
-
-def topics_of(frame: Frame) -> list[TopicInfo]:
-    """The topics of a METADATA_OK."""
-    return list(check(frame, MetadataOk).topics)  # type: ignore[attr-defined]
-
-
-def split(payloads: Iterable[bytes], n: int = MAX_BATCH) -> list[list[bytes]]:
-    """``payloads`` in lists of at most ``n``."""
-    items = list(payloads)
-    return [items[i : i + n] for i in range(0, len(items), n)]
-
-
-__all__ += ["check", "topics_of", "split", "PublishAck", "Committed"]
