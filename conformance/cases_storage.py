@@ -1213,6 +1213,9 @@ def storage_missing_segments(ctx: Context) -> None:
                 compare(checks, f"{t} read across the lost ids", r, want, [*kept, a.first_id], "NMQ-S9-8")
                 r = read(w, t, Start.ID, e[-1].first_id, count=1)
                 compare(checks, f"{t} read from a lost id", r, want, [a.first_id], "NMQ-S9-8")
+                checks.check(isinstance(r.sub, Subscribed) and r.sub.next_id == a.first_id,
+                             f"{t}: SUBSCRIBE at the lost id {e[-1].first_id} answered {r.sub!r}: next_id must be "
+                             f"the first record it delivers, {a.first_id}", "NMQ-4.4-5", "NMQ-S9-8")
             t = names["trunc"]
             with checks.scenario("tail truncated at a record boundary", "NMQ-S9-3", "NMQ-S9-8"):
                 kept = [i for i in sorted(got["trunc"].payloads) if i < cut_at.id]

@@ -184,3 +184,25 @@ def test_a_failed_creation_leaves_nothing_behind(tmp_path: Path, monkeypatch: py
     assert not (tmp_path / "topics" / "x").exists()
     assert reg.get_or_create("x").topic_id == 1  # and it can be created once the disk has room
     reg.close_all()
+
+
+def test_a_start_at_a_lost_id_names_the_first_record_delivered(tmp_path: Path) -> None:
+    """Ids lost at the end are never reused (NMQ-S9-8): SUBSCRIBED/SEEK_OK at one of them name the
+    first record after them, the one the subscription delivers (NMQ-4.4-5)."""
+    reg = _registry(tmp_path)
+    reg.open_all()
+    t = reg.get_or_create("t")
+    for _ in range(40):
+        t.log.append_batch(batch([b"x" * 60_000]), 1, sync=False)
+    assert t.log.stats().segments >= 2
+    reg.close_all()
+    last = sorted((tmp_path / "topics" / "t").glob("*.log"))[-1]
+    lost = int(last.name[:20])
+    last.unlink()
+    reg = _registry(tmp_path)
+    reg.open_all()
+    t = reg.topics["t"]
+    assert t.first_record_at_or_after(lost) == 41 == t.log.next_id
+    assert t.append(batch([b"after"]), 1) == (41, 41)
+    assert t.first_record_at_or_after(lost) == 41 and t.first_record_at_or_after(1) == 1
+    reg.close_all()

@@ -353,7 +353,7 @@ class Connection(asyncio.Protocol):
         """The id a SUBSCRIBE/SEEK start position denotes ([NMQ-4.4-2..4], semantics §4)."""
         log = topic.log
         if start == Start.EARLIEST:
-            return log.first_id
+            return topic.first_record_at_or_after(log.first_id)
         if start == Start.LATEST:
             return log.next_id
         if start == Start.COMMITTED:
@@ -362,7 +362,7 @@ class Connection(asyncio.Protocol):
             return max(log.find_by_timestamp(value), log.first_id)
         if value > log.next_id:
             raise _Failure(ErrorCode.OUT_OF_RANGE, f"id {value} is beyond the topic's next id {log.next_id}", "NMQ-4.4-4")
-        return max(value, log.first_id)
+        return topic.first_record_at_or_after(max(value, log.first_id))
 
     def _ready(self, sub: Subscription) -> None:
         sub.ready = True

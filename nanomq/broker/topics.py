@@ -84,6 +84,20 @@ class Topic:
         for wake in tuple(self.listeners):
             wake()
 
+    def first_record_at_or_after(self, record_id: int) -> int:
+        """``record_id``, or the id of the first record after it when it is an id no record has: one
+        lost at the end of the log and never handed out again ([NMQ-S9-8]). So SUBSCRIBED and
+        SEEK_OK name the first record the subscription delivers ([NMQ-4.4-5])."""
+        if record_id >= self.log.next_id:
+            return record_id
+        try:
+            r = self.log.read(record_id, 1, 0)
+        except StorageError:
+            return record_id  # damaged: the delivery says so ([NMQ-S9-7])
+        first = r.first_id
+        r.data.release()
+        return first
+
     def damage_found(self, record_id: int, exc: BaseException) -> None:
         """A read met damaged stored bytes at ``record_id`` ([NMQ-S9-4]): log it loudly, once per
         record. The bytes stay where they are (published bytes never change, [NMQ-S13-2]); a start
