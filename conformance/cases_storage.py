@@ -955,7 +955,8 @@ def storage_read_damage(ctx: Context) -> None:
     _need(ctx)
     checks = Checks()
     sealed, active, other = ctx.topic("rdseal"), ctx.topic("rdact"), ctx.topic("rdother")
-    got = {t: Filled() for t in (sealed, active, other)}
+    zeroed = ctx.topic("rdzero")
+    got = {t: Filled() for t in (sealed, active, other, zeroed)}
     with running_at_exit(ctx):
         with ctx.client() as w:
             fill_until_segments(ctx, w, sealed, Payloads(sealed, ctx.rng), got[sealed], 2)
@@ -965,6 +966,10 @@ def storage_read_damage(ctx: Context) -> None:
                 got[active].add(publish(w, active, ps), ps)
             ps = [b"other-%d" % i for i in range(20)]
             got[other].add(publish(w, other, ps), ps)
+            gen = Payloads(zeroed, ctx.rng)
+            for _ in range(6):
+                ps = [gen.make(500) for _ in range(10)]
+                got[zeroed].add(publish(w, zeroed, ps), ps)
         ctx.target.stop()
         s1 = segments(ctx.target.topic_dir(sealed))
         bad_sealed = s1[0].records[len(s1[0].records) // 2]
@@ -972,17 +977,21 @@ def storage_read_damage(ctx: Context) -> None:
         s2 = segments(ctx.target.topic_dir(active))[-1]
         bad_active = s2.records[len(s2.records) // 2]
         flip_bit(s2.path, bad_active.offset + HEADER + 7, 1)
-        if not restart(ctx, checks, [sealed, active], "bit flips in two topics", "NMQ-S9-1", "NMQ-S9-4"):
+        s3 = segments(ctx.target.topic_dir(zeroed))[-1]
+        bad_zero = s3.records[len(s3.records) // 2]
+        write_at(s3.path, bad_zero.offset, bytes(HEADER))  # a zeroed header amid valid records
+        if not restart(ctx, checks, [sealed, active, zeroed], "damage in three topics", "NMQ-S9-1", "NMQ-S9-4"):
             checks.done()
         with ctx.client() as w:
-            cut = {t: metadata(w, t) for t in (sealed, active)}
+            cut = {t: metadata(w, t) for t in (sealed, active, zeroed)}
         if all(isinstance(i, TopicInfo) and i.next_id == b.id for i, b in ((cut[sealed], bad_sealed),
-                                                                             (cut[active], bad_active))):
+                                                                             (cut[active], bad_active),
+                                                                             (cut[zeroed], bad_zero))):
             # A target that verifies everything at start (reference broker: --verify-on-start) found the
             # damage at open and quarantined it ([NMQ-S9-2]): nothing is left to meet while serving.
             ctx.note("the target verified every record at start: the damage was quarantined at open")
             with ctx.client() as w:
-                for t, b in ((sealed, bad_sealed), (active, bad_active)):
+                for t, b in ((sealed, bad_sealed), (active, bad_active), (zeroed, bad_zero)):
                     with checks.scenario(t, "NMQ-S9-1", "NMQ-S9-2"):
                         r = read(w, t)
                         compare(checks, f"{t} cut at open", r, got[t].payloads, list(range(1, b.id)), "NMQ-S9-1")
@@ -1018,6 +1027,9 @@ def storage_read_damage(ctx: Context) -> None:
             with checks.scenario(active, "NMQ-S9-1", "NMQ-S9-4", "NMQ-S9-7", "NMQ-S8-6"):
                 _damaged_read(checks, ctx, "active segment after a clean stop", active, got[active].payloads,
                               bad_active.id)
+            with checks.scenario(zeroed, "NMQ-S9-1", "NMQ-S9-4", "NMQ-S9-7", "NMQ-S8-6"):
+                _damaged_read(checks, ctx, "a zeroed header amid valid records after a clean stop", zeroed,
+                              got[zeroed].payloads, bad_zero.id)
             with checks.scenario("reads that do not meet the damage", "NMQ-S9-7"):
                 nxt = s1[1].first_id
                 r = read(bystander, sealed, Start.ID, nxt)
