@@ -1,20 +1,30 @@
-"""``nanomq-cli``: publish, subscribe and list topics from the shell."""
+"""``nanomq-cli``: publish, subscribe, list and describe topics from the shell.
+
+The connection options (``--broker``, ``--timeout``, ``--tls-ca``) are accepted anywhere on the
+line, before or after the command. Exit status: 0 ok, 1 a runtime failure (the broker
+unreachable, a request refused, an I/O error), 2 bad input (arguments, or a record the broker's
+limits refuse), 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import ssl
 import sys
 import time
+from typing import TypedDict
 
 from nanomq import __version__
-from nanomq.client import NanoMQError, Publisher, Subscriber
+from nanomq.client import ArgumentTypeError, InvalidArgumentError, Message, NanoMQError, Publisher, Subscriber
 from nanomq.client.args import parse_address
-from nanomq.client.message import Message
-from nanomq.protocol import valid_topic
+from nanomq.protocol import TopicInfo, record_span, valid_topic
+
+DEFAULT_BROKER = "127.0.0.1:9000"
+DEFAULT_TIMEOUT = 10.0
 
 
 def _topic(text: str) -> str:
@@ -95,28 +105,42 @@ def _start(text: str) -> tuple[str, int]:
     raise argparse.ArgumentTypeError(f"bad --from {text!r}: {why}")
 
 
+def _connection_options(*, defaults: bool) -> argparse.ArgumentParser:
+    """The options every command takes, anywhere on the line: on the top parser with their
+    defaults, on each command's parser with none (SUPPRESS), so that one given after the command
+    overrides one given before it, and an absent one overrides nothing."""
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("connection (before or after the command)")
+    g.add_argument("--broker", default=default(DEFAULT_BROKER), type=_broker,
+                   help=f"host:port of the broker (default {DEFAULT_BROKER}; port 1..65535); tls://host:port for TLS")
+    g.add_argument("--tls-ca", default=default(None), metavar="PEM",
+                   help="connect with TLS, trusting this CA (or self-signed) certificate")
+    g.add_argument("--timeout", type=_seconds, default=default(DEFAULT_TIMEOUT),
+                   help=f"seconds to wait for the broker, a finite number > 0 (default {DEFAULT_TIMEOUT:g})")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``nanomq-cli``."""
+    common = _connection_options(defaults=False)
     ap = argparse.ArgumentParser(
-        prog="nanomq-cli", description="Talk to a NanoMQ broker.",
-        epilog="Exit status: 0 ok, 1 broker unreachable or a request refused, 2 bad input (arguments, or a "
-        "record larger than the broker's max_payload), 130 interrupted.")
-    ap.add_argument("--broker", default="127.0.0.1:9000", type=_broker,
-                    help="host:port of the broker (default 127.0.0.1:9000; port 1..65535); tls://host:port for TLS")
-    ap.add_argument("--tls-ca", metavar="PEM", help="connect with TLS, trusting this CA (or self-signed) certificate")
-    ap.add_argument("--timeout", type=_seconds, default=10.0,
-                    help="seconds to wait for the broker, a finite number > 0 (default 10)")
+        prog="nanomq-cli", description="Talk to a NanoMQ broker.", parents=[_connection_options(defaults=True)],
+        epilog="Exit status: 0 ok, 1 a runtime failure (broker unreachable, a request refused, an I/O error), "
+        "2 bad input (arguments, or a record larger than the broker's max_payload), 130 interrupted.")
     ap.add_argument("--version", action="version", version=f"nanomq-cli {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("publish", help="publish --message, or one record per line of standard input")
+    p = sub.add_parser("publish", parents=[common], help="publish --message, or one record per line of standard input")
     p.add_argument("--topic", required=True, type=_topic)
     p.add_argument("--message", help="the record (its bytes as given); without it, each stdin line is a record. "
                    "A record larger than the broker's max_payload is refused (exit 2)")
     p.add_argument("--ack", choices=["none", "written", "durable"], default="durable",
                    help="acknowledgement mode (default durable: fsynced)")
 
-    s = sub.add_parser("subscribe", help="print records of a topic as they arrive")
+    s = sub.add_parser("subscribe", parents=[common], help="print records of a topic as they arrive")
     s.add_argument("--topic", required=True, type=_topic)
     s.add_argument("--from", dest="start", type=_start, default=("earliest", 0), metavar="POS",
                    help="earliest (default), latest, id:N (1 .. 2^64-1), time:NS (ns since the epoch), "
@@ -126,15 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--idle-timeout", type=_seconds_or_zero, default=0.0,
                    help="exit when no record arrives for this many seconds, finite >= 0 (default 0: wait forever)")
     s.add_argument("--format", choices=["text", "json", "raw"], default="text",
-                   help="text: the payload as UTF-8; json: one object per record; raw: payload bytes only")
+                   help="text: the payload as UTF-8, one line each; json: one object per line; raw: exactly the "
+                   "payload bytes, nothing added (no separator)")
 
-    sub.add_parser("topics", help="list topics with their id ranges")
+    t = sub.add_parser("topics", parents=[common], help="list topics with their id ranges (--describe: more)")
+    t.add_argument("--topic", type=_topic, help="only this topic")
+    t.add_argument("--describe", action="store_true",
+                   help="per topic: records, first and last id and time (read from the first and last record), "
+                   "bytes and segments where they can be had over the wire (see --scan)")
+    t.add_argument("--scan", action="store_true",
+                   help="with --describe: read every retained record to count the bytes they take in the log "
+                   "(64-byte headers and payloads as stored); costs a full read of each topic")
     return ap
 
 
 def _print(msg: Message, fmt: str) -> None:
     if fmt == "raw":
-        sys.stdout.buffer.write(msg.data + b"\n")
+        sys.stdout.buffer.write(msg.data)
     elif fmt == "json":
         try:
             text, enc = msg.data.decode("utf-8"), "utf-8"
@@ -178,50 +210,129 @@ def _publish(pub: Publisher, args: argparse.Namespace) -> None:
     print(f"published {n} record(s)", file=sys.stderr)
 
 
+_NA = "n/a"
+NOT_OVER_THE_WIRE = ("segments=n/a: protocol v1 does not say how a topic's log is cut into segments; "
+                     "bytes=n/a unless --scan (METADATA gives ids only, --scan reads every record)")
+
+
+def _time(ns: int) -> str:
+    """ns since the epoch -> ISO 8601 UTC with every digit: 2025-01-02T03:04:05.123456789Z"""
+    s, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s)) + f".{frac:09d}Z"
+
+
+def _read_at(sub: Subscriber, topic: str, record_id: int, timeout: float) -> Message | None:
+    """The record ``record_id`` of ``topic`` (or the first after it, if retention took it)."""
+    sub.subscribe(topic, start="id", value=record_id)
+    try:
+        return sub.poll(timeout=timeout)
+    finally:
+        sub.unsubscribe(topic)
+
+
+def _scan_bytes(sub: Subscriber, t: TopicInfo, timeout: float) -> int | None:
+    """Bytes the records first_id .. next_id-1 of ``t`` take in the log: each record is its 64-byte
+    header and its stored payload, padded to 8 (storage.md [NMQ-S3-2]). None if the read stalls."""
+    total, last = 0, t.next_id - 1
+    sub.subscribe(t.name, start="id", value=t.first_id)
+    try:
+        while True:
+            got = sub.poll_batch(256, timeout=timeout)
+            if not got:
+                return None
+            for m in got:
+                if m.id > last:
+                    return total
+                total += record_span(m.header.size)
+            if got[-1].id >= last:
+                return total
+    finally:
+        sub.unsubscribe(t.name)
+
+
+class _Connection(TypedDict):
+    timeout: float
+    connect_timeout: float
+    ssl_context: ssl.SSLContext | None
+
+
+def _describe(address: str, conn: _Connection, topics: list[TopicInfo], scan: bool) -> None:
+    timeout = conn["timeout"]
+    with contextlib.ExitStack() as stack:
+        one = stack.enter_context(Subscriber(address, window=1, **conn))  # reads one record at a time
+        many = stack.enter_context(Subscriber(address, **conn)) if scan else None
+        for t in topics:
+            first = last = None
+            if t.next_id > t.first_id:
+                first = _read_at(one, t.name, t.first_id, timeout)
+                last = _read_at(one, t.name, t.next_id - 1, timeout)
+            nbytes: int | None = None
+            if many is not None:
+                nbytes = _scan_bytes(many, t, timeout) if t.next_id > t.first_id else 0
+            print("\t".join([
+                t.name, f"id={t.topic_id}", f"records={t.next_id - t.first_id}",
+                f"first_id={first.id if first else '-'}", f"last_id={last.id if last else '-'}",
+                f"first_time={_time(first.timestamp) if first else '-'}",
+                f"last_time={_time(last.timestamp) if last else '-'}",
+                f"bytes={_NA if nbytes is None else nbytes}", f"segments={_NA}"]))
+    print(f"nanomq-cli: {NOT_OVER_THE_WIRE}", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace, tls: ssl.SSLContext | None) -> None:
+    conn = _Connection(timeout=args.timeout, connect_timeout=args.timeout, ssl_context=tls)
+    if args.command == "publish":
+        with Publisher(args.broker, ack=args.ack, **conn) as pub:
+            _publish(pub, args)
+    elif args.command == "subscribe":
+        with Subscriber(args.broker, **conn) as s:
+            start, value = args.start
+            s.subscribe(args.topic, start=start, value=value)
+            seen, last = 0, time.monotonic()
+            while not args.count or seen < args.count:
+                for msg in s.poll_batch(args.count - seen if args.count else 256, 200_000):
+                    _print(msg, args.format)
+                    seen += 1
+                    last = time.monotonic()
+                if args.idle_timeout and time.monotonic() - last > args.idle_timeout:
+                    break
+    else:
+        with Publisher(args.broker, **conn) as c:
+            topics = c.topics(args.topic or "")
+        if args.describe:
+            _describe(args.broker, conn, topics, args.scan)
+        else:
+            for t in topics:
+                print(f"{t.name}\tid={t.topic_id}\trecords={t.next_id - t.first_id}\tfirst={t.first_id}\tnext={t.next_id}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``nanomq-cli``; exit 0 ok, 1 broker problem, 2 bad input, 130 interrupted."""
+    """Entry point of ``nanomq-cli``; exit 0 ok, 1 runtime failure, 2 bad input, 130 interrupted."""
     ap = build_parser()
     args = ap.parse_args(argv)
+    if args.command == "topics" and args.scan and not args.describe:
+        ap.error("--scan goes with --describe")
     tls: ssl.SSLContext | None = None
     if args.tls_ca:
         try:
             tls = ssl.create_default_context(cafile=args.tls_ca)
         except (OSError, ssl.SSLError) as e:
             ap.error(f"cannot load --tls-ca {args.tls_ca}: {e}")
-    conn = {"connect_timeout": args.timeout, "timeout": args.timeout, "ssl_context": tls}
     try:
-        if args.command == "publish":
-            with Publisher(args.broker, ack=args.ack, **conn) as pub:
-                _publish(pub, args)
-        elif args.command == "subscribe":
-            with Subscriber(args.broker, **conn) as s:
-                start, value = args.start
-                s.subscribe(args.topic, start=start, value=value)
-                seen, last = 0, time.monotonic()
-                while not args.count or seen < args.count:
-                    for msg in s.poll_batch(args.count - seen if args.count else 256, 200_000):
-                        _print(msg, args.format)
-                        seen += 1
-                        last = time.monotonic()
-                    if args.idle_timeout and time.monotonic() - last > args.idle_timeout:
-                        break
-        else:
-            with Publisher(args.broker, **conn) as c:
-                for t in c.topics():
-                    print(f"{t.name}\tid={t.topic_id}\trecords={t.next_id - t.first_id}\tfirst={t.first_id}\tnext={t.next_id}")
+        _run(args, tls)
     except KeyboardInterrupt:
         return 130
-    except _BadInput as e:
-        print(f"nanomq-cli: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:  # the client library refusing an argument (e.g. a payload it cannot send)
+    except (_BadInput, InvalidArgumentError, ArgumentTypeError) as e:  # input the broker's limits refuse
         print(f"nanomq-cli: {e}", file=sys.stderr)
         return 2
     except NanoMQError as e:  # ConnectionLostError, ServerError, RequestTimeoutError
         print(f"nanomq-cli: {e}", file=sys.stderr)
         return 1
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader went away (| head): not a failure of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
+    except OSError as e:  # reading stdin, writing stdout
+        print(f"nanomq-cli: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
