@@ -251,3 +251,29 @@ def test_trim_memory_keeps_views_valid(tmp_path) -> None:
         assert log.trim_memory() >= len(before)
         assert bytes(view.data) == before
         assert RecordBatch.parse(bytes(log.read(1, 64, 1 << 20).data), 64).payloads() == payloads
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_batch_larger_than_a_segment_gets_a_segment_of_its_own(tmp_path, clean):
+    """NMQ-S3-6 / NMQ-4.1-4: a batch the announced limits allow is never refused for being larger
+    than a segment: in an empty log the segment grows; later one gets a segment sized to fit."""
+    mib = 1 << 20
+    big = [payload(i, 65536) for i in range(40)]  # ~2.6 MiB, more than a 1 MiB segment
+    log = TopicLog.open(tmp_path / "t", segment_bytes=mib, fsync="never")
+    assert log.append_batch(batch(big), len(big)) == (1, 40)  # the empty first segment grows
+    assert log.append_batch(batch([b"small"]), 1) == (41, 41)
+    assert log.append_batch(batch(big), len(big)) == (42, 81)  # a new segment of its own size
+    assert log.append_batch(batch([b"after"]), 1) == (82, 82)  # and then a normal one
+    sizes = {p.name: p.stat().st_size for p in (tmp_path / "t").glob("*.log")}
+    assert sizes["00000000000000000042.log"] > mib
+    got = read_all(log)
+    assert [g[0] for g in got] == list(range(1, 83))
+    assert [g[3] for g in got] == [*big, b"small", *big, b"after"]
+    if clean:
+        log.close()
+    else:  # as a crash leaves it: no clean close
+        log._c.close(False)
+    with TopicLog.open(tmp_path / "t", segment_bytes=mib, fsync="never") as again:
+        assert again.report.corruption == "none" and again.report.truncated_bytes == 0
+        assert [g[3] for g in read_all(again)] == [*big, b"small", *big, b"after"]
+        assert again.append_batch(batch(big), len(big)) == (83, 122)

@@ -548,6 +548,31 @@ static int seg_create(nmq_log *log, uint64_t first_id, uint64_t cap, nmq_seg **o
     return 0;
 }
 
+/* Give the empty active segment room for `cap` bytes. Caller holds mu, which every reader of the
+ * segment list takes, and an empty segment has no record a reader could have pinned a view of, so
+ * its mapping may be replaced. The new mapping is made before the old one is dropped: on failure
+ * the segment is as it was. */
+static int seg_grow_empty(nmq_log *log, nmq_seg *s, uint64_t cap) {
+    if (x_fallocate(s->fd, (off_t)cap)) {
+        int e = errno;
+        SETERR("cannot grow segment %020llu to %llu bytes: %s", (unsigned long long)s->first_id,
+               (unsigned long long)cap, strerror(e));
+        return -e;
+    }
+    void *m = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
+    if (m == MAP_FAILED) {
+        int e = errno;
+        SETERR("cannot map segment %020llu at %llu bytes: %s", (unsigned long long)s->first_id,
+               (unsigned long long)cap, strerror(e));
+        return -e;
+    }
+    if (s->map) munmap(s->map, s->cap);
+    s->map = m;
+    s->cap = cap;
+    (void)log;
+    return 0;
+}
+
 static int segs_push(nmq_log *log, nmq_seg *s) {
     if (log->nsegs == log->segs_cap) {
         uint64_t cap = log->segs_cap ? log->segs_cap * 2 : 16;
@@ -560,15 +585,24 @@ static int segs_push(nmq_log *log, nmq_seg *s) {
     return 0;
 }
 
-/* Seal the active segment and start a new one. Caller holds mu. On failure nothing changed. */
-static int rotate(nmq_log *log) {
+/* The capacity of a segment that must hold a batch of `need` bytes: the configured segment size,
+ * or for a larger batch (a batch is never split across segments, and the announced limits may
+ * allow one larger than a segment: NMQ-S3-6) the batch rounded up to whole pages. */
+static uint64_t seg_cap_for(const nmq_log *log, uint64_t need) {
+    uint64_t cap = (need + 4095) & ~4095ull;
+    return cap > log->cfg.segment_bytes ? cap : log->cfg.segment_bytes;
+}
+
+/* Seal the active segment and start a new one with room for `need` bytes. Caller holds mu. On
+ * failure nothing changed. */
+static int rotate(nmq_log *log, uint64_t need) {
     nmq_seg *old = log->segs[log->nsegs - 1], *s = NULL;
     if (log->nsegs == log->segs_cap) {
         int rc = segs_push(log, NULL); /* grow the array first so the final push cannot fail */
         if (rc) return rc;
         log->nsegs--;
     }
-    int rc = seg_create(log, log->next_id, log->cfg.segment_bytes, &s);
+    int rc = seg_create(log, log->next_id, seg_cap_for(log, need), &s);
     if (rc) return rc;
     rc = seg_sync(log, old, old->size); /* under mu only: see the lock order at the top */
     if (rc) {
@@ -647,8 +681,9 @@ int nmq_log_append(nmq_log *log, const uint8_t *buf, size_t len, uint32_t count,
         SETERR("append needs count >= 1 and a length that is a multiple of 8 (got %u, %zu)", count, len);
         return NMQ_LOG_EBADREC;
     }
-    if (len > log->cfg.segment_bytes) {
-        SETERR("batch of %zu bytes exceeds segment size %llu", len, (unsigned long long)log->cfg.segment_bytes);
+    if (len > NMQ_LOG_MAX_BATCH_BYTES) {
+        SETERR("batch of %zu bytes exceeds the largest batch the log takes (%llu)", len,
+               (unsigned long long)NMQ_LOG_MAX_BATCH_BYTES);
         return NMQ_LOG_ETOOBIG;
     }
     /* Framing check (the broker validated the records; the log must still never publish a run it
@@ -676,7 +711,9 @@ int nmq_log_append(nmq_log *log, const uint8_t *buf, size_t len, uint32_t count,
     }
     nmq_seg *s = log->segs[log->nsegs - 1];
     if (s->cap - s->size < len) {
-        rc = rotate(log);
+        /* An empty active segment (a new log, or one recovered empty) is grown in place: a new
+         * segment would need its first id, which is this one's. */
+        rc = s->size == 0 ? seg_grow_empty(log, s, seg_cap_for(log, len)) : rotate(log, len);
         if (rc) goto out;
         s = log->segs[log->nsegs - 1];
     }

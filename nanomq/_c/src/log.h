@@ -28,7 +28,10 @@
 #define NMQ_LOG_ECORRUPT (-1003)  /* corruption found on open with on_corrupt = raise */
 #define NMQ_LOG_ELOCKED (-1004)   /* another process holds the directory lock */
 #define NMQ_LOG_EBADREC (-1005)   /* the buffer handed to append is not `count` valid records */
-#define NMQ_LOG_ETOOBIG (-1006)   /* a batch larger than a segment may hold */
+#define NMQ_LOG_ETOOBIG (-1006)   /* a batch larger than NMQ_LOG_MAX_BATCH_BYTES */
+/* The largest batch one append takes: a batch larger than the segment size gets a segment of its
+ * own (NMQ-S3-6); this bounds that segment (a frame's size is a u32 anyway). */
+#define NMQ_LOG_MAX_BATCH_BYTES (1ull << 32)
 
 #define NMQ_SYNC_ALWAYS 0
 #define NMQ_SYNC_INTERVAL 1
