@@ -169,6 +169,26 @@ def _session_processes(sid: int) -> dict[int, int]:
     return out
 
 
+def _live_members(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` is still running (anything but a zombie). True when
+    /proc cannot tell."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
 def _socket_holders(pids: dict[int, int], inodes: set[str]) -> list[int]:
     """Which of ``pids`` hold one of the sockets ``inodes``, outermost first (a holder whose parent
     holds it too, e.g. a worker that inherited the listening socket, comes after its parent)."""
@@ -343,6 +363,11 @@ class Target:
             try:
                 os.killpg(self.proc.pid, 0)
             except ProcessLookupError:
+                self.proc.wait()
+                return True
+            if not _live_members(self.proc.pid):
+                # Only zombies left: they hold no port, file or mapping any more, just a process
+                # table entry until their (possibly slow) reaper collects them.
                 self.proc.wait()
                 return True
             if time.monotonic() >= deadline:
