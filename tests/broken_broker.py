@@ -8,14 +8,15 @@ with one fault patched in:
 * ``duplicate``: sends one record twice in every 40th delivery;
 * ``reorder``: swaps two records in every 40th delivery of two or more;
 * ``ignore-seek``: answers SEEK_OK but keeps delivering from where it was;
-* ``accept-bad-crc``: appends records without checking their CRC.
+* ``accept-bad-crc``: appends records without checking their CRC;
+* ``no-deliver``: accepts subscriptions but never delivers a record.
 """
 
 from __future__ import annotations
 
 import sys
 
-FAULTS = ("early-durable-ack", "drop", "duplicate", "reorder", "ignore-seek", "accept-bad-crc")
+FAULTS = ("early-durable-ack", "drop", "duplicate", "reorder", "ignore-seek", "accept-bad-crc", "no-deliver")
 
 
 def _patch(fault: str) -> None:
@@ -57,6 +58,8 @@ def _patch(fault: str) -> None:
             return parse(cls, data, count, max_payload=max_payload, check_crc=False, request_id=request_id)
 
         records.RecordBatch.parse = classmethod(parse_no_crc)  # type: ignore[method-assign,assignment]
+    elif fault == "no-deliver":
+        connection.Connection._deliver = lambda self, sub_id, data, count: None  # type: ignore[method-assign]
     else:
         raise SystemExit(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
 

@@ -1,0 +1,137 @@
+"""The kit's verdicts point at the right rule, and a case that cannot measure cannot pass.
+
+Unit tests of the runner (synthetic cases, no broker), and kit runs against deliberately broken
+brokers (tests/broken_broker.py) for the defects that only show against a target.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from conformance.registry import Case, Context, Failed, check
+from conformance.rules import Rule
+from conformance.runner import run_cases, run_one
+
+ROOT = Path(__file__).resolve().parents[1]
+RULES = {r: Rule(r, "MUST", "text", "protocol.md") for r in ("R-1", "R-2", "R-3")}
+
+
+def _ctx() -> Context:
+    return Context(SimpleNamespace(can_crash=True, created_topics=[]), 0, 7)  # type: ignore[arg-type]
+
+
+def _case(fn, rules=("R-1", "R-2", "R-3"), layer="wire", exclusive=False) -> Case:  # type: ignore[no-untyped-def]
+    return Case(f"t.{fn.__name__}", "synthetic", layer, tuple(rules), fn, None, False, exclusive)
+
+
+def test_an_unexpected_exception_fails_only_the_rules_of_the_running_step() -> None:
+    def case(ctx: Context) -> None:
+        with ctx.step("R-1"):
+            check(True, "fine")
+        with ctx.step("R-2"):
+            raise TimeoutError("no frame from the broker in time")
+
+    r = run_one(_case(case), _ctx(), RULES)
+    assert r.verdict == "FAILED" and r.failed_rules == ("R-2",)
+    assert "TimeoutError" in r.message
+
+
+def test_check_without_rules_takes_those_of_the_step() -> None:
+    def case(ctx: Context) -> None:
+        with ctx.step("R-3"):
+            check(False, "wrong")
+
+    r = run_one(_case(case), _ctx(), RULES)
+    assert r.failed_rules == ("R-3",)
+
+
+def test_explicit_rules_win_over_the_step() -> None:
+    def case(ctx: Context) -> None:
+        with ctx.step("R-3"):
+            raise Failed("setup publish failed", ("R-1",))
+
+    assert run_one(_case(case), _ctx(), RULES).failed_rules == ("R-1",)
+
+
+def test_outside_every_step_all_rules_of_the_case_fail_and_the_message_says_so() -> None:
+    def case(ctx: Context) -> None:
+        raise ConnectionResetError("reset")
+
+    r = run_one(_case(case), _ctx(), RULES)
+    assert r.failed_rules == ("R-1", "R-2", "R-3") and "outside any step" in r.message
+
+
+def test_concurrent_cases_keep_their_order_and_own_rngs() -> None:
+    seen: list[str] = []
+
+    def slow(ctx: Context) -> None:
+        time.sleep(0.3)
+        seen.append(f"slow:{ctx.rng.random()}")
+
+    def fast(ctx: Context) -> None:
+        seen.append(f"fast:{ctx.rng.random()}")
+
+    cases = [_case(slow), _case(fast)]
+    run = run_cases(cases, _ctx(), RULES, jobs=2)
+    assert [r.case.id for r in run.results] == ["t.slow", "t.fast"]
+    assert seen[0].startswith("fast")  # ran concurrently
+    again: list[str] = []
+    seen_before = list(seen)
+    seen.clear()
+    run_cases(cases, _ctx(), RULES, jobs=1)
+    again = sorted(seen)
+    assert again == sorted(seen_before)  # each case's RNG depends on the seed and its id only
+
+
+def test_fail_fast_stops_after_the_first_failure() -> None:
+    def bad(ctx: Context) -> None:
+        raise Failed("no", ("R-1",))
+
+    def good(ctx: Context) -> None:
+        pass
+
+    run = run_cases([_case(bad, exclusive=True), _case(good, exclusive=True)], _ctx(), RULES, fail_fast=True)
+    assert [r.case.id for r in run.results] == ["t.bad"]
+
+
+def test_crash_cases_are_skipped_without_a_launch_command_even_if_they_need_a_capability() -> None:
+    from nanomq.protocol import Capability
+
+    c = Case("t.crash", "x", "crash", ("R-1",), lambda ctx: None, Capability.CONSUMER_GROUPS)
+    ctx = Context(SimpleNamespace(can_crash=False, created_topics=[]), 0, 1)  # type: ignore[arg-type]
+    r = run_one(c, ctx, RULES)
+    assert r.verdict == "INFORMATIONAL" and "no launch command" in r.message
+
+
+def _kit(tmp_path: Path, fault: str, *args: str) -> tuple[int, dict, str, float]:
+    out = tmp_path / "report"
+    launch = f"{{python}} -m tests.broken_broker --fault {fault} --port {{port}} --data-dir {{data_dir}} --log-level error"
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "conformance", "--launch", launch, "--report-dir", str(out),
+                        "--seed", "3", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    index = json.loads((out / "index.json").read_text()) if (out / "index.json").exists() else {}
+    return p.returncode, index, p.stdout + p.stderr, time.monotonic() - t0
+
+
+def test_a_budget_measured_on_no_samples_fails(tmp_path: Path) -> None:
+    code, index, log, _ = _kit(tmp_path, "no-deliver", "--case", "budgets.e2e-latency")
+    assert code == 1, log
+    (c,) = index["cases"]
+    assert c["verdict"] == "FAILED" and "no latency figure" in c["message"], log
+
+
+@pytest.mark.slow
+def test_a_crash_case_that_finds_lost_records_fails_at_once_naming_them(tmp_path: Path) -> None:
+    code, index, log, took = _kit(tmp_path, "drop", "--case", "crash.written", "--crash-iterations", "1")
+    assert code == 1, log
+    (c,) = index["cases"]
+    assert c["verdict"] == "FAILED" and "lost after the restart: ids" in c["message"], log
+    assert "NMQ-SEM-3-2" in c["failed_rules"]
+    assert c["duration_s"] < 20, f"took {c['duration_s']} s: the case waited for a timeout ({took:.0f} s in all)"
