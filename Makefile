@@ -9,6 +9,8 @@ C_DEPS  := $(wildcard nanomq/_c/src/*) $(wildcard nanomq/_c/cdef/*) $(wildcard n
 FUZZ_SECONDS ?= 60
 PORT    ?= 9000
 DATA_DIR ?= ./data
+SEGMENT_SIZE ?= 8MB
+RUN_STAMP := $(VENV)/.installed-runtime
 
 .PHONY: help install build test test-fast lint fuzz fuzz-smoke benchmark conformance mutation run clean sanitize
 
@@ -20,7 +22,8 @@ help:
 	@echo "make benchmark    the benchmark tables"
 	@echo "make conformance  the conformance kit against the reference broker (KIT_ARGS=... for another)"
 	@echo "make mutation     mutants of the broker (Python: mutmut; C: log.c) under the kit; reports/mutation/"
-	@echo "make run          start the broker on PORT=$(PORT), DATA_DIR=$(DATA_DIR)"
+	@echo "make run          the runtime package only, then the broker on PORT=$(PORT), DATA_DIR=$(DATA_DIR),"
+	@echo "                  SEGMENT_SIZE=$(SEGMENT_SIZE) (each topic preallocates one segment)"
 	@echo "make sanitize     the C ring and log drivers under TSan and ASan/UBSan"
 	@echo "make clean        remove the venv and build products"
 
@@ -31,7 +34,7 @@ $(STAMP): pyproject.toml setup.py $(C_DEPS)
 	rm -f nanomq/_c/*.cpython-*.so
 	$(BIN)/python -m pip install -q -U pip "setuptools>=77"
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
-	@touch $@
+	@touch $@ $(RUN_STAMP)
 
 install: $(STAMP)
 
@@ -71,8 +74,16 @@ MUTATION_ARGS ?=
 mutation: $(STAMP)
 	$(BIN)/python -m mutation run $(MUTATION_ARGS)
 
-run: $(STAMP)
-	$(BIN)/nanomq-broker --port $(PORT) --data-dir $(DATA_DIR)
+# `make run` needs the runtime package only (no dev extras): a stamp of its own, which a dev
+# install also touches. Quiet: only the broker's own lines are printed.
+$(RUN_STAMP): pyproject.toml setup.py $(C_DEPS)
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@rm -f nanomq/_c/*.cpython-*.so
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -e .
+	@touch $@
+
+run: $(RUN_STAMP)
+	@$(BIN)/nanomq-broker --port $(PORT) --data-dir $(DATA_DIR) --log-segment-size $(SEGMENT_SIZE)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .benchmarks .tox .mypy_cache .ruff_cache

@@ -9,124 +9,35 @@ Installed with nanomq (entry point ``pytest11``), so any project's tests can use
 The broker is a separate process (``python -m nanomq.cli.broker``) on a free 127.0.0.1 port with a
 fresh temporary data directory and 8 MB log segments (each topic preallocates one; pass your own
 ``--log-segment-size`` to change it); ``restart()`` keeps port and data, ``kill()`` is SIGKILL (for
-crash tests), and the fixture stops it when the test ends. :class:`BrokerProcess` can also be
-used directly, e.g. from a session-scoped fixture of your own.
+crash tests), and the fixture stops it when the test ends.
+
+:class:`BrokerProcess` (from ``nanomq.broker_process``) can also be used directly, e.g. from a
+session-scoped fixture of your own, or from a script: ``from nanomq.testing import BrokerProcess``
+works without pytest installed (the fixture is then not defined).
 """
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+import importlib.util
 
-import pytest
+from nanomq.broker_process import BrokerProcess
 
-__all__ = ["BrokerProcess", "nanomq_broker"]
+__all__ = ["BrokerProcess"]
 
-_READY = re.compile(r"listening on (\S+):(\d+)")
+if importlib.util.find_spec("pytest") is not None:
+    from collections.abc import Iterator
+    from pathlib import Path
 
+    import pytest
 
-class BrokerProcess:
-    """A ``nanomq-broker`` child process. Not started until :meth:`start`."""
+    __all__ += ["nanomq_broker"]
 
-    def __init__(self, data_dir: str | os.PathLike[str], args: Sequence[str] = (), host: str = "127.0.0.1") -> None:
-        self.data_dir = Path(data_dir)
-        # Small segments unless the caller chose: each topic preallocates one, and tests make many.
-        self.args = list(args) if "--log-segment-size" in args else ["--log-segment-size", "8MB", *args]
-        self.host = host
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = self.data_dir.parent / f"{self.data_dir.name}.broker.log"
-
-    @property
-    def address(self) -> str:
-        """``host:port`` to give to Publisher / Subscriber."""
-        if not self.port:
-            raise RuntimeError("broker not started")
-        return f"{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        """The broker's process id."""
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self, timeout: float = 20.0) -> BrokerProcess:
-        """Start and wait until it listens (the first start picks a free port; restarts reuse it)."""
-        if self.proc is not None and self.proc.poll() is None:
-            raise RuntimeError("broker already running")
-        cmd = [sys.executable, "-m", "nanomq.cli.broker", "--host", self.host, "--port", str(self.port),
-               "--data-dir", str(self.data_dir), "--log-level", "warning", *self.args]
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+    @pytest.fixture
+    def nanomq_broker(tmp_path: Path) -> Iterator[BrokerProcess]:
+        """A running broker on a free port with a temporary data dir; stopped after the test."""
+        broker = BrokerProcess(tmp_path / "nanomq-data")
+        broker.start()
         try:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+            yield broker
         finally:
-            log.close()
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        line = b""
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            m = _READY.search(line.decode(errors="replace"))
-            if m:
-                self.port = int(m.group(2))
-                return self
-        self.kill()
-        raise RuntimeError(f"broker did not start: {line!r}; log:\n{self.log_path.read_text(errors='replace')[-4000:]}")
-
-    def stop(self, timeout: float = 20.0) -> int:
-        """Graceful shutdown (SIGTERM): drain, sync, clean-shutdown marker. Returns the exit code."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        code = self.proc.returncode
-        self._close_pipe()
-        return code
-
-    def kill(self) -> None:
-        """SIGKILL: the process dies at once, as in a crash (the page cache survives)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-        self._close_pipe()
-
-    def restart(self, timeout: float = 20.0) -> BrokerProcess:
-        """Stop (if running) and start again on the same port and data directory."""
-        self.stop()
-        return self.start(timeout)
-
-    def _close_pipe(self) -> None:
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def __enter__(self) -> BrokerProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-@pytest.fixture
-def nanomq_broker(tmp_path: Path) -> Iterator[BrokerProcess]:
-    """A running broker on a free port with a temporary data dir; stopped after the test."""
-    broker = BrokerProcess(tmp_path / "nanomq-data")
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
+            broker.stop()

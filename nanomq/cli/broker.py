@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "created if missing, must be a writable directory")
     ap.add_argument("--log-segment-size", type=parse_size, default=100 * 1024 * 1024, metavar="SIZE",
                     help="roll to a new log segment at this size (default 100MB; 1MB .. 1TB, and room for "
-                    "one record of --max-payload). Each topic preallocates one whole segment")
+                    "one record of --max-payload). Each topic preallocates one segment of this size on disk: "
+                    "N topics take at least N x SIZE (make run uses 8MB)")
     ap.add_argument("--retention-days", type=_number, default=None, metavar="DAYS",
                     help="delete whole segments whose newest record is older than this (a positive number, "
                     "fractions allowed, at least 1 ms; default: keep everything)")
