@@ -134,5 +134,11 @@ TIMEOUT_PER_CASE_S = 1.0
 cases of TIMEOUT_FACTOR x the case's duration against the reference broker (measured under
 coverage, so already slower than a plain run) + TIMEOUT_PER_CASE_S: about ten times what a
 surviving mutant's run takes."""
+READY_TIMEOUT_S = 10.0
+"""The kit's ready_timeout (default 20 s): a broker starts in well under a second, and a mutant
+that cannot answer HELLO would otherwise cost 20 s per start."""
+KIT_JOBS = 8
+"""The kit's --jobs: its non-exclusive cases run this many at a time (crash, storage and
+restarting cases always run alone)."""
 DISK_LIMIT_BYTES = 6 << 30
 """A run whose working directory grows beyond this is stopped (verdict timeout, "disk limit")."""

@@ -22,7 +22,7 @@ from typing import Any
 
 from mutation import config
 from mutation.common import Mutant
-from mutation.snapshot import SNAPSHOT
+from mutation.snapshot import SNAPSHOT, compile_tree
 
 MUTANTS = SNAPSHOT / "mutants"
 MANIFEST = SNAPSHOT / "py-mutants.json"
@@ -88,6 +88,7 @@ def generate(source_hash: str, workers: int = config.WORKERS, only: list[str] | 
         raise RuntimeError(f"mutmut failed to generate mutants:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
     m = json.loads(tmp.read_text())
     tmp.unlink()
+    compile_tree(MUTANTS / "nanomq")
     m["source_hash"], m["config"] = source_hash, cfg
     MANIFEST.write_text(json.dumps(m))
     return dict(m)

@@ -92,7 +92,8 @@ def run_kit(launch: str, cases: list[str], workdir: Path, *, timeout: float, env
     # storage layer (damage and recovery cases) runs as it does against the default target
     target = workdir / "target.toml"
     target.write_text("[target]\n" + "".join(f"{k} = {json.dumps(v, ensure_ascii=False)}\n" for k, v in
-                      (("launch", launch), ("kill", kill), ("storage_format", "nanomq-v1")) if v))
+                      (("launch", launch), ("kill", kill), ("storage_format", "nanomq-v1")) if v)
+                      + f"ready_timeout = {config.READY_TIMEOUT_S}\n")
     argv = [sys.executable, "-m", "conformance", "--target", str(target), "--report-dir", str(workdir / "report"),
             "--seed", str(seed), "--quiet"]
     if quick:
@@ -101,7 +102,8 @@ def run_kit(launch: str, cases: list[str], workdir: Path, *, timeout: float, env
         argv.append("--fail-fast")
     if strict:
         argv.append("--strict")
-    if jobs is not None and "--jobs" in flags:
+    jobs = config.KIT_JOBS if jobs is None else jobs
+    if "--jobs" in flags:
         argv += ["--jobs", str(jobs)]
     for c in cases:
         argv += ["--case", c]

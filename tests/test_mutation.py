@@ -1,0 +1,231 @@
+"""The mutation-testing tool (mutation/, ``make mutation``): its parts on small inputs, and the CI
+sample end to end (real brokers under the kit, a few minutes at most)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from mutation import cmutants, equivalent, pymutants, report, runner
+from mutation.common import Mutant, diff_key
+from mutation.config import ROOT
+from mutation.selection import Selector
+
+# ------------------------------------------------------------------------------------------------
+# C operators
+
+C_SRC = """#include <stdio.h>
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
+struct s { int a; };
+static int fault(int kind) { return kind > 0; }
+/* a comment with a < b and if (x) */
+static int f(int *p, int n) {
+    int e = fault(1);
+    if (e) { errno = e; return -1; }
+    if (n < 0 || p == NULL) { SETERR("bad n %d", n - 1); return -22; }
+    const char *s = "a <= b && c";
+    int k = n + 1, m = p->a - 8;
+    if (x_fdatasync(n)) return -5;
+    return k >= m && n != 0;
+}
+"""
+
+
+def test_tokenizer_skips_comments_strings_and_directives() -> None:
+    toks = cmutants.tokenize(C_SRC)
+    texts = [t.text for t in toks]
+    assert "include" not in texts and "MAX" not in texts  # preprocessor lines
+    assert '"a <= b && c"' in texts and "comment" not in texts
+    assert "->" in texts and texts.count("<=") == 0  # `->` is one token, the `<=` is inside a string
+
+
+def test_c_operators_on_a_small_function() -> None:
+    es = cmutants.edits(C_SRC)
+    assert {e.function for e in es} == {"f"}  # fault() is excluded (config.C_EXCLUDED_FUNCTIONS)
+    ops = Counter(e.operator for e in es)
+    # if (n < 0 || p == NULL), if (x_fdatasync(n)); not the fault-hook `if (e)`
+    assert ops["skip_check"] == 2
+    # <, ==, >=, != (the `n - 1` inside SETERR is excluded)
+    assert ops["cmp_negate"] == 4 and ops["cmp_boundary"] == 2 and ops["logic_swap"] == 2
+    assert ops["drop_sync"] == 1
+    # `n + 1` -> 0, 2 and `p->a - 8` -> 7, 9; not `return -1` / `return -22` (unary minus)
+    assert sorted(e.replacement for e in es if e.operator == "off_by_one") == ["0", "2", "7", "9"]
+    for e in es:
+        mutated = cmutants.apply(C_SRC, e)
+        assert mutated != C_SRC
+        assert mutated.splitlines()[: e.line - 1] == C_SRC.splitlines()[: e.line - 1]
+
+
+def test_c_mutants_of_log_c_have_unique_ids_and_one_change() -> None:
+    ms = cmutants.load(ROOT)
+    ids = [m.id for m, _ in ms]
+    assert len(ids) == len(set(ids)) > 300
+    assert {m.operator for m, _ in ms} == set(cmutants.OPERATORS)
+    for m, src in ms[::37]:
+        hunks = [ln for ln in m.diff.splitlines() if ln.startswith("@@")]
+        assert len(hunks) == 1, m.id
+        assert src != (ROOT / m.file).read_text()
+
+
+# ------------------------------------------------------------------------------------------------
+# Python mutants: names, lines, scope
+
+DIFF = """--- nanomq/x.py
++++ nanomq/x.py
+@@ -2,7 +2,7 @@
+     a = 1
+     b = 2
+     c = 3
+-    if a < b:
++    if a <= b:
+         return c
+     return a
+     return b"""
+
+ORIG = """def f(self):
+    a = 1
+    b = 2
+    c = 3
+    if a < b:
+        return c
+    return a
+    return b"""
+
+
+def test_changed_lines_and_file_lines() -> None:
+    assert pymutants.changed_lines(DIFF) == [5]
+    source = "import os\n\n\nclass K:\n    # a comment\n" + "\n".join("    " + ln for ln in ORIG.splitlines()) + "\n"
+    import ast
+
+    node = pymutants._function_node(ast.parse(source), "K.f")
+    assert pymutants.file_lines(DIFF, "K.f", ORIG, source, node) == [10]
+    assert source.splitlines()[9].strip() == "if a < b:"
+    # text that does not match the file: every line of the function, never a wrong line
+    assert pymutants.file_lines(DIFF, "K.f", ORIG.replace("a < b", "a > b"), source, node) == list(range(6, 14))
+
+
+def test_parse_name() -> None:
+    assert pymutants.parse_name("nanomq.broker.connection.xǁConnectionǁ_on_hello__mutmut_3") == (
+        "nanomq.broker.connection", "Connection._on_hello")
+    assert pymutants.parse_name("nanomq.protocol.frames.x__need__mutmut_11") == ("nanomq.protocol.frames", "_need")
+
+
+def test_scope() -> None:
+    reqs = pymutants.request_classes((ROOT / "nanomq/protocol/codec.py").read_text())
+    assert {"Hello", "Publish", "Subscribe"} <= reqs and "HelloOk" not in reqs
+    assert pymutants.scope_of("nanomq/protocol/frames.py", "Publish.parse", reqs) == ""
+    assert pymutants.scope_of("nanomq/protocol/frames.py", "_need", reqs) == ""
+    assert pymutants.scope_of("nanomq/protocol/frames.py", "HelloOk.parse", reqs) != ""
+    assert pymutants.scope_of("nanomq/protocol/frames.py", "Publish.body", reqs) != ""
+    assert pymutants.scope_of("nanomq/protocol/codec.py", "Decoder.next_frame", reqs) == ""
+    assert pymutants.scope_of("nanomq/protocol/codec.py", "encode", reqs) != ""
+    assert pymutants.scope_of("nanomq/broker/connection.py", "Connection._pump", reqs) == ""
+    assert "consumer groups" in pymutants.scope_of("nanomq/storage/offsets.py", "OffsetStore.set", reqs)
+
+
+def test_launch_commands_run_from_the_tree() -> None:
+    # `python -m` puts the working directory first on sys.path: without -C the kit's checkout wins
+    cmd = pymutants.launch("nanomq.broker.topics.xǁTopicǁappend__mutmut_1", Path("/t/mutants"))
+    assert cmd.startswith("env -C /t/mutants PYTHONPATH=/t/mutants MUTANT_UNDER_TEST=")
+    assert "{python} -m nanomq.cli.broker --port {port} --data-dir {data_dir}" in cmd
+    assert cmutants.launch(Path("/b/x")).startswith("env -C /b/x PYTHONPATH=/b/x {python} -m nanomq.cli.broker")
+
+
+# ------------------------------------------------------------------------------------------------
+# equivalence entries go stale with their diff
+
+
+def test_diff_key_ignores_line_numbers_not_content() -> None:
+    moved = DIFF.replace("@@ -2,7 +2,7 @@", "@@ -40,7 +40,7 @@")
+    assert diff_key(moved) == diff_key(DIFF)
+    assert diff_key(DIFF.replace("a <= b", "a > b")) != diff_key(DIFF)
+
+
+def _m(id: str, diff: str) -> Mutant:
+    return Mutant(id=id, kind="python", file="nanomq/x.py", function="K.f", lines=[10], diff=diff)
+
+
+def test_equivalent_entries_apply_and_go_stale(tmp_path: Path) -> None:
+    f = tmp_path / "eq.toml"
+    a, b = _m("m.xǁKǁf__mutmut_1", DIFF), _m("m.xǁKǁf__mutmut_2", DIFF.replace("a <= b", "a > b"))
+    equivalent.add(a, "equivalent", "same behaviour", f)
+    equivalent.add(b, "not-a-rule", "no rule", f)
+    with pytest.raises(ValueError):
+        equivalent.add(a, "equivalent", "twice", f)
+    entries = equivalent.load(f)
+    applied, stale = equivalent.match([a, b], entries)
+    assert set(applied) == {a.id, b.id} and not stale
+    # the code changed: a's diff now differs -> its entry is stale and a is a survivor again
+    a2 = _m(a.id, DIFF.replace("c = 3", "c = 4"))
+    applied, stale = equivalent.match([a2, b], entries)
+    assert set(applied) == {b.id} and [e.id for e, _ in stale] == [a.id]
+    # renumbered but the same mutation: still applies
+    applied, stale = equivalent.match([_m("m.xǁKǁf__mutmut_9", DIFF)], entries[:1])
+    assert set(applied) == {"m.xǁKǁf__mutmut_9"} and not stale
+
+
+# ------------------------------------------------------------------------------------------------
+# verdicts and scores
+
+
+def test_classify() -> None:
+    def run(rc: int | None, cases: list[dict[str, str]], err: str = "", stopped: str = "") -> runner.KitRun:
+        return runner.KitRun(rc, cases, "", err, 1.0, stopped)
+
+    assert runner.classify(run(1, [{"id": "a", "verdict": "OK"}, {"id": "b", "verdict": "FAILED", "message": "x"}]))[:2] \
+        == ("killed", "b")
+    assert runner.classify(run(0, [{"id": "a", "verdict": "OK"}]))[0] == "survived"
+    assert runner.classify(run(2, [], "nanomq-conformance: target exited with 1 during start-up; log: x"))[0] == "killed"
+    assert runner.classify(run(None, [], stopped="timeout after 60 s"))[0] == "timeout"
+    # the kit itself crashing is never a kill
+    assert runner.classify(run(1, [], "Traceback (most recent call last):\n  ...\nKeyError: 'x'"))[0] == "error"
+
+
+def test_score_counts_timeouts_as_killed_and_leaves_equivalents_out() -> None:
+    c = Counter({"killed": 6, "timeout": 2, "survived": 1, "no-coverage": 1, "equivalent": 5, "build-error": 3})
+    assert report.score(c) == pytest.approx(0.8)
+
+
+def test_selection_by_statement_first_lines(tmp_path: Path) -> None:
+    (tmp_path / "nanomq").mkdir()
+    (tmp_path / "nanomq/x.py").write_text("def f(a):\n    return max(a,\n               2)\n\n\ndef g():\n    pass\n")
+    cmap = {"cases": {
+        "slow": {"verdict": "OK", "duration_s": 5.0, "py": {"nanomq/x.py": [2]}, "c": [10, 12]},
+        "fast": {"verdict": "OK", "duration_s": 0.1, "py": {"nanomq/x.py": [2, 7]}, "c": [12]},
+        "broken": {"verdict": "FAILED", "duration_s": 0.1, "py": {"nanomq/x.py": [2]}, "c": [10]},
+    }, "c_instrumented": [10, 12]}
+    sel = Selector(cmap, root=tmp_path)
+    # line 3 continues the statement of line 2: both cases ran it; fastest first; the failing case never
+    assert sel.cases_for(Mutant("p", "python", "nanomq/x.py", "f", [3], "")) == ["fast", "slow"]
+    assert sel.cases_for(Mutant("q", "python", "nanomq/x.py", "g", [7], "")) == ["fast"]
+    # C line 11 has no gcov record: it counts as line 10 above it
+    assert sel.cases_for(Mutant("c", "c", "log.c", "f", [11], "")) == ["slow"]
+    assert sel.cases_for(Mutant("c2", "c", "log.c", "f", [5], "")) == []
+    assert sel.timeout_for(["fast", "slow"]) > 60
+
+
+# ------------------------------------------------------------------------------------------------
+# the CI sample: real brokers, real kit
+
+
+def test_ci_sample(tmp_path: Path) -> None:
+    """Known-killable mutants are killed, the reference broker passes the same cases from the same
+    trees, and MUTANT_UNDER_TEST=fail proves the kit runs the trampolined tree. <= 3 minutes."""
+    out = tmp_path / "ci.json"
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "mutation", "ci", "--json", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    took = time.monotonic() - t0
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    res = json.loads(out.read_text())
+    assert res["ok"] and res["checks"]
+    assert all(c["ok"] for c in res["checks"])
+    kinds = Counter(c["want"] for c in res["checks"])
+    assert kinds["killed"] >= 4 and kinds["survived"] >= 2
+    assert took < 180, f"the CI sample took {took:.0f} s (budget 180 s)"
