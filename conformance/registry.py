@@ -94,12 +94,14 @@ def current_rules() -> tuple[str, ...]:
 
 
 @contextmanager
-def _step(rules: tuple[str, ...]) -> Iterator[None]:
+def _step(rules: tuple[str, ...], verified: list[str] | None = None) -> Iterator[None]:
     stack: list[tuple[str, ...]] = getattr(_steps, "stack", None) or []
     _steps.stack = stack
     stack.append(rules)
     try:
         yield
+        if verified is not None:
+            verified.extend(rules)
     except Failed as e:
         if not e.rules:
             e.rules = rules
@@ -148,6 +150,9 @@ class Context:
     max_frame: int = 0
     rng: random.Random = field(init=False)
     notes: list[str] = field(default_factory=list)
+    verified: list[str] = field(default_factory=list)
+    """Rules of the steps of this case that completed: a case that fails at a later step still
+    verified these (the runner reports them)."""
     _names: _TopicNames = field(init=False)
 
     def __post_init__(self) -> None:
@@ -158,6 +163,7 @@ class Context:
         """A copy for running ``c``: fresh notes, an RNG of its own, the same topic namespace."""
         other = copy.copy(self)
         other.notes = []
+        other.verified = []
         other.rng = random.Random(f"{self.seed}:{c.id}")
         return other
 
@@ -186,7 +192,7 @@ class Context:
         :class:`Failed` without rules gets them, and any unexpected exception inside (a timeout,
         a closed connection, a frame the codec rejects) becomes a :class:`Failed` of these rules
         only; a case that raises outside every step fails all of its rules."""
-        return _step(tuple(rules))
+        return _step(tuple(rules), self.verified)
 
 
 def check(condition: bool, message: str, *rules: str) -> None:

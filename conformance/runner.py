@@ -77,7 +77,9 @@ def run_one(c: Case, ctx: Context, rules: dict[str, Rule]) -> CaseResult:
         verdict = "FAILED" if _level(c.rules, rules) == "MUST" else "NON-STRICT"
         msg = (f"{type(e).__name__}: {e} (outside any step, so every rule of the case)\n"
                + "".join(traceback.format_exc(limit=-4)))
-    return CaseResult(c, verdict, msg, tuple(failed), list(ctx.notes), time.monotonic() - t0)
+    # Rules of the steps that completed before a failure were verified all the same.
+    verified = tuple(dict.fromkeys(r for r in ctx.verified if r not in failed)) if failed else ()
+    return CaseResult(c, verdict, msg, tuple(failed), list(ctx.notes), time.monotonic() - t0, verified)
 
 
 def run_cases(cases: list[Case], ctx: Context, rules: dict[str, Rule],

@@ -4,7 +4,8 @@ A rule's verdict is one of :data:`RULE_VERDICTS`:
 
 - FAILED (NON-STRICT for a SHOULD or MAY rule): a case that ran failed on this rule;
 - OK: a case verified it and none failed on it (an UNIMPLEMENTED case still verifies the rules it
-  names in ``verified_rules``, e.g. the NOT_SUPPORTED answer);
+  names in ``verified_rules``, e.g. the NOT_SUPPORTED answer, and a case that failed verified the
+  rules of the steps it completed before the failure);
 - UNIMPLEMENTED: its cases ran only as far as "the target does not announce the capability";
 - INFORMATIONAL: its cases only measured (no pass/fail);
 - NOT-RUN: cases for it exist but none ran to a verdict on it here: skipped (no launch command, no
@@ -61,7 +62,8 @@ def _verdict(rid: str, level: str, cases: list[Case], results: dict[str, CaseRes
     if failed:
         return ("NON-STRICT" if level in ("SHOULD", "MAY") else "FAILED"), "; ".join(
             f"{r.case.id}: {_first_line(r.message)}" for r in failed)
-    ok = [r for r in ran if r.verdict == "OK" or (r.verdict == "UNIMPLEMENTED" and rid in r.verified_rules)]
+    ok = [r for r in ran if r.verdict == "OK" or (r.verdict in ("UNIMPLEMENTED", "FAILED", "NON-STRICT")
+                                                   and rid in r.verified_rules)]
     if ok:
         return "OK", "verified by " + ", ".join(r.case.id for r in ok)
     unimpl = [r for r in ran if r.verdict == "UNIMPLEMENTED"]
