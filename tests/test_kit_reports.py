@@ -90,7 +90,7 @@ CASES = [
 @pytest.fixture
 def run(monkeypatch: pytest.MonkeyPatch) -> RunResult:
     monkeypatch.setitem(untestable.UNTESTABLE, "NMQ-90-9", "about what clients do: the kit is the client")
-    ctx = Context(SimpleNamespace(), 0, 99)  # type: ignore[arg-type]  # these cases never touch the target
+    ctx = Context(SimpleNamespace(can_crash=True), 0, 99)  # type: ignore[arg-type]  # cases never touch it
     return run_cases([c for c in CASES if c.id != "crash.deselected"], ctx, RULES)
 
 
