@@ -30,6 +30,7 @@ from nanomq.client import (
     NanoMQError,
     NotSupportedError,
     ProtocolError,
+    RequestTimeoutError,
     ServerError,
 )
 from nanomq.client.aio import AsyncPublisher, AsyncSubscriber
@@ -734,3 +735,35 @@ def test_a_subscription_that_cannot_be_resumed_is_said_and_the_others_go_on(fake
     assert any("cannot be resumed" in r.getMessage() for r in caplog.records)
     assert sub.subscriptions == ["b"]
     assert sub.poll(2_000_000).data == b"for b"
+
+
+def silent_second_hello() -> Callable[[], Script]:
+    """Connection 1 answers HELLO and closes at the first PING; connection 2 never answers its
+    HELLO; connection 3 and later answer everything."""
+    conn = {"n": 0}
+
+    def make() -> Script:
+        conn["n"] += 1
+        n = conn["n"]
+
+        def script(f: Frame) -> tuple[bytes, bool]:
+            if isinstance(f, Hello):
+                return (b"", False) if n == 2 else (hello_ok(f), False)
+            assert isinstance(f, Ping) and n != 2
+            return (b"", True) if n == 1 else (encode(Pong(f.request_id, f.token)), False)
+
+        return script
+
+    return make
+
+
+def test_a_handshake_that_times_out_is_dropped_and_the_next_call_reconnects(fake, clients) -> None:
+    b = fake(silent_second_hello())
+    pub = clients.publisher(b.address, connect_timeout=0.5, timeout=5)
+    with pytest.raises(ConnectionLostError):
+        pub.ping()  # connection 1 closes
+    with pytest.raises(RequestTimeoutError):
+        pub.ping()  # connection 2: no HELLO_OK within connect_timeout
+    assert pub.state.value == "disconnected"
+    assert pub.ping() > 0  # connection 3, not a request on the connection that never said HELLO_OK
+    assert b.connections == 3

@@ -54,10 +54,10 @@ class _AsyncClient(ClientBase):
         return client
 
     async def _run(self, flow: Flow[T]) -> T:
-        run = flows.Runner(flow)
         await self._lock.acquire()
         held = True
         try:
+            run = flows.Runner(flow)  # the flow's first step runs under the lock too
             while (op := run.op) is not None:
                 if isinstance(op, flows.Receive) and op.idle:  # waiting for deliveries: let other calls in
                     self._lock.release()

@@ -187,7 +187,13 @@ def connect(core: ClientCore) -> Flow[None]:
             raise core.connect_failed(failed.message)
         log.info("%s; retrying in %.2f s", failed.message, delay)
         yield Sleep(delay)
-    yield from _hello(core)
+    try:
+        yield from _hello(core)
+    except NanoMQError as e:  # no HELLO_OK in time, or an ERROR for the HELLO: this attempt is over
+        if core.state is ClientState.CONNECTING:
+            core.connect_failed(f"handshake failed: {e}")
+            yield Hangup()
+        raise
     for cap, what in core.requirements:
         try:
             core.require(cap, what)
