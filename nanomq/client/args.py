@@ -149,7 +149,10 @@ def payloads(items: Iterable[bytes]) -> list[bytes]:
     """Every payload of a batch, checked as :func:`payload` checks one."""
     if isinstance(items, (*_BYTES, str)):
         raise ArgumentTypeError("payloads must be an iterable of bytes, not a single bytes or str object")
-    return [payload(p) for p in items]
+    out = list(items)
+    if all(type(p) is bytes for p in out):  # the usual case: nothing to convert (bytes are immutable)
+        return out
+    return [payload(p) for p in out]
 
 
 def u64(name: str, value: int) -> int:

@@ -304,7 +304,8 @@ class PublisherBase(ClientBase):
     def _publish_batches(self, topic: str, payloads: Sequence[bytes]) -> Flow[list[int]]:
         """Send the batches back to back, then collect their acks: the ids, in order."""
         core = self._core
-        yield from ensure(core)
+        if core.state is not ClientState.READY:
+            yield from ensure(core)
         batches = core.publish(topic, payloads, self._ack, self._compress_above)
         run = PublishRun()
         try:
@@ -441,7 +442,8 @@ class SubscriberBase(ClientBase):
         resumed after the last message handed out."""
         core = self._core
         while True:
-            yield from ensure(core)
+            if core.state is not ClientState.READY:  # (checked here first: polls are the hot path)
+                yield from ensure(core)
             msgs, credits = core.take(max_msgs)
             if msgs:
                 if credits:  # if this fails the messages are still ours: the next poll reconnects
@@ -461,7 +463,8 @@ class SubscriberBase(ClientBase):
         return (yield from self._poll_until(n, time.monotonic() + wait))
 
     def _poll(self, timeout_us: int | None, timeout: float | None) -> Flow[Message | None]:
-        got = yield from self._poll_batch(1, timeout_us, timeout)
+        wait = args.poll_timeout(timeout_us, timeout)
+        got = yield from self._poll_until(1, time.monotonic() + wait)
         return got[0] if got else None
 
     def _iteration_step(self) -> Flow[list[Message] | None]:
