@@ -111,7 +111,9 @@ class BrokerProcess:
             self.proc.stdout.close()
 
     def __enter__(self) -> BrokerProcess:
+        """:meth:`start`."""
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
+        """:meth:`stop`."""
         self.stop()

@@ -186,12 +186,14 @@ class _AsyncClient(ClientBase):
                     await writer.wait_closed()
 
     async def __aenter__(self) -> Self:
+        """Connect (unless connected) and return the client."""
         if not self.closed:
             await self._run(self._server_info())
         return self
 
     async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None,
                         tb: TracebackType | None) -> None:
+        """:meth:`close`."""
         await self.close()
 
 
@@ -273,6 +275,7 @@ class AsyncSubscriber(SubscriberBase, _AsyncClient):
         return await self._run(self._poll_batch(max_msgs, timeout_us, timeout))
 
     async def __aiter__(self) -> AsyncIterator[Message]:
+        """``async for msg in sub``: each message as it arrives; ends once the subscriber is closed."""
         while (got := await self._run(self._iteration_step())) is not None:
             for msg in got:
                 yield msg

@@ -161,9 +161,11 @@ class _SyncClient(ClientBase):
                 self._hangup()
 
     def __enter__(self) -> Self:
+        """The client itself (it is connected already)."""
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        """:meth:`close`."""
         self.close()
 
 
@@ -279,6 +281,8 @@ class Subscriber(SubscriberBase, _SyncClient):
         return self._run(self._poll_batch(max_msgs, timeout_us, timeout))
 
     def __iter__(self) -> Iterator[Message]:
+        """Each message as it arrives, waiting as long as it takes; ends once the subscriber is
+        closed (from another thread, say). Breaking out loses nothing."""
         while not self._closing.is_set() and (got := self._run(self._iteration_step())) is not None:
             yield from got
 
