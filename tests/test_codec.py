@@ -341,3 +341,12 @@ def test_codec_from_many_threads_right_after_import() -> None:
     for _ in range(3):
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
+
+
+def test_codec_errors_are_nanomq_errors() -> None:
+    """One root for every NanoMQ exception: ``except nanomq.NanoMQError`` also catches the codec's."""
+    import nanomq
+    from nanomq.errors import NanoMQError
+
+    assert issubclass(ProtocolError, NanoMQError) and nanomq.NanoMQError is NanoMQError
+    assert issubclass(nanomq.ProtocolError, ProtocolError)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Self
 
+from nanomq.errors import NanoMQError
 from nanomq.protocol import ErrorCode, Frame
 from nanomq.protocol import ProtocolError as _CodecError
 
@@ -22,10 +23,6 @@ __all__ = [
     "ArgumentTypeError", "ConnectionLostError", "InvalidArgumentError", "NanoMQError", "NotSupportedError",
     "ProtocolError", "RequestTimeoutError", "ServerError",
 ]
-
-
-class NanoMQError(Exception):
-    """Base class of every client error."""
 
 
 class InvalidArgumentError(NanoMQError, ValueError):

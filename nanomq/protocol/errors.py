@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from nanomq.errors import NanoMQError
 from nanomq.protocol.constants import ErrorCode
 
 
-class ProtocolError(Exception):
+class ProtocolError(NanoMQError):
     """A frame or record that violates spec/protocol.md.
 
     ``code`` is the ERROR-frame code a server answers with, ``rule`` the spec rule ID that was
