@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 import time
 
+from conformance.helpers import expect_error
 from conformance.registry import Context, Failed, Unimplemented, case, check
 from conformance.wire import WireClient
 from nanomq.protocol import (
@@ -41,8 +42,7 @@ from nanomq.protocol import (
 
 
 def _err(f: Frame, code: ErrorCode, *rules: str) -> None:
-    check(isinstance(f, Error) and f.code == code,
-          f"expected ERROR {code.name}, got {f!r}", *rules)
+    expect_error(f, code, *rules)
 
 
 def _closed(w: WireClient, *rules: str) -> list[Frame]:

@@ -11,7 +11,7 @@ import struct
 import time
 from collections.abc import Sequence
 
-from conformance.registry import Failed, check
+from conformance.registry import Failed, check, soft_check
 from conformance.wire import Closed, WireClient
 from nanomq.protocol import (
     Ack,
@@ -41,14 +41,34 @@ __all__ = [
 
 
 def is_error(f: Frame, code: ErrorCode) -> bool:
-    """Whether ``f`` is an ERROR with ``code``."""
-    return isinstance(f, Error) and f.code == code
+    """Whether ``f`` is an ERROR with ``code`` (whose rule field, when it is, must name a real rule:
+    [NMQ-8-5], a SHOULD, recorded without stopping the case)."""
+    if not (isinstance(f, Error) and f.code == code):
+        return False
+    soft_check(not f.rule or known_rule(f.rule), f"ERROR {code.name} cites rule {f.rule!r}, which the "
+               "specifications do not define", "NMQ-8-5")
+    return True
+
+
+_KNOWN_RULES: set[str] = set()
+
+
+def known_rule(rule: str) -> bool:
+    """Whether ``rule`` is the ID of a rule of the specifications."""
+    if not _KNOWN_RULES:
+        from conformance.rules import load_rules
+
+        _KNOWN_RULES.update(load_rules())
+    return rule in _KNOWN_RULES
 
 
 def expect_error(f: Frame, code: ErrorCode, *rules: str, request_id: int | None = None) -> Error:
-    """Check that ``f`` is ERROR ``code`` (and, if given, carries ``request_id`` [NMQ-8-1])."""
+    """Check that ``f`` is ERROR ``code`` (and, if given, carries ``request_id`` [NMQ-8-1]); its
+    rule field must be empty or a real rule ID ([NMQ-8-5], a SHOULD: recorded, not stopping)."""
     check(is_error(f, code), f"expected ERROR {code.name}, got {f!r}", *rules)
     assert isinstance(f, Error)
+    soft_check(not f.rule or known_rule(f.rule), f"ERROR {code.name} cites rule {f.rule!r}, which the "
+               "specifications do not define", "NMQ-8-5")
     if request_id is not None:
         check(f.request_id == request_id, f"ERROR {code.name} carries request_id {f.request_id}, "
               f"not the request's {request_id}", "NMQ-8-1")

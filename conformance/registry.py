@@ -87,6 +87,19 @@ _steps = threading.local()
 """The rules of the checks running on this thread (innermost last); see :meth:`Context.step`."""
 
 
+_case_ctx = threading.local()
+"""The Context of the case running on this thread (set by the runner), for :func:`soft_check`."""
+
+
+def soft_check(condition: bool, message: str, *rules: str) -> None:
+    """Record a failure of a SHOULD (or MAY) rule without stopping the case: the case goes on
+    checking its MUST rules, and ends NON-STRICT with these rules if nothing else failed. Outside
+    a case's own thread (a helper thread of a history case) it does nothing."""
+    ctx = getattr(_case_ctx, "ctx", None)
+    if not condition and ctx is not None:
+        ctx.soft.append((message, rules))
+
+
 def current_rules() -> tuple[str, ...]:
     """The rules of the innermost :meth:`Context.step` active on this thread (empty: none)."""
     stack: list[tuple[str, ...]] = getattr(_steps, "stack", [])
@@ -150,6 +163,8 @@ class Context:
     max_frame: int = 0
     rng: random.Random = field(init=False)
     notes: list[str] = field(default_factory=list)
+    soft: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    """Failures of SHOULD rules recorded by :func:`soft_check` (message, rules)."""
     verified: list[str] = field(default_factory=list)
     """Rules of the steps of this case that completed: a case that fails at a later step still
     verified these (the runner reports them)."""
@@ -164,6 +179,7 @@ class Context:
         other = copy.copy(self)
         other.notes = []
         other.verified = []
+        other.soft = []
         other.rng = random.Random(f"{self.seed}:{c.id}")
         return other
 
@@ -201,4 +217,9 @@ def check(condition: bool, message: str, *rules: str) -> None:
         raise Failed(message, tuple(rules) or current_rules())
 
 
-__all__ += ["check", "current_rules"]
+def bind_case_context(ctx: Context | None) -> None:
+    """Make ``ctx`` the current case's context on this thread (the runner does this)."""
+    _case_ctx.ctx = ctx
+
+
+__all__ += ["check", "current_rules", "soft_check", "bind_case_context"]

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from conformance.registry import CASES, Case, Context, Failed, Skipped, Unimplemented
+from conformance.registry import CASES, Case, Context, Failed, Skipped, Unimplemented, bind_case_context
 from conformance.rules import Rule
 
 __all__ = ["CaseResult", "RunResult", "run_cases", "VERDICTS"]
@@ -55,8 +55,13 @@ def run_one(c: Case, ctx: Context, rules: dict[str, Rule]) -> CaseResult:
                           "target", duration_s=0.0)
     if c.needs is not None and not ctx.has(c.needs):
         return CaseResult(c, "UNIMPLEMENTED", f"capability {c.needs.name} not announced", duration_s=0.0)
+    bind_case_context(ctx)
     try:
         c.fn(ctx)
+        if ctx.soft:  # only SHOULD failures: the case ran to its end and checked every other rule
+            ctx.verified.extend(c.rules)
+            raise Failed("; ".join(m for m, _ in ctx.soft[:4]),
+                         tuple(dict.fromkeys(r for _, rs in ctx.soft for r in rs)))
         verdict, msg, failed = ("INFORMATIONAL" if c.layer == "budgets" else "OK"), "", ()
     except Failed as e:
         failed = e.rules or c.rules
@@ -66,8 +71,8 @@ def run_one(c: Case, ctx: Context, rules: dict[str, Rule]) -> CaseResult:
         if e.__cause__ is not None:
             msg += "\n" + "".join(traceback.format_exception(e.__cause__, limit=-3))
     except Unimplemented as e:
-        res = CaseResult(c, "UNIMPLEMENTED", str(e), (), list(ctx.notes), time.monotonic() - t0, e.verified)
-        return res
+        bind_case_context(None)
+        return CaseResult(c, "UNIMPLEMENTED", str(e), (), list(ctx.notes), time.monotonic() - t0, e.verified)
     except Skipped as e:
         verdict, msg, failed = "INFORMATIONAL", f"skipped: {e}", ()
     except Exception as e:
@@ -77,6 +82,7 @@ def run_one(c: Case, ctx: Context, rules: dict[str, Rule]) -> CaseResult:
         verdict = "FAILED" if _level(c.rules, rules) == "MUST" else "NON-STRICT"
         msg = (f"{type(e).__name__}: {e} (outside any step, so every rule of the case)\n"
                + "".join(traceback.format_exc(limit=-4)))
+    bind_case_context(None)
     # Rules of the steps that completed before a failure were verified all the same.
     verified = tuple(dict.fromkeys(r for r in ctx.verified if r not in failed)) if failed else ()
     return CaseResult(c, verdict, msg, tuple(failed), list(ctx.notes), time.monotonic() - t0, verified)

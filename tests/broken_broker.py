@@ -9,14 +9,15 @@ with one fault patched in:
 * ``reorder``: swaps two records in every 40th delivery of two or more;
 * ``ignore-seek``: answers SEEK_OK but keeps delivering from where it was;
 * ``accept-bad-crc``: appends records without checking their CRC;
-* ``no-deliver``: accepts subscriptions but never delivers a record.
+* ``no-deliver``: accepts subscriptions but never delivers a record;
+* ``bad-rule``: cites rule IDs that do not exist in its ERROR frames (a SHOULD, [NMQ-8-5]).
 """
 
 from __future__ import annotations
 
 import sys
 
-FAULTS = ("early-durable-ack", "drop", "duplicate", "reorder", "ignore-seek", "accept-bad-crc", "no-deliver")
+FAULTS = ("early-durable-ack", "drop", "duplicate", "reorder", "ignore-seek", "accept-bad-crc", "no-deliver", "bad-rule")
 
 
 def _patch(fault: str) -> None:
@@ -58,6 +59,13 @@ def _patch(fault: str) -> None:
             return parse(cls, data, count, max_payload=max_payload, check_crc=False, request_id=request_id)
 
         records.RecordBatch.parse = classmethod(parse_no_crc)  # type: ignore[method-assign,assignment]
+    elif fault == "bad-rule":
+        init = connection._Failure.__init__
+
+        def bad_rule(self, code, message, rule="", fatal=False):  # type: ignore[no-untyped-def]
+            init(self, code, message, f"XX{rule}XX" if rule else "", fatal)
+
+        connection._Failure.__init__ = bad_rule  # type: ignore[method-assign]
     elif fault == "no-deliver":
         connection.Connection._deliver = lambda self, sub_id, data, count: None  # type: ignore[method-assign]
     else:

@@ -135,3 +135,11 @@ def test_a_crash_case_that_finds_lost_records_fails_at_once_naming_them(tmp_path
     assert c["verdict"] == "FAILED" and "lost after the restart: ids" in c["message"], log
     assert "NMQ-SEM-3-2" in c["failed_rules"]
     assert c["duration_s"] < 20, f"took {c['duration_s']} s: the case waited for a timeout ({took:.0f} s in all)"
+
+
+def test_a_bogus_rule_in_errors_is_a_should_failure_that_does_not_stop_the_case(tmp_path: Path) -> None:
+    code, index, log, _ = _kit(tmp_path, "bad-rule", "--case", "wire.subscribe.id", "--strict")
+    assert code == 1, log
+    (c,) = index["cases"]
+    assert c["verdict"] == "NON-STRICT" and c["failed_rules"] == ["NMQ-8-5"], log
+    assert index["rules"]["NMQ-4.4-4"]["verdict"] == "OK"  # the MUST checks of the case all ran
