@@ -346,7 +346,7 @@ def first_frame(ctx: Context) -> None:
       "UNKNOWN_SUBSCRIPTION, INVALID_ARGUMENT, OUT_OF_RANGE) between good requests: each answered in order with "
       "its code and request id, the good ones served, nothing of a failed one applied", layer="wire",
       rules=("NMQ-8-1", "NMQ-8-2", "NMQ-3.3-2", "NMQ-3.2-3", "NMQ-3.1-2", "NMQ-3.1-6", "NMQ-SEM-3-4",
-             "NMQ-4.2-6", "NMQ-5.3-1", "NMQ-7-1", "NMQ-8-5"))
+             "NMQ-4.2-6", "NMQ-5.3-1", "NMQ-7-1", "NMQ-8-5", "NMQ-8-6"))
 def error_table(ctx: Context) -> None:
     t = ctx.topic("errtab")
     tb = t.encode()

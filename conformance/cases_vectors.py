@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from conformance.helpers import check_error_text
 from conformance.registry import Context, Failed, Skipped, Unimplemented, case, check, soft_check
 from conformance.rules import spec_file
 from conformance.wire import Closed
@@ -44,7 +45,7 @@ def _invalid_case(vec: dict) -> None:
     code = ErrorCode[vec["error"]["code"]]
     fatal = vec["error"]["fatal"]
     raw = bytes.fromhex(vec["hex"])
-    rules = tuple(vec["rules"]) + (("NMQ-3.1-6", "NMQ-8-2") if fatal else ("NMQ-3.1-6", "NMQ-8-1")) + ("NMQ-8-5",)
+    rules = tuple(vec["rules"]) + (("NMQ-3.1-6", "NMQ-8-2") if fatal else ("NMQ-3.1-6", "NMQ-8-1")) + ("NMQ-8-5", "NMQ-8-6")
 
     @case(f"vectors.invalid.{vec['name']}", f"invalid vector {vec['name']} is answered {code.name}"
           + (" and the connection closed" if fatal else ", the connection goes on"), layer="vectors", rules=rules)
@@ -68,6 +69,7 @@ def _invalid_case(vec: dict) -> None:
             check(isinstance(f, Error), f"expected ERROR {code.name}, got {type(f).__name__}", *vec["rules"])
             assert isinstance(f, Error)
             check(f.code == code, f"expected ERROR {code.name}, got {f.error_code!r} ({f.message})", *vec["rules"])
+            check_error_text(f)
             soft_check(not f.rule or f.rule in vec["rules"], f"ERROR {code.name} cites rule {f.rule!r}; the vector "
                        f"breaks {', '.join(vec['rules'])}", "NMQ-8-5")
             if fatal:

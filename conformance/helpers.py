@@ -41,13 +41,22 @@ __all__ = [
 
 
 def is_error(f: Frame, code: ErrorCode) -> bool:
-    """Whether ``f`` is an ERROR with ``code`` (whose rule field, when it is, must name a real rule:
-    [NMQ-8-5], a SHOULD, recorded without stopping the case)."""
+    """Whether ``f`` is an ERROR with ``code``. When it is, its message and rule are checked too
+    (SHOULDs, recorded without stopping the case: :func:`check_error_text`)."""
     if not (isinstance(f, Error) and f.code == code):
         return False
-    soft_check(not f.rule or known_rule(f.rule), f"ERROR {code.name} cites rule {f.rule!r}, which the "
-               "specifications do not define", "NMQ-8-5")
+    check_error_text(f)
     return True
+
+
+def check_error_text(f: Error) -> None:
+    """An ERROR says what went wrong and cites the rule broken ([NMQ-8-6]), a rule that exists
+    ([NMQ-8-5]); both SHOULDs, recorded with :func:`soft_check`."""
+    name = f.error_code.name if hasattr(f.error_code, "name") else str(f.code)
+    soft_check(bool(f.message.strip()) and bool(f.rule), f"ERROR {name} carries message {f.message!r} and rule "
+               f"{f.rule!r}: both are due", "NMQ-8-6")
+    soft_check(not f.rule or known_rule(f.rule), f"ERROR {name} cites rule {f.rule!r}, which the "
+               "specifications do not define", "NMQ-8-5")
 
 
 _KNOWN_RULES: set[str] = set()
@@ -67,8 +76,6 @@ def expect_error(f: Frame, code: ErrorCode, *rules: str, request_id: int | None 
     rule field must be empty or a real rule ID ([NMQ-8-5], a SHOULD: recorded, not stopping)."""
     check(is_error(f, code), f"expected ERROR {code.name}, got {f!r}", *rules)
     assert isinstance(f, Error)
-    soft_check(not f.rule or known_rule(f.rule), f"ERROR {code.name} cites rule {f.rule!r}, which the "
-               "specifications do not define", "NMQ-8-5")
     if request_id is not None:
         check(f.request_id == request_id, f"ERROR {code.name} carries request_id {f.request_id}, "
               f"not the request's {request_id}", "NMQ-8-1")
