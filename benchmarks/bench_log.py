@@ -35,10 +35,23 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.hist import Histogram, format_table
-from nanomq._c.log import encode_records, record_offsets
+from nanomq._c._core import ffi, lib  # the record scanner itself, over the zero-copy view (as the fuzzers do)
+from nanomq.protocol import RecordBatch
 from nanomq.storage import TopicLog
 
 MiB = 1 << 20
+
+
+def _records(payloads: list[bytes]) -> bytes:
+    """Publisher-style records (ids 0) packed back to back, as a broker hands them to the log."""
+    return RecordBatch.from_payloads(payloads, max_payload=1 << 30).data
+
+
+def _verify(view: memoryview, count: int) -> None:
+    """Check framing and every CRC of ``count`` records in place (what --verify-on-start does)."""
+    offsets, err = ffi.new("uint32_t[]", count), ffi.new("uint32_t *")
+    if lib.nmq_records_scan(ffi.from_buffer(view), len(view), count, 1 << 30, 1, offsets, err):
+        raise ValueError(f"record {err[0]} is damaged")
 
 
 def raw_fdatasync(directory: str, n: int) -> Histogram:
@@ -64,7 +77,7 @@ def raw_fdatasync(directory: str, n: int) -> Histogram:
 def warm_up(directory: str, total: int) -> None:
     """Touch `total` bytes of page cache once, so later runs don't pay the VM's first-touch cost."""
     d = os.path.join(directory, "warm")
-    b = encode_records([b"w" * 1024] * 256)
+    b = _records([b"w" * 1024] * 256)
     with TopicLog.open(d, fsync="never") as log:
         done = 0
         while done < total:
@@ -76,7 +89,7 @@ def warm_up(directory: str, total: int) -> None:
 
 def append_throughput(directory: str, size: int, batch: int, policy: str, seconds: float) -> dict[str, object]:
     d = os.path.join(directory, f"a-{size}-{batch}-{policy}")
-    buf = encode_records([b"x" * size] * batch)
+    buf = _records([b"x" * size] * batch)
     log = TopicLog.open(d, fsync=policy)  # type: ignore[arg-type]
     n = 0
     durable = policy == "always"
@@ -97,7 +110,7 @@ def append_throughput(directory: str, size: int, batch: int, policy: str, second
 
 def durable_latency(directory: str, n: int) -> Histogram:
     d = os.path.join(directory, "lat1")
-    buf = encode_records([b"y" * 1024])
+    buf = _records([b"y" * 1024])
     h = Histogram()
     with TopicLog.open(d, fsync="always") as log:
         for _ in range(n):
@@ -113,7 +126,7 @@ def group_commit(directory: str, threads: int, seconds: float) -> tuple[Histogra
     """Several appenders, each appending one 1 KiB record then calling sync() (shared fdatasync).
     The appends are serialised by the log mutex, as the contract allows (one at a time)."""
     d = os.path.join(directory, f"gc{threads}")
-    buf = encode_records([b"z" * 1024])
+    buf = _records([b"z" * 1024])
     log = TopicLog.open(d, fsync="always")
     hists = [Histogram() for _ in range(threads)]
     counts = [0] * threads
@@ -153,7 +166,7 @@ def asyncio_group_commit(directory: str, appenders: int, seconds: float) -> tupl
     import asyncio
 
     d = os.path.join(directory, f"agc{appenders}")
-    buf = encode_records([b"q" * 1024])
+    buf = _records([b"q" * 1024])
     log = TopicLog.open(d, fsync="always")
     h = Histogram()
     done = 0
@@ -207,7 +220,7 @@ def asyncio_group_commit(directory: str, appenders: int, seconds: float) -> tupl
 
 
 def build_log(d: str, total: int, size: int = 1024) -> tuple[int, int]:
-    buf = encode_records([b"s" * size] * 256)
+    buf = _records([b"s" * size] * 256)
     with TopicLog.open(d, fsync="never") as log:
         done = 0
         while done < total:
@@ -227,7 +240,7 @@ def scan(d: str, verify: bool) -> tuple[float, int]:
             if r.count == 0:
                 break
             if verify:
-                record_offsets(r.data, r.count)
+                _verify(r.data, r.count)
             nbytes += len(r.data)
             nxt = r.first_id + r.count
         return time.perf_counter() - t0, nbytes
@@ -314,7 +327,7 @@ def one_round(root: str, quick: bool) -> tuple[list[dict[str, object]], float, f
                  "MB/s": verified / dt / 1e6, "p50 us": "", "p99 us": "", "ratio": "",
                  "ms": dt * 1e3, "note": "pages evicted with fadvise(DONTNEED)"})
     # a crash after appending more: only what follows the checkpoint is verified
-    buf = encode_records([b"t" * 1024] * 256)
+    buf = _records([b"t" * 1024] * 256)
     with TopicLog.open(d, fsync="never") as log:
         for _ in range((16 if quick else 64) * MiB // len(buf)):
             log.append_batch(buf, 256)

@@ -23,7 +23,7 @@ from nanomq._c._log import ffi, lib
 
 # Realize every C type and function now, in the importing thread: the broker calls sync() from a
 # worker thread, and cffi's lazy realization racing between threads can abort the process (cffi#271).
-realize_all(ffi, lib, "const uint8_t **", "nmq_log **", "nmq_log_config *", "nmq_log_stats *", "nmq_recovery_report *", "nmq_seg **", "uint32_t *", "uint32_t[]", "uint64_t *")
+realize_all(ffi, lib, "const uint8_t **", "nmq_log **", "nmq_log_config *", "nmq_log_stats *", "nmq_recovery_report *", "nmq_seg **", "uint64_t *")
 
 __all__ = [
     "Buffer",
@@ -39,8 +39,6 @@ __all__ = [
     "fault_set",
     "fault_clear",
     "FAULT_KINDS",
-    "encode_records",
-    "record_offsets",
 ]
 
 Buffer = bytes | bytearray | memoryview
@@ -370,31 +368,3 @@ def fault_clear() -> None:
     """Remove every injected fault."""
     lib.nmq_log_fault_clear()
 
-
-def encode_records(payloads: list[bytes], *, producer_id: int = 0, first_seq: int = 0) -> bytes:
-    """Pack payloads as publisher records (id, timestamp and topic 0, CRCs set): the batch format
-    the broker hands to :meth:`CLog.append`. For tests and benchmarks; one C call per batch."""
-    n = len(payloads)
-    if n == 0:
-        return b""
-    lengths = ffi.new("uint32_t[]", [len(p) for p in payloads])
-    joined = b"".join(payloads)
-    cap = sum((64 + len(p) + 7) & ~7 for p in payloads)
-    out = bytearray(cap)
-    rc = lib.nmq_records_encode(ffi.from_buffer(out), cap, joined, lengths, ffi.NULL, ffi.NULL, n, 0, 0, 0,
-                                producer_id & _U64, first_seq & _U64, ffi.NULL)
-    if rc != cap:
-        raise BadRecordsError(f"encode failed ({rc})")
-    return bytes(out)
-
-
-def record_offsets(data: Buffer, count: int, max_payload: int = 1 << 30, check_crc: bool = True) -> list[int]:
-    """Offsets of ``count`` records packed in ``data``; raises :class:`BadRecordsError` (with the
-    failing index) if the framing, reserved bytes or a CRC is wrong."""
-    buf = ffi.from_buffer(data)
-    offs = ffi.new("uint32_t[]", max(count, 1))
-    err = ffi.new("uint32_t *")
-    rc = lib.nmq_records_scan(buf, len(buf), count, max_payload, 1 if check_crc else 0, offs, err)
-    if rc:
-        raise BadRecordsError(f"record {err[0]}: error {rc}")
-    return [int(offs[i]) for i in range(count)]

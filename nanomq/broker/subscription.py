@@ -48,8 +48,3 @@ class Subscription:
             self._acked.discard(self.committed)
             self.committed += 1
         return self.committed
-
-    @property
-    def wants_more(self) -> bool:
-        """Credit left and records left to deliver."""
-        return self.credit > 0 and self.next_id < self.topic.log.next_id

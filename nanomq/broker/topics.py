@@ -41,7 +41,6 @@ class Topic:
         self._executor = executor
         self._waiters: list[tuple[int, DurableCallback]] = []
         self._syncing = False
-        self._sync_failures = 0
         self._unsynced = 0
         self.listeners: set[Callable[[], None]] = set()
         """Called (synchronously, on the event loop) after every append."""
@@ -131,7 +130,6 @@ class Topic:
         if exc is not None:
             # The records stay in the log and the next sync retries them (the C log rewrites
             # unsynced bytes), but the clients waiting now get an error: their outcome is unknown.
-            self._sync_failures += 1
             if not self._sync_failing:
                 _log.error("topic %s: sync failed: %s; the next failures are not logged until a sync succeeds",
                            self.name, exc)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import struct
+from nanomq.protocol import MAX_BATCH, RecordBatch
 
-from nanomq._c.log import encode_records, record_offsets
-
-HDR = struct.Struct("<QQIIII")  # id, timestamp_ns, topic_id, size, crc, flags
+_ANY_SIZE = 1 << 30
+"""The codec's payload bound for test batches: the log under test applies its own max_payload."""
 
 
 def batch(payloads: list[bytes]) -> bytes:
-    """Publisher-style records (ids 0) packed back to back."""
-    return encode_records(payloads)
+    """Publisher-style records (ids 0) packed back to back, any number of them (a record's bytes
+    do not depend on its neighbours, so batches of the codec's size are simply concatenated)."""
+    return b"".join(RecordBatch.from_payloads(payloads[i : i + MAX_BATCH], max_payload=_ANY_SIZE).data
+                    for i in range(0, len(payloads), MAX_BATCH))
 
 
 def payload(i: int, size: int = 24) -> bytes:
@@ -22,12 +23,8 @@ def payload(i: int, size: int = 24) -> bytes:
 
 def records(view: memoryview | bytes, count: int) -> list[tuple[int, int, int, bytes]]:
     """(id, timestamp, topic_id, payload) of each record, after verifying framing and CRCs."""
-    data = bytes(view)
-    out = []
-    for off in record_offsets(data, count):
-        rid, ts, topic, size, _crc, _flags = HDR.unpack_from(data, off)
-        out.append((rid, ts, topic, data[off + 64 : off + 64 + size]))
-    return out
+    return [(r.id, r.timestamp_ns, r.topic_id, r.payload)
+            for r in RecordBatch.parse(bytes(view), count, max_payload=_ANY_SIZE)]
 
 
 def read_all(log, from_id: int = 1) -> list[tuple[int, int, int, bytes]]:  # type: ignore[no-untyped-def]

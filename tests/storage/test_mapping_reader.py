@@ -18,7 +18,7 @@ SEG = 8 * 1024 * 1024
 READER = textwrap.dedent(
     """
     import mmap, struct, sys, time
-    from nanomq._c.log import record_offsets
+    from nanomq.protocol import RecordBatch
     path, n = sys.argv[1], int(sys.argv[2])
     with open(path, "rb") as f:
         m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -31,7 +31,7 @@ READER = textwrap.dedent(
         assert rid == expect, (rid, expect)
         size = struct.unpack_from("<I", m, off + 20)[0]
         span = (64 + size + 7) & ~7
-        record_offsets(m[off:off + span], 1)         # framing and CRC, or BadRecordsError
+        RecordBatch.parse(m[off:off + span], 1, max_payload=1 << 30)  # framing and CRC, or ProtocolError
         off += span
         expect += 1
     print(expect - 1, flush=True)

@@ -13,8 +13,6 @@ int64_t nmq_records_encode(uint8_t *out, size_t out_cap, const uint8_t *payloads
                            uint32_t count, uint64_t first_id, uint64_t timestamp_ns,
                            uint32_t topic_id, uint64_t producer_id, uint64_t first_seq,
                            uint32_t *out_offsets);
-void nmq_records_stamp(uint8_t *buf, const uint32_t *offsets, uint32_t count, uint64_t first_id,
-                       uint64_t timestamp_ns, uint32_t topic_id);
 uint64_t nmq_records_size(const uint32_t *lengths, uint32_t count);
 int nmq_malloc_top_pad(size_t bytes);
 uint32_t nmq_records_summary(const uint8_t *buf, size_t len, uint32_t count);

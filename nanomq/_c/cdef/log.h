@@ -82,13 +82,3 @@ void nmq_log_free(nmq_log *log);
 const char *nmq_log_last_error(void);
 void nmq_log_fault_set(int kind, uint64_t nth, uint64_t count, int err);
 void nmq_log_fault_clear(void);
-/* from record.h (compiled into this module too): used to build test/benchmark batches and to walk
- * records read back from the log */
-uint32_t nmq_record_crc(const uint8_t *rec, uint32_t size);
-int nmq_records_scan(const uint8_t *buf, size_t len, uint32_t count, uint32_t max_payload,
-                     int check_crc, uint32_t *out_offsets, uint32_t *err_index);
-int64_t nmq_records_encode(uint8_t *out, size_t out_cap, const uint8_t *payloads,
-                           const uint32_t *lengths, const uint32_t *flags, const uint32_t *raw_sizes,
-                           uint32_t count, uint64_t first_id, uint64_t timestamp_ns,
-                           uint32_t topic_id, uint64_t producer_id, uint64_t first_seq,
-                           uint32_t *out_offsets);

@@ -83,17 +83,6 @@ int64_t nmq_records_encode(uint8_t *out, size_t out_cap, const uint8_t *payloads
     return (int64_t)off;
 }
 
-void nmq_records_stamp(uint8_t *buf, const uint32_t *offsets, uint32_t count, uint64_t first_id,
-                       uint64_t timestamp_ns, uint32_t topic_id) {
-    for (uint32_t i = 0; i < count; i++) {
-        uint8_t *r = buf + offsets[i];
-        st64(r + 0, first_id + i);
-        st64(r + 8, timestamp_ns);
-        st32(r + 16, topic_id);
-        st32(r + 24, nmq_record_crc(r, ld32(r + 20)));
-    }
-}
-
 #include <malloc.h>
 int nmq_malloc_top_pad(size_t bytes) {
 #if defined(M_TOP_PAD) && defined(M_MMAP_THRESHOLD)

@@ -53,11 +53,6 @@ int64_t nmq_records_encode(uint8_t *out, size_t out_cap, const uint8_t *payloads
                            uint32_t topic_id, uint64_t producer_id, uint64_t first_seq,
                            uint32_t *out_offsets);
 
-/* Rewrite id (first_id, first_id+1, ...), timestamp and topic_id of `count` already-validated
- * records in place and recompute their CRCs: how a broker stamps a published batch. */
-void nmq_records_stamp(uint8_t *buf, const uint32_t *offsets, uint32_t count, uint64_t first_id,
-                       uint64_t timestamp_ns, uint32_t topic_id);
-
 /* OR of the flags of `count` validated records, plus NMQ_SUMMARY_PRODUCER if any has a
  * producer_id: lets a server refuse features it did not announce with one call per batch. */
 #define NMQ_SUMMARY_PRODUCER 0x80000000u
