@@ -365,7 +365,7 @@ class Channel:
                 f"{self.path}: the {who} role is held by live pid(s) {[p for p in r.peer_pids(role) if p]}"
             )
         # Our cached indexes may predate other processes' work (or a dead peer's): reload them.
-        r.sync()
+        r.reload()
         return slot
 
     def _become_producer(self) -> None:

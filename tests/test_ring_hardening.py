@@ -212,3 +212,18 @@ def test_an_ended_claim_never_acts_on_the_next_one() -> None:
     assert second.open
     second.commit()
     assert r.pop_batch() == [b"1", b"2"]
+
+
+# ---- Ring.reload: a handle that takes over a role refreshes its cached positions ------------------
+
+
+def test_reload_refreshes_a_handle_that_takes_over_the_consumer_role() -> None:
+    mem = bytearray(R.required_size(1024))
+    prod = R.Ring.format(mem, 1024, R.SPSC)
+    old, new = R.Ring.attach(mem), R.Ring.attach(mem)  # `new` caches the positions of now
+    assert prod.push(b"one") and prod.push(b"two")
+    assert old.pop() == b"one"
+    new.reload()  # without it `new` would read from its stale head and deliver b"one" again
+    assert new.pop() == b"two" and new.pop() is None
+    for h in (prod, old, new):
+        h.close()

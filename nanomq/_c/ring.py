@@ -214,9 +214,10 @@ class Ring:
         """The C handle (for benchmarks and tests that call ``lib`` directly)."""
         return self._h
 
-    def sync(self) -> None:
-        """Reload this handle's cached indexes (after taking over a producer or consumer role)."""
-        lib.nmq_ring_sync(self._h)
+    def reload(self) -> None:
+        """Reload this handle's cached head and tail from the shared header and forget any claim or
+        peek in progress (after taking over a producer or consumer role). Not a sync to storage."""
+        lib.nmq_ring_reload(self._h)
 
     # ---- producer ------------------------------------------------------------------------------
 

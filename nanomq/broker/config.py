@@ -10,8 +10,7 @@ from typing import Literal
 
 from nanomq.cli.sizes import format_size  # sizes spelled as the flags take them
 from nanomq.protocol import DEFAULT_MAX_FRAME, DEFAULT_MAX_PAYLOAD, MAX_BATCH, RECORD_HEADER_SIZE
-
-FsyncPolicy = Literal["always", "interval", "never"]
+from nanomq.storage import SyncPolicy
 
 MIN_SEGMENT = 1024 * 1024
 MAX_SEGMENT = 1 << 40
@@ -45,7 +44,7 @@ class BrokerConfig:
     segment_bytes: int = 100 * 1024 * 1024
     retention_ms: int | None = None
     retention_bytes: int | None = None
-    fsync: FsyncPolicy = "always"
+    fsync: SyncPolicy = "always"
     fsync_interval_ms: int = 10
     compression: Literal["lz4", "none"] = "lz4"
     """``lz4``: announce COMPRESSION_LZ4 and store compressed records; ``none``: refuse them."""

@@ -70,7 +70,7 @@ class Topic:
             _log.warning("topic %s: appends accepted again, after %d refused", self.name, self._refused)
             self._refused = 0
         self._unsynced += len(data)
-        if self._unsynced >= SYNC_AHEAD_BYTES and not self._syncing and self.log.fsync != "never":
+        if self._unsynced >= SYNC_AHEAD_BYTES and not self._syncing and self.log.sync_policy != "never":
             # Sync ahead in the worker thread: sealing a full segment fdatasyncs it on the event
             # loop's thread, and with only `written` acks nothing else would have synced it, so
             # the seal waited for a whole segment of dirty pages (~50 ms per 100 MiB, every

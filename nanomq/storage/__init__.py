@@ -15,12 +15,13 @@ from nanomq.storage.errors import (
     StorageError,
 )
 from nanomq.storage.offsets import OffsetStore
-from nanomq.storage.topic_log import ReadResult, RecoveryReport, TopicLog
+from nanomq.storage.topic_log import ReadResult, RecoveryReport, SyncPolicy, TopicLog
 
 __all__ = [
     "TopicLog",
     "ReadResult",
     "RecoveryReport",
+    "SyncPolicy",
     "OffsetStore",
     "StorageError",
     "LogIOError",

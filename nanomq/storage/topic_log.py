@@ -2,10 +2,10 @@
 
 Theory of operation
 -------------------
-A topic is one directory of segments (spec/storage.md §2). :meth:`TopicLog.append_batch` copies a
-packed run of already-validated records into the active segment's mapping, stamps id, timestamp,
-topic id and CRC, and publishes the run; the bytes stored are the bytes later read back by
-:meth:`TopicLog.read` and sent to subscribers without re-encoding.
+A topic is one directory of segments (spec/storage.md §2). :meth:`TopicLog.append_batch` writes a
+packed run of already-validated records into the active segment (one ``pwritev``: headers stamped
+with id, timestamp, topic id and CRC, payloads as given) and publishes the run; the bytes stored
+are the bytes later read back by :meth:`TopicLog.read` and sent to subscribers without re-encoding.
 
 Durability is a separate step, :meth:`TopicLog.sync` (group commit). With ``fsync='always'`` the
 broker appends several batches, then runs one ``sync()`` (in an executor thread: it releases the
@@ -35,9 +35,10 @@ from typing import Literal
 
 from nanomq._c.log import Buffer, CLog, LogStats, RecoveryReport
 
-__all__ = ["TopicLog", "ReadResult", "RecoveryReport", "LogStats", "FsyncPolicy"]
+__all__ = ["TopicLog", "ReadResult", "RecoveryReport", "LogStats", "SyncPolicy"]
 
-FsyncPolicy = Literal["always", "interval", "never"]
+SyncPolicy = Literal["always", "interval", "never"]
+"""When the log makes appended records durable (the broker's ``--fsync``; see :meth:`TopicLog.open`)."""
 _log = logging.getLogger("nanomq.storage")
 
 
@@ -64,11 +65,11 @@ class ReadResult:
 class TopicLog:
     """One topic's log directory. Create it with :meth:`open`."""
 
-    __slots__ = ("_c", "_fsync", "path", "report", "topic_id", "__weakref__")
+    __slots__ = ("_c", "_sync_policy", "path", "report", "topic_id", "__weakref__")
 
-    def __init__(self, clog: CLog, fsync: FsyncPolicy, topic_id: int) -> None:
+    def __init__(self, clog: CLog, sync_policy: SyncPolicy, topic_id: int) -> None:
         self._c = clog
-        self._fsync: FsyncPolicy = fsync
+        self._sync_policy: SyncPolicy = sync_policy
         self.path: str = clog.path
         self.report: RecoveryReport = clog.report
         """What recovery found and did when the log was opened."""
@@ -80,7 +81,7 @@ class TopicLog:
         directory: str | os.PathLike[str],
         *,
         segment_bytes: int = 100 * 1024 * 1024,
-        fsync: FsyncPolicy = "always",
+        fsync: SyncPolicy = "always",
         interval_ms: int = 10,
         retention_ms: int | None = None,
         retention_bytes: int | None = None,
@@ -147,9 +148,9 @@ class TopicLog:
         return self._c.stats().durable_id
 
     @property
-    def fsync(self) -> FsyncPolicy:
-        """The sync policy the log was opened with."""
-        return self._fsync
+    def sync_policy(self) -> SyncPolicy:
+        """The sync policy the log was opened with (``fsync=`` of :meth:`open`): a policy, not an action."""
+        return self._sync_policy
 
     def stats(self) -> LogStats:
         """A consistent snapshot of ids, sizes and the last background sync error."""
@@ -170,7 +171,7 @@ class TopicLog:
         nothing of the batch is visible and the log remains usable.
         """
         ids = self._c.append(records, count, timestamp_ns)
-        if sync or (sync is None and self._fsync == "always"):
+        if sync or (sync is None and self._sync_policy == "always"):
             self._c.sync()
         return ids
 
@@ -223,4 +224,4 @@ class TopicLog:
 
     def __repr__(self) -> str:
         st = self._c.stats()
-        return f"<TopicLog {self.path!r} ids {st.first_id}..{st.next_id - 1} fsync={self._fsync}>"
+        return f"<TopicLog {self.path!r} ids {st.first_id}..{st.next_id - 1} sync_policy={self._sync_policy}>"

@@ -137,6 +137,12 @@ def test_view_survives_retention_and_close(tmp_path):
     gc.collect()
 
 
+def test_the_sync_policy_is_reported_as_opened(tmp_path):
+    for policy in ("always", "interval", "never"):
+        with TopicLog.open(tmp_path / policy, fsync=policy) as log:
+            assert log.sync_policy == policy and f"sync_policy={policy}" in repr(log)
+
+
 def test_second_opener_is_refused(tmp_path):
     with TopicLog.open(tmp_path / "t"), pytest.raises(LogLockedError):
         TopicLog.open(tmp_path / "t")

@@ -24,7 +24,7 @@ size_t nmq_ring_required_size(uint64_t capacity);
 int nmq_ring_init(void *mem, size_t mem_len, uint64_t capacity, uint32_t mode);
 nmq_ring *nmq_ring_attach(void *mem, size_t mem_len, int *err);
 void nmq_ring_free(nmq_ring *r);
-void nmq_ring_sync(nmq_ring *r);
+void nmq_ring_reload(nmq_ring *r);
 
 uint64_t nmq_ring_capacity(const nmq_ring *r);
 uint32_t nmq_ring_max_record(const nmq_ring *r);

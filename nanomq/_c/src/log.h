@@ -6,9 +6,11 @@
  *   <dir>/<first_id:020>.idx          sparse index (id, timestamp, offset) of a sealed segment
  *   <dir>/checkpoint                  last verified+durable position, and the clean-shutdown flag
  *
- * Appends copy a packed run of records into the mapping, stamp id/timestamp/topic/CRC, and publish
- * the run by storing the *first* record's id word (u64 @0) last, with release ordering: a reader of
- * the same mapping (any process) that loads a non-zero id with acquire ordering sees the whole run.
+ * Appends stamp id/timestamp/topic/CRC into a staging copy of each header and write the run into the
+ * segment file with one pwritev (headers from the staging array, payloads straight from the caller's
+ * buffer), the first record's id word written as zero. They then publish the run by storing that
+ * id word (u64 @0) into the mapping, with release ordering: a reader of the same mapping (any
+ * process) that loads a non-zero id with acquire ordering sees the whole run.
  *
  * Threads: one appender at a time (appends are serialised by the log mutex anyway), any number of
  * readers, and sync() from any thread concurrently with appends. The fdatasync in sync() runs
@@ -40,7 +42,7 @@
 #define NMQ_ON_CORRUPT_RAISE 0
 #define NMQ_ON_CORRUPT_QUARANTINE 1
 
-#define NMQ_FAULT_WRITE 1      /* an append's copy into the mapping, or a write() of idx/checkpoint */
+#define NMQ_FAULT_WRITE 1      /* an append's pwritev, or a write() of idx/checkpoint */
 #define NMQ_FAULT_FSYNC 2      /* fdatasync/fsync */
 #define NMQ_FAULT_FTRUNCATE 3
 #define NMQ_FAULT_FALLOCATE 4

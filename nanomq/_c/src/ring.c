@@ -211,7 +211,7 @@ nmq_ring *nmq_ring_attach(void *mem, size_t mem_len, int *err) {
     r->max_rec = max_rec;
     r->mode = mode;
     r->max_prod = max_prod;
-    nmq_ring_sync(r);
+    nmq_ring_reload(r);
 out:
     if (err) *err = e;
     return r;
@@ -219,7 +219,7 @@ out:
 
 void nmq_ring_free(nmq_ring *r) { free(r); }
 
-void nmq_ring_sync(nmq_ring *r) {
+void nmq_ring_reload(nmq_ring *r) {
     uint64_t head = atomic_load_explicit(&r->h->head, memory_order_acquire);
     uint64_t tail = atomic_load_explicit(&r->h->tail, memory_order_acquire);
     r->p_tail = tail;

@@ -79,8 +79,9 @@ int nmq_ring_init(void *mem, size_t mem_len, uint64_t capacity, uint32_t mode);
  * rewritten later (a buggy or hostile peer) cannot make the handle index outside the header. */
 nmq_ring *nmq_ring_attach(void *mem, size_t mem_len, int *err);
 void nmq_ring_free(nmq_ring *r);
-/* Reload the handle's cached indexes from shared memory (after taking over a role). */
-void nmq_ring_sync(nmq_ring *r);
+/* Reload the handle's cached copies of head and tail from shared memory and forget any claim or
+ * peek in progress (after taking over a role): two acquire loads, no I/O. */
+void nmq_ring_reload(nmq_ring *r);
 
 uint64_t nmq_ring_capacity(const nmq_ring *r);
 uint32_t nmq_ring_max_record(const nmq_ring *r);
