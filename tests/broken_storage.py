@@ -24,6 +24,7 @@ def _patch(fault: str) -> None:
 
     from nanomq.broker import connection, topics
     from nanomq.protocol import ErrorCode
+    from nanomq.storage import catalog
 
     if fault == "sync-other-file":
         def start_sync(self: topics.Topic) -> None:
@@ -50,7 +51,7 @@ def _patch(fault: str) -> None:
 
         connection.Connection._fatal = quiet  # type: ignore[method-assign]
     elif fault == "forget-topic-id":
-        topics._first_record_topic_id = lambda path: None
+        catalog._first_record_topic_id = lambda path: None
     else:
         raise SystemExit(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
 

@@ -151,12 +151,12 @@ def test_a_damaged_topic_id_does_not_hide_or_renumber_the_topic(tmp_path: Path) 
     (tmp_path / "topics" / "c" / "topic_id").unlink()
     reg = _registry(tmp_path)
     reg.open_all()
-    assert set(reg.topics) == {"a", "b", "c"}
-    assert reg.topics["b"].topic_id == 2  # from the topic_id field of its first record
-    assert reg.topics["c"].topic_id not in (1, 2)  # no record to tell: an id no other topic has
+    assert {t.name for t in reg} == {"a", "b", "c"}
+    assert reg.get("b").topic_id == 2  # from the topic_id field of its first record
+    assert reg.get("c").topic_id not in (1, 2)  # no record to tell: an id no other topic has
     assert (tmp_path / "topics" / "b" / "topic_id").read_text() == "2\n"
-    assert reg.topics["b"].log.read(1).count == 1
-    assert reg.get_or_create("d").topic_id not in (1, 2, reg.topics["c"].topic_id)
+    assert reg.get("b").log.read(1).count == 1
+    assert reg.get_or_create("d").topic_id not in (1, 2, reg.get("c").topic_id)
     reg.close_all()
 
 
@@ -166,7 +166,7 @@ def test_an_unfinished_creation_is_removed_at_start(tmp_path: Path) -> None:
     (d / "topic_id.tmp").write_bytes(b"")
     reg = _registry(tmp_path)
     reg.open_all()
-    assert not d.exists() and "half" not in reg.topics
+    assert not d.exists() and reg.get("half") is None and len(reg) == 0
     reg.close_all()
 
 
@@ -201,7 +201,7 @@ def test_a_start_at_a_lost_id_names_the_first_record_delivered(tmp_path: Path) -
     last.unlink()
     reg = _registry(tmp_path)
     reg.open_all()
-    t = reg.topics["t"]
+    t = reg.get("t")
     assert t.first_record_at_or_after(lost) == 41 == t.log.next_id
     assert t.append(batch([b"after"]), 1) == (41, 41)
     assert t.first_record_at_or_after(lost) == 41 and t.first_record_at_or_after(1) == 1

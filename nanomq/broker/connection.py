@@ -326,7 +326,7 @@ class Connection(asyncio.Protocol):
                 raise _Failure(ErrorCode.UNKNOWN_TOPIC, f"no topic {f.topic!r}", "NMQ-4.9-1")
             topics = [t]
         else:
-            topics = sorted(reg.topics.values(), key=lambda t: t.name)
+            topics = sorted(reg, key=lambda t: t.name)
         self._respond(MetadataOk(f.request_id, tuple(
             TopicInfo(t.topic_id, t.name, t.log.first_id, t.log.next_id) for t in topics)))
 

@@ -81,7 +81,7 @@ class Broker:
         self._tasks = [loop.create_task(self._watchdog()), loop.create_task(self._retention()),
                        loop.create_task(self._trim())]
         self.started_at = time.monotonic()
-        _log.info("recovered %d topic(s) in %.3f s", len(self.topics.topics), self.started_at - t0)
+        _log.info("recovered %d topic(s) in %.3f s", len(self.topics), self.started_at - t0)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -104,10 +104,10 @@ class Broker:
             task.cancel()
         # Let durable acks already waiting for a sync be answered before saying goodbye.
         deadline = time.monotonic() + 5.0
-        while any(t.pending_durable for t in self.topics.topics.values()) and time.monotonic() < deadline:
+        while any(t.pending_durable for t in self.topics) and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
         # ... and let background syncs finish before the logs are closed under them.
-        while any(t.syncing for t in self.topics.topics.values()) and time.monotonic() < deadline + 10:
+        while any(t.syncing for t in self.topics) and time.monotonic() < deadline + 10:
             await asyncio.sleep(0.005)
         for conn in tuple(self.connections):
             conn.close()
@@ -162,7 +162,7 @@ class Broker:
         them again). One madvise per segment of a touched topic: idle topics cost nothing."""
         while True:
             await asyncio.sleep(self.config.trim_interval_s)
-            for t in tuple(self.topics.topics.values()):
+            for t in self.topics:
                 if not t.touched_since_trim:
                     continue
                 t.touched_since_trim = False

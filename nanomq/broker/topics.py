@@ -1,4 +1,4 @@
-"""Topics: one TopicLog each, the registry that names them, and group commit of durable acks.
+"""Topics: one TopicLog each, the registry of open topics, and group commit of durable acks.
 
 Group commit: a durable PUBLISH appends at once (so later batches keep their order) and then
 waits for a sync that starts *after* its append. At most one sync per topic runs at a time, in a
@@ -9,16 +9,15 @@ next one, so N concurrent durable publishers share ~N/k fdatasyncs instead of pa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from pathlib import Path
 
 from nanomq.broker.config import BrokerConfig
 from nanomq.protocol import valid_topic
-from nanomq.storage import LogIOError, StorageError, TopicLog
+from nanomq.storage import LogIOError, StorageError, StoredTopic, TopicCatalog, TopicLog
 
 __all__ = ["Topic", "TopicRegistry", "SYNC_AHEAD_BYTES"]
 
@@ -161,74 +160,29 @@ class Topic:
 
 
 class TopicRegistry:
-    """Every topic under ``<data_dir>/topics``; opens existing ones at start, creates on demand.
+    """Every topic of the data directory, open: opened and recovered at start, created on demand.
 
-    A topic's id is stored in ``<topic dir>/topic_id`` (written before the log is created, synced,
-    so a crash leaves either no topic or a topic with its id).
+    Where topics live on disk and which id each has is the storage catalog's
+    (:class:`~nanomq.storage.TopicCatalog`); the registry opens their logs with the broker's
+    settings and enforces its topic limit.
     """
 
     def __init__(self, config: BrokerConfig, executor: Executor) -> None:
         self._config = config
         self._executor = executor
-        self.root = Path(config.data_dir) / "topics"
-        self.topics: dict[str, Topic] = {}
-        self._next_topic_id = 1
+        self._catalog = TopicCatalog(Path(config.data_dir) / "topics", is_topic_name=valid_topic)
+        self._topics: dict[str, Topic] = {}
 
     def open_all(self) -> None:
-        """Open (and recover) every topic found on disk.
+        """Open (and recover) every topic found on disk, its id repaired if need be ([NMQ-S2-5])."""
+        for stored in self._catalog.recover():
+            self._open(stored)
 
-        Damage to the broker's own file never hides a topic ([NMQ-S2-5]): a ``topic_id`` that is
-        missing or unreadable beside a log is taken from the ``topic_id`` field of the log's first
-        record (a fresh id when the log has none) and rewritten; a directory left by a creation
-        that never finished (no ``topic_id``, no log) is removed."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        found: list[tuple[str, int | None]] = []
-        for entry in sorted(self.root.iterdir()):
-            if not entry.is_dir() or not valid_topic(entry.name):
-                continue
-            topic_id = _read_topic_id(entry)
-            if topic_id is None and not _has_log(entry):
-                _remove_unfinished(entry)
-                continue
-            if topic_id is None:
-                topic_id = _first_record_topic_id(entry)
-            found.append((entry.name, topic_id))
-        used = {tid for _, tid in found if tid is not None}
-        self._next_topic_id = max(used, default=0) + 1
-        seen: set[int] = set()
-        for name, topic_id in found:
-            if topic_id is None or topic_id in seen or _read_topic_id(self.root / name) != topic_id:
-                how = "kept from its records"
-                if topic_id is None or topic_id in seen:
-                    how = ("new: its log has no record that tells the old one" if topic_id is None
-                           else "new: another topic has the id its records carry")
-                    topic_id = self._next_topic_id
-                    self._next_topic_id += 1
-                try:
-                    self._write_topic_id(self.root / name, topic_id)
-                except OSError as e:
-                    _log.error("topic %s: cannot rewrite its topic_id file: %s", name, e)
-                _log.error("topic %s: its topic_id file was missing or damaged; topic id %d, %s", name, topic_id, how)
-            seen.add(topic_id)
-            self._open(name, topic_id)
-
-    def _write_topic_id(self, path: Path, topic_id: int) -> None:
-        """Write ``<path>/topic_id`` durably and atomically (tmp, fsync, rename, fsync the directory)."""
-        tmp = path / "topic_id.tmp"
-        try:
-            with open(tmp, "w") as f:
-                f.write(f"{topic_id}\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path / "topic_id")
-            _fsync_dir(path)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def _open(self, name: str, topic_id: int) -> Topic:
+    def _open(self, stored: StoredTopic) -> Topic:
         c = self._config
+        name, topic_id = stored.name, stored.topic_id
         log = TopicLog.open(
-            self.root / name,
+            stored.path,
             segment_bytes=c.segment_bytes,
             fsync=c.fsync,
             interval_ms=c.fsync_interval_ms,
@@ -246,41 +200,33 @@ class TopicRegistry:
             _log.error("topic %s: opened read-only, recovery could not finish: %s; reads are served, publishes are "
                        "refused until there is space", name, os.strerror(ro))
         topic = Topic(name, topic_id, log, self._executor)
-        self.topics[name] = topic
+        self._topics[name] = topic
         return topic
+
+    def __len__(self) -> int:
+        return len(self._topics)
+
+    def __iter__(self) -> Iterator[Topic]:
+        """Every open topic, in the order they were opened or created."""
+        return iter(tuple(self._topics.values()))
 
     def get(self, name: str) -> Topic | None:
         """The topic called ``name``, if it exists."""
-        return self.topics.get(name)
+        return self._topics.get(name)
 
     def get_or_create(self, name: str) -> Topic:
         """The topic called ``name``, created (durably) if new. Raises StorageError / LookupError."""
-        topic = self.topics.get(name)
+        topic = self._topics.get(name)
         if topic is not None:
             return topic
-        if len(self.topics) >= self._config.max_topics:
+        if len(self._topics) >= self._config.max_topics:
             raise LookupError(f"topic limit of {self._config.max_topics} reached")
-        path = self.root / name
-        topic_id = self._next_topic_id
-        existed = (path / "topic_id").exists()
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            self._write_topic_id(path, topic_id)
-            _fsync_dir(self.root)
-        except OSError as e:
-            # a failed creation leaves nothing behind (a later start would find a topic without a log)
-            if not existed:
-                with contextlib.suppress(OSError):
-                    (path / "topic_id").unlink(missing_ok=True)
-            _remove_unfinished(path)
-            raise StorageError(f"cannot create topic {name}: {e}") from e
-        self._next_topic_id += 1
-        return self._open(name, topic_id)
+        return self._open(self._catalog.create(name))
 
     def apply_retention(self) -> int:
         """Run retention on every topic; returns segments deleted."""
         deleted = 0
-        for t in self.topics.values():
+        for t in self._topics.values():
             try:
                 deleted += t.log.apply_retention()
             except StorageError as e:
@@ -289,7 +235,7 @@ class TopicRegistry:
 
     def sync_all(self) -> None:
         """Sync every topic (shutdown path; blocking)."""
-        for t in self.topics.values():
+        for t in self._topics.values():
             try:
                 t.log.sync()
             except StorageError as e:
@@ -297,67 +243,9 @@ class TopicRegistry:
 
     def close_all(self, clean: bool = True) -> None:
         """Close every log (``clean`` writes the clean-shutdown marker)."""
-        for t in self.topics.values():
+        for t in self._topics.values():
             try:
                 t.log.close(clean=clean)
             except StorageError as e:
                 _log.error("topic %s: close failed: %s", t.name, e)
-        self.topics.clear()
-
-
-def _read_topic_id(path: Path) -> int | None:
-    """The id in ``<path>/topic_id``, or None when it is missing or not a topic id."""
-    try:
-        text = (path / "topic_id").read_bytes().decode("ascii").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    if not text.isdigit():
-        return None
-    value = int(text)
-    return value if 1 <= value <= 0xFFFFFFFF else None
-
-
-def _segment_files(path: Path) -> list[Path]:
-    return sorted(p for p in path.iterdir() if len(p.name) == 24 and p.name.endswith(".log") and p.name[:20].isdigit())
-
-
-def _has_log(path: Path) -> bool:
-    return bool(_segment_files(path)) or (path / "checkpoint").exists()
-
-
-def _first_record_topic_id(path: Path) -> int | None:
-    """The ``topic_id`` field of the first record of the topic's log (spec/storage.md §3), or None."""
-    for seg in _segment_files(path):
-        try:
-            with open(seg, "rb") as f:
-                head = f.read(64)
-        except OSError:
-            continue
-        if len(head) == 64 and int.from_bytes(head[:8], "little") != 0:
-            tid = int.from_bytes(head[16:20], "little")
-            return tid if tid else None
-    return None
-
-
-def _remove_unfinished(path: Path) -> None:
-    """Remove the directory of a topic creation that did not finish: only its own leftovers
-    (``topic_id.tmp``, an empty directory); anything else stays, and says so in the log."""
-    (path / "topic_id.tmp").unlink(missing_ok=True)
-    try:
-        path.rmdir()
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        _log.error("topic dir %s has no topic_id and no log, but holds other files; left alone (%s)", path, e)
-        return
-    _log.warning("removed %s, left by a topic creation that did not finish", path)
-    with contextlib.suppress(OSError):
-        _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        self._topics.clear()

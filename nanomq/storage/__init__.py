@@ -1,10 +1,12 @@
 """Topic logs and consumer-group offsets on disk (the Python side of the C write-ahead log).
 
 ``TopicLog`` appends, syncs (group commit), reads zero-copy and recovers one topic's directory of
-segments; ``OffsetStore`` keeps committed consumer-group positions durably and atomically. The
+segments; ``TopicCatalog`` lists, creates and repairs the topic directories of a data directory and
+hands out topic ids; ``OffsetStore`` keeps committed consumer-group positions durably and atomically. The
 normative contract is spec/storage.md; docs/storage.md explains the design and measured figures.
 """
 
+from nanomq.storage.catalog import StoredTopic, TopicCatalog
 from nanomq.storage.errors import (
     BadRecordsError,
     LogClosedError,
@@ -23,6 +25,8 @@ __all__ = [
     "RecoveryReport",
     "SyncPolicy",
     "OffsetStore",
+    "TopicCatalog",
+    "StoredTopic",
     "StorageError",
     "LogIOError",
     "LogCorruptError",

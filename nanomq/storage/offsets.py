@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from types import TracebackType
 
 from nanomq._c.crc import crc32c
+from nanomq.storage.catalog import fsync_dir
 from nanomq.storage.errors import OffsetStoreError
 
 __all__ = ["OffsetStore"]
@@ -130,7 +131,7 @@ class OffsetStore:
                 # can, a crash may bring the old journal back, so nothing appended to the new one
                 # would be durable. Retry; refuse the set (changing nothing) while it fails.
                 try:
-                    _fsync_dir(self.path)
+                    fsync_dir(self.path)
                 except OSError as e:
                     raise OffsetStoreError(f"committing offsets failed: the compacted journal is not yet "
                                            f"durable in its directory (directory fsync: {e})") from e
@@ -182,7 +183,7 @@ class OffsetStore:
         self._fd = fd
         self._size = len(blob)
         try:
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
         except OSError:
             self._dir_unsynced = True
 
@@ -219,11 +220,3 @@ def _pwrite_all(fd: int, data: bytes, off: int) -> None:
         n = os.pwrite(fd, view, off)
         view = view[n:]
         off += n
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -135,7 +135,7 @@ def test_broker_serves_reads_and_logs_a_full_disk_once(tmp_path: Path, caplog: p
     caplog.set_level(logging.WARNING, logger="nanomq.broker")
     reg = TopicRegistry(BrokerConfig(data_dir=tmp_path, segment_bytes=SEG), ThreadPoolExecutor(1))
     reg.open_all()  # used to fail: the broker did not start
-    t = reg.topics["t"]
+    t = reg.get("t")
     assert [g[3] for g in read_all(t.log)] == [b"a", b"b"]
     for _ in range(5):
         with pytest.raises(StorageError):

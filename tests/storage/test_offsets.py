@@ -78,14 +78,14 @@ def _compacting_store(path, monkeypatch, fail_dir_fsync: list[bool]):
     ``fail_dir_fsync[0]`` is True."""
     from nanomq.storage import offsets as mod
 
-    real = mod._fsync_dir
+    real = mod.fsync_dir
 
     def flaky(p):
         if fail_dir_fsync[0]:
             raise OSError(5, "Input/output error")
         real(p)
 
-    monkeypatch.setattr(mod, "_fsync_dir", flaky)
+    monkeypatch.setattr(mod, "fsync_dir", flaky)
     return OffsetStore(path, compact_min_bytes=256)
 
 

@@ -1,0 +1,192 @@
+"""The topics of a data directory on disk: one directory per topic, its log and its ``topic_id``.
+
+Layout (spec/storage.md §2)::
+
+    <root>/<topic name>/topic_id      the topic's id in decimal, written durably before the log
+    <root>/<topic name>/...           the topic's log (segments, indexes, checkpoint, lock)
+
+A :class:`TopicCatalog` lists, creates and repairs these directories and hands out topic ids; the
+log inside each is :class:`~nanomq.storage.TopicLog`'s. It never hides or renumbers a topic because
+its ``topic_id`` is missing or damaged ([NMQ-S2-5]): the id is taken from the ``topic_id`` field of
+the log's first record (a fresh one when the log has none) and the file rewritten. A directory with
+neither a ``topic_id`` nor a log is a creation that did not finish (a crash, a full disk): it is
+removed at start, and a creation that fails leaves nothing behind.
+
+One process owns the catalog (the broker holds the data directory's lock); not thread-safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from nanomq.storage.errors import StorageError
+
+__all__ = ["TopicCatalog", "StoredTopic", "fsync_dir", "TOPIC_ID_FILE"]
+
+TOPIC_ID_FILE = "topic_id"
+_TMP = TOPIC_ID_FILE + ".tmp"
+_MAX_TOPIC_ID = 0xFFFFFFFF
+_log = logging.getLogger("nanomq.storage")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTopic:
+    """A topic directory with a valid id: where its log is, and the id its records carry."""
+
+    name: str
+    topic_id: int
+    path: Path
+
+
+class TopicCatalog:
+    """The topic directories under ``root``; ``is_topic_name`` says which directory names are topics
+    (others are left alone). Call :meth:`recover` once, before :meth:`create`."""
+
+    def __init__(self, root: str | os.PathLike[str], is_topic_name: Callable[[str], bool]) -> None:
+        self.root = Path(root)
+        self._is_topic_name = is_topic_name
+        self._next_topic_id = 1
+
+    def recover(self) -> list[StoredTopic]:
+        """Every topic directory under the root, by name, each with an id no other one has.
+
+        Repairs as it goes ([NMQ-S2-5]): a ``topic_id`` that is missing, unreadable or taken by
+        another topic is replaced (by the id of the log's first record, else a fresh one) and
+        rewritten, logged at ERROR; a directory left by an unfinished creation is removed.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        found: list[tuple[str, int | None]] = []
+        for entry in sorted(self.root.iterdir()):
+            if not entry.is_dir() or not self._is_topic_name(entry.name):
+                continue
+            topic_id = _read_topic_id(entry)
+            if topic_id is None and not _has_log(entry):
+                _remove_unfinished(entry)
+                continue
+            if topic_id is None:
+                topic_id = _first_record_topic_id(entry)
+            found.append((entry.name, topic_id))
+        self._next_topic_id = max((tid for _, tid in found if tid is not None), default=0) + 1
+        seen: set[int] = set()
+        topics: list[StoredTopic] = []
+        for name, topic_id in found:
+            path = self.root / name
+            if topic_id is None or topic_id in seen or _read_topic_id(path) != topic_id:
+                how = "kept from its records"
+                if topic_id is None or topic_id in seen:
+                    how = ("new: its log has no record that tells the old one" if topic_id is None
+                           else "new: another topic has the id its records carry")
+                    topic_id = self._take_id()
+                try:
+                    _write_topic_id(path, topic_id)
+                except OSError as e:
+                    _log.error("topic %s: cannot rewrite its topic_id file: %s", name, e)
+                _log.error("topic %s: its topic_id file was missing or damaged; topic id %d, %s", name, topic_id, how)
+            seen.add(topic_id)
+            topics.append(StoredTopic(name, topic_id, path))
+        return topics
+
+    def create(self, name: str) -> StoredTopic:
+        """Create the directory of a new topic with the next id, durably (its ``topic_id`` file and
+        its entry in the root are synced); the log is opened in it afterwards. Raises
+        :class:`~nanomq.storage.errors.StorageError`, leaving nothing behind and the id unused."""
+        path = self.root / name
+        topic_id = self._next_topic_id
+        existed = (path / TOPIC_ID_FILE).exists()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            _write_topic_id(path, topic_id)
+            fsync_dir(self.root)
+        except OSError as e:
+            # a later start would find a topic without a log
+            if not existed:
+                with contextlib.suppress(OSError):
+                    (path / TOPIC_ID_FILE).unlink(missing_ok=True)
+            _remove_unfinished(path)
+            raise StorageError(f"cannot create topic {name}: {e}") from e
+        self._next_topic_id = topic_id + 1
+        return StoredTopic(name, topic_id, path)
+
+    def _take_id(self) -> int:
+        topic_id = self._next_topic_id
+        self._next_topic_id += 1
+        return topic_id
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """fsync a directory, so the names created, renamed or removed in it are durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_topic_id(path: Path, topic_id: int) -> None:
+    """Write ``<path>/topic_id`` durably and atomically (tmp, fsync, rename, fsync the directory)."""
+    tmp = path / _TMP
+    try:
+        with open(tmp, "w") as f:
+            f.write(f"{topic_id}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path / TOPIC_ID_FILE)
+        fsync_dir(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_topic_id(path: Path) -> int | None:
+    """The id in ``<path>/topic_id``, or None when it is missing or not a topic id."""
+    try:
+        text = (path / TOPIC_ID_FILE).read_bytes().decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text.isdigit():
+        return None
+    value = int(text)
+    return value if 1 <= value <= _MAX_TOPIC_ID else None
+
+
+def _segment_files(path: Path) -> list[Path]:
+    """The files named like segments (``<first id:020>.log``, [NMQ-S2-2]), oldest first."""
+    return sorted(p for p in path.iterdir() if len(p.name) == 24 and p.name.endswith(".log") and p.name[:20].isdigit())
+
+
+def _has_log(path: Path) -> bool:
+    return bool(_segment_files(path)) or (path / "checkpoint").exists()
+
+
+def _first_record_topic_id(path: Path) -> int | None:
+    """The ``topic_id`` field of the first record of the topic's log (spec/storage.md §3), or None."""
+    for seg in _segment_files(path):
+        try:
+            with open(seg, "rb") as f:
+                head = f.read(64)
+        except OSError:
+            continue
+        if len(head) == 64 and int.from_bytes(head[:8], "little") != 0:
+            tid = int.from_bytes(head[16:20], "little")
+            return tid if tid else None
+    return None
+
+
+def _remove_unfinished(path: Path) -> None:
+    """Remove the directory of a topic creation that did not finish: only its own leftovers
+    (``topic_id.tmp``, an empty directory); anything else stays, and says so in the log."""
+    (path / _TMP).unlink(missing_ok=True)
+    try:
+        path.rmdir()
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        _log.error("topic dir %s has no topic_id and no log, but holds other files; left alone (%s)", path, e)
+        return
+    _log.warning("removed %s, left by a topic creation that did not finish", path)
+    with contextlib.suppress(OSError):
+        fsync_dir(path.parent)
