@@ -2,6 +2,12 @@
 
 Theory of operation
 -------------------
+A :class:`Connection` never sees the broker: everything it needs (what HELLO_OK announces, the
+topic directory, its per-connection limits, and the broker's admit/forget callbacks) comes in one
+:class:`ConnectionContext`, which the broker's protocol factory hands to every connection. Its
+session and its writing side are explicit states (:mod:`nanomq.broker.state`), and so is each
+subscription's.
+
 ``data_received`` feeds the shared sans-IO decoder and handles each complete frame at once, on the
 event loop (the log calls it makes are short C calls; the only slow one, fsync, runs in a worker
 thread through :class:`~nanomq.broker.topics.Topic`).
@@ -11,8 +17,8 @@ writes directly when nothing is queued; a durable PUBLISH reserves a slot that i
 callback fills later, and everything behind it waits.
 
 Deliveries are pushed by ``_pump`` whenever a subscribed topic grows, credit arrives or the socket
-drains. A subscription delivers only once its SUBSCRIBED / SEEK_OK has been written (so no DELIVER
-overtakes it), never beyond its credit, and never while the transport's buffer is above
+drains. A subscription delivers only in READY, once its SUBSCRIBED / SEEK_OK has been written (so
+no DELIVER overtakes it), never beyond its credit, and never while the transport's buffer is above
 ``write_buffer_bytes``: then ``pause_writing`` stops the pump *and* stops reading the client's
 requests until the client drains its socket. So a slow or malicious client costs at most about
 ``write_buffer_bytes`` + ``max_frame`` of memory, and everyone else keeps being served.
@@ -24,9 +30,20 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
+from nanomq.broker.state import (
+    CONNECTION_TRANSITIONS,
+    WRITE_TRANSITIONS,
+    ConnectionEvent,
+    ConnectionState,
+    SubscriptionState,
+    WriteEvent,
+    WriteState,
+    next_state,
+)
 from nanomq.broker.subscription import Subscription
 from nanomq.protocol import (
     PROTOCOL_VERSION,
@@ -66,16 +83,71 @@ from nanomq.protocol import (
 from nanomq.storage import StorageError
 
 if TYPE_CHECKING:
-    from nanomq.broker.server import Broker
     from nanomq.broker.topics import Topic
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "ConnectionContext", "Announcement", "TopicDirectory"]
 
 _log = logging.getLogger("nanomq.broker")
 
 _BATCHES_PER_PUMP = 16
 """Deliveries per subscription per pump turn, so one backlog cannot monopolise the loop."""
 _DELIVER_MAX_BYTES = 1 << 20
+
+# The states the hot paths compare with ``is``.
+_AWAITING_HELLO, _ACTIVE = ConnectionState.AWAITING_HELLO, ConnectionState.ACTIVE
+_FLOWING = WriteState.FLOWING
+_READY = SubscriptionState.READY
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    """What HELLO_OK announces ([NMQ-4.1-2]), the same on every connection; the limits are also
+    what the connection's decoder enforces."""
+
+    capabilities: Capability
+    max_frame: int
+    max_payload: int
+    max_batch: int
+    server_name: str
+
+
+class TopicDirectory(Protocol):
+    """The topic operations a connection uses (the broker's TopicRegistry provides them)."""
+
+    def get(self, name: str) -> Topic | None:
+        """The topic called ``name``, if it exists."""
+
+    def get_or_create(self, name: str) -> Topic:
+        """The topic called ``name``, created if new; LookupError at the topic limit, StorageError."""
+
+    def __iter__(self) -> Iterator[Topic]:
+        """Every topic."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionContext:
+    """Everything a :class:`Connection` needs from the broker, and nothing more. The broker makes
+    one and its protocol factory hands it to every connection; a test can hand it fakes."""
+
+    announcement: Announcement
+    topics: TopicDirectory
+    max_subscriptions: int
+    """Subscriptions one connection may hold ([NMQ-6.2-2])."""
+    write_buffer_bytes: int
+    """Output buffered in the transport above which delivery and reading pause."""
+    admit: Callable[[Connection], bool]
+    """Called once connected: False refuses the connection (TOO_MANY_CONNECTIONS, [NMQ-6.2-1])."""
+    forget: Callable[[Connection], None]
+    """Called once the connection is gone."""
+
+
+@dataclass(slots=True)
+class _Slot:
+    """A response's place in the output order: its bytes (None until a durable ack fills it) and
+    what to do once they are written."""
+
+    data: bytes | None
+    on_written: Callable[[], None] | None = None
 
 
 class _Failure(Exception):
@@ -87,66 +159,95 @@ class _Failure(Exception):
 
 
 class Connection(asyncio.Protocol):
-    """The broker side of one client connection."""
+    """The broker side of one client connection; everything it needs comes in ``ctx``."""
 
-    def __init__(self, broker: Broker) -> None:
-        cfg = broker.config
-        self.broker = broker
-        self.decoder = Decoder("server", max_frame=cfg.max_frame,
-                               limits=Limits(max_payload=cfg.max_payload, max_batch=cfg.max_batch))
-        self.transport: asyncio.Transport | None = None
+    def __init__(self, ctx: ConnectionContext) -> None:
+        self._ctx = ctx
+        ann = ctx.announcement
+        self._decoder = Decoder("server", max_frame=ann.max_frame,
+                                limits=Limits(max_payload=ann.max_payload, max_batch=ann.max_batch))
+        self._transport: asyncio.Transport | None = None
         self.peer = "?"
-        self.hello_done = False
-        self.closed = False
-        self.subs: dict[int, Subscription] = {}
+        self._state = ConnectionState.NEW
+        self._write_state = WriteState.FLOWING
+        self._subs: dict[int, Subscription] = {}
         self._next_sub_id = 1
-        self._queue: deque[list[object]] = deque()
-        self._paused = False
+        self._queue: deque[_Slot] = deque()
         self._pump_scheduled = False
-        self.opened_at = time.monotonic()
-        self.partial_since: float | None = None
+        self._opened_at = time.monotonic()
+        self._partial_since: float | None = None
+
+    def _move(self, event: ConnectionEvent) -> None:
+        self._state = next_state(CONNECTION_TRANSITIONS, self._state, event)
+
+    # ------------------------------------------------------------------ what the broker sees
+
+    @property
+    def state(self) -> ConnectionState:
+        """Where the connection is (:mod:`nanomq.broker.state`)."""
+        return self._state
+
+    @property
+    def awaiting_hello(self) -> bool:
+        """Connected, and HELLO not received yet."""
+        return self._state is _AWAITING_HELLO
+
+    @property
+    def opened_at(self) -> float:
+        """When the connection was made (``time.monotonic()``)."""
+        return self._opened_at
+
+    @property
+    def partial_since(self) -> float | None:
         """When the frame now being received began arriving (None: no partial frame)."""
+        return self._partial_since
+
+    def close(self, code: ErrorCode = ErrorCode.SHUTTING_DOWN, message: str = "broker is shutting down") -> None:
+        """Close from the broker's side (shutdown, watchdog): ERROR, then close. No-op once closing."""
+        self._fatal(code, message)
 
     # ------------------------------------------------------------------ transport events
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self._transport = transport
+        self._move(ConnectionEvent.MADE)
         self.peer = str(transport.get_extra_info("peername"))
-        transport.set_write_buffer_limits(high=self.broker.config.write_buffer_bytes)
-        if not self.broker.admit(self):
+        transport.set_write_buffer_limits(high=self._ctx.write_buffer_bytes)
+        if not self._ctx.admit(self):
             self._fatal(ErrorCode.TOO_MANY_CONNECTIONS, "connection limit reached", "NMQ-6.2-1")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        for sub in self.subs.values():
+        self._move(ConnectionEvent.LOST)
+        for sub in self._subs.values():
             self._detach(sub)
-        self.subs.clear()
+            sub.end()
+        self._subs.clear()
         self._queue.clear()
-        self.broker.forget(self)
+        self._ctx.forget(self)
 
     def pause_writing(self) -> None:
-        self._paused = True
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self._write_state = next_state(WRITE_TRANSITIONS, self._write_state, WriteEvent.PAUSE)
+        if self._transport is not None:
+            self._transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self._paused = False
-        if self.transport is not None and not self.closed:
-            self.transport.resume_reading()
+        self._write_state = next_state(WRITE_TRANSITIONS, self._write_state, WriteEvent.RESUME)
+        if self._transport is not None and (self._state is _ACTIVE or self._state is _AWAITING_HELLO):
+            self._transport.resume_reading()
             self._schedule_pump()
 
     def data_received(self, data: bytes) -> None:
-        if self.closed:
+        if self._state is not _ACTIVE and self._state is not _AWAITING_HELLO:
             return
-        self.decoder.feed(data)
+        self._decoder.feed(data)
         completed = False
-        while not self.closed:
+        while self._state is _ACTIVE or self._state is _AWAITING_HELLO:
             try:
-                frame = self.decoder.next_frame()
+                frame = self._decoder.next_frame()
             except ProtocolError as e:
                 completed = True
-                if e.fatal or not self.hello_done:
+                if e.fatal or self._state is _AWAITING_HELLO:
                     self._fatal(e.code, e.message, e.rule)
                     return
                 self._respond_error(e.request_id, e.code, e.message, e.rule)
@@ -165,10 +266,10 @@ class Connection(asyncio.Protocol):
                 _log.exception("internal error handling %s from %s", type(frame).__name__, self.peer)
                 self._fatal(ErrorCode.INTERNAL, "internal server error", "NMQ-8-4")
                 return
-        if self.decoder.buffered == 0:
-            self.partial_since = None
-        elif completed or self.partial_since is None:
-            self.partial_since = time.monotonic()
+        if self._decoder.buffered == 0:
+            self._partial_since = None
+        elif completed or self._partial_since is None:
+            self._partial_since = time.monotonic()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -176,8 +277,8 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ output
 
     def _write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
+        if self._transport is not None and (self._state is _ACTIVE or self._state is _AWAITING_HELLO):
+            self._transport.write(data)
 
     def _respond(self, frame: Frame, on_written: Callable[[], None] | None = None) -> None:
         """Send a response in request order (after any still-pending earlier ones)."""
@@ -187,43 +288,42 @@ class Connection(asyncio.Protocol):
             if on_written is not None:
                 on_written()
         else:
-            self._queue.append([data, on_written])
+            self._queue.append(_Slot(data, on_written))
 
-    def _reserve(self) -> list[object]:
-        slot: list[object] = [None, None]
+    def _reserve(self) -> _Slot:
+        """A place in the output order for a response that is not known yet (a durable ack)."""
+        slot = _Slot(None)
         self._queue.append(slot)
         return slot
 
-    def _fill(self, slot: list[object], frame: Frame) -> None:
-        if self.closed:
+    def _fill(self, slot: _Slot, frame: Frame) -> None:
+        """Give a reserved slot its response; write every response now at the head of the queue."""
+        if self._state is not _ACTIVE:
             return
-        slot[0] = encode(frame)
-        while self._queue and self._queue[0][0] is not None:
-            data, cb = self._queue.popleft()
-            self._write(data)  # type: ignore[arg-type]
-            if cb is not None:
-                cb()  # type: ignore[operator]
+        slot.data = encode(frame)
+        queue = self._queue
+        while queue and queue[0].data is not None:
+            head = queue.popleft()
+            self._write(head.data)  # type: ignore[arg-type]
+            if head.on_written is not None:
+                head.on_written()
 
     def _respond_error(self, request_id: int, code: ErrorCode, message: str, rule: str) -> None:
         self._respond(Error(request_id, int(code), message, rule))
 
     def _fatal(self, code: ErrorCode, message: str, rule: str = "") -> None:
         """Send ERROR (request_id 0) and close: the stream or the session cannot go on."""
-        if self.closed or self.transport is None:
+        if self._transport is None or (self._state is not _ACTIVE and self._state is not _AWAITING_HELLO):
             return
         _log.info("closing %s: %s %s", self.peer, code.name, message)
-        self.transport.write(encode(Error(0, int(code), message, rule)))
-        self.closed = True
-        self.transport.close()
-
-    def close(self, code: ErrorCode = ErrorCode.SHUTTING_DOWN, message: str = "broker is shutting down") -> None:
-        """Close from the broker's side (shutdown)."""
-        self._fatal(code, message)
+        self._transport.write(encode(Error(0, int(code), message, rule)))
+        self._move(ConnectionEvent.FATAL)
+        self._transport.close()
 
     # ------------------------------------------------------------------ requests
 
     def _dispatch(self, frame: Frame) -> None:
-        if not self.hello_done:
+        if self._state is _AWAITING_HELLO:
             if not isinstance(frame, Hello):
                 raise _Failure(ErrorCode.BAD_STATE, "the first frame must be HELLO", "NMQ-4.1-1", fatal=True)
             self._on_hello(frame)
@@ -237,14 +337,14 @@ class Connection(asyncio.Protocol):
         if f.version != PROTOCOL_VERSION:
             raise _Failure(ErrorCode.UNSUPPORTED_VERSION, f"version {f.version} not supported (1 is)",
                            "NMQ-4.1-5", fatal=True)
-        self.hello_done = True
-        cfg = self.broker.config
-        self._respond(HelloOk(f.request_id, PROTOCOL_VERSION, int(self.broker.capabilities), cfg.max_frame,
-                              cfg.max_payload, cfg.max_batch, cfg.server_name))
+        self._move(ConnectionEvent.HELLO)
+        ann = self._ctx.announcement
+        self._respond(HelloOk(f.request_id, PROTOCOL_VERSION, int(ann.capabilities), ann.max_frame,
+                              ann.max_payload, ann.max_batch, ann.server_name))
 
     def _on_publish(self, f: Publish) -> None:
         flags, has_producer = f.records.summary()
-        caps = self.broker.capabilities
+        caps = self._ctx.announcement.capabilities
         if flags & RecordFlag.LZ4 and not caps & Capability.COMPRESSION_LZ4:
             raise _Failure(ErrorCode.NOT_SUPPORTED, "LZ4 records are disabled on this broker", "NMQ-5.3-1")
         if has_producer and not caps & Capability.IDEMPOTENT:
@@ -282,21 +382,22 @@ class Connection(asyncio.Protocol):
     def _on_subscribe(self, f: Subscribe) -> None:
         if f.group:
             raise _Failure(ErrorCode.NOT_SUPPORTED, "consumer groups are not supported by this broker", "NMQ-4.4-3")
-        if len(self.subs) >= self.broker.config.max_subscriptions:
+        if len(self._subs) >= self._ctx.max_subscriptions:
             raise _Failure(ErrorCode.RESOURCE_LIMIT, "too many subscriptions on this connection", "NMQ-6.2-2")
         topic = self._topic(f.topic)
         start = self._resolve(topic, f.start, f.start_value)
         sub = Subscription(self._next_sub_id, topic, start, f.credit)
         self._next_sub_id += 1
-        self.subs[sub.sub_id] = sub
+        self._subs[sub.sub_id] = sub
         topic.listeners.add(self._on_append)
         self._respond(Subscribed(f.request_id, sub.sub_id, topic.topic_id, start, topic.log.next_id),
-                      on_written=lambda: self._ready(sub))
+                      on_written=lambda: self._announced(sub))
 
     def _on_unsubscribe(self, f: Unsubscribe) -> None:
         sub = self._sub(f.sub_id)
-        del self.subs[sub.sub_id]
+        del self._subs[sub.sub_id]
         self._detach(sub)
+        sub.end()
         self._respond(Unsubscribed(f.request_id))
 
     def _on_credit(self, f: Credit) -> None:
@@ -314,19 +415,18 @@ class Connection(asyncio.Protocol):
     def _on_seek(self, f: Seek) -> None:
         sub = self._sub(f.sub_id)
         start = self._resolve(sub.topic, f.start, f.value)
-        sub.reposition(start)
-        sub.ready = False
-        self._respond(SeekOk(f.request_id, start), on_written=lambda: self._ready(sub))
+        sub.seek(start)
+        self._respond(SeekOk(f.request_id, start), on_written=lambda: self._announced(sub))
 
     def _on_metadata(self, f: Metadata) -> None:
-        reg = self.broker.topics
+        directory = self._ctx.topics
         if f.topic:
-            t = reg.get(f.topic)
+            t = directory.get(f.topic)
             if t is None:
                 raise _Failure(ErrorCode.UNKNOWN_TOPIC, f"no topic {f.topic!r}", "NMQ-4.9-1")
             topics = [t]
         else:
-            topics = sorted(reg, key=lambda t: t.name)
+            topics = sorted(directory, key=lambda t: t.name)
         self._respond(MetadataOk(f.request_id, tuple(
             TopicInfo(t.topic_id, t.name, t.log.first_id, t.log.next_id) for t in topics)))
 
@@ -337,14 +437,14 @@ class Connection(asyncio.Protocol):
 
     def _topic(self, name: str) -> Topic:
         try:
-            return self.broker.topics.get_or_create(name)
+            return self._ctx.topics.get_or_create(name)
         except LookupError as e:
             raise _Failure(ErrorCode.RESOURCE_LIMIT, str(e), "NMQ-6.2-2") from e
         except StorageError as e:
             raise _Failure(ErrorCode.STORAGE_ERROR, str(e), "NMQ-SEM-3-4") from e
 
     def _sub(self, sub_id: int) -> Subscription:
-        sub = self.subs.get(sub_id)
+        sub = self._subs.get(sub_id)
         if sub is None:
             raise _Failure(ErrorCode.UNKNOWN_SUBSCRIPTION, f"no subscription {sub_id} on this connection", "NMQ-4.5-1")
         return sub
@@ -364,13 +464,14 @@ class Connection(asyncio.Protocol):
             raise _Failure(ErrorCode.OUT_OF_RANGE, f"id {value} is beyond the topic's next id {log.next_id}", "NMQ-4.4-4")
         return topic.first_record_at_or_after(max(value, log.first_id))
 
-    def _ready(self, sub: Subscription) -> None:
-        sub.ready = True
-        self._schedule_pump()
+    def _announced(self, sub: Subscription) -> None:
+        """A SUBSCRIBED / SEEK_OK of ``sub`` was written: it may deliver."""
+        if sub.announced():
+            self._schedule_pump()
 
     def _detach(self, sub: Subscription) -> None:
         # The pump listener is shared by every subscription of this connection on that topic.
-        if not any(s.topic is sub.topic for s in self.subs.values() if s is not sub):
+        if not any(s.topic is sub.topic for s in self._subs.values() if s is not sub):
             sub.topic.listeners.discard(self._on_append)
 
     # ------------------------------------------------------------------ delivery
@@ -378,23 +479,23 @@ class Connection(asyncio.Protocol):
     def _on_append(self) -> None:
         """A subscribed topic grew: deliver now, in the publisher's turn of the loop, so a waiting
         subscriber gets the record without waiting for another loop iteration."""
-        if not self.closed and not self._paused:
+        if self._state is _ACTIVE and self._write_state is _FLOWING:
             self._pump()
 
     def _schedule_pump(self) -> None:
-        if not self._pump_scheduled and not self.closed and not self._paused:
+        if not self._pump_scheduled and self._state is _ACTIVE and self._write_state is _FLOWING:
             self._pump_scheduled = True
             asyncio.get_running_loop().call_soon(self._pump)
 
     def _pump(self) -> None:
         self._pump_scheduled = False
-        if self.closed or self._paused or self.transport is None:
+        if self._state is not _ACTIVE or self._write_state is not _FLOWING:
             return
-        max_batch = self.broker.config.max_batch
+        max_batch = self._ctx.announcement.max_batch
         again = False
-        for sub in tuple(self.subs.values()):
+        for sub in tuple(self._subs.values()):
             turns = 0
-            while sub.ready and sub.credit > 0 and not self._paused and not self.closed:
+            while sub.state is _READY and sub.credit > 0 and self._write_state is _FLOWING and self._state is _ACTIVE:
                 if turns == _BATCHES_PER_PUMP:
                     again = True
                     break
@@ -427,11 +528,10 @@ class Connection(asyncio.Protocol):
         if again:
             self._schedule_pump()
 
-
     def _deliver(self, sub_id: int, records: memoryview, count: int) -> None:
         """Write one DELIVER of ``count`` stored records, their bytes as they are [NMQ-4.6-3]."""
-        assert self.transport is not None
-        self.transport.write(frame_header(Opcode.DELIVER, 0, 8 + len(records))
+        assert self._transport is not None
+        self._transport.write(frame_header(Opcode.DELIVER, 0, 8 + len(records))
                              + Deliver.prefix(sub_id, count) + records)
 
 

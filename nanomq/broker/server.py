@@ -18,10 +18,11 @@ import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from nanomq.broker.config import BrokerConfig
-from nanomq.broker.connection import Connection
+from nanomq.broker.connection import Announcement, Connection, ConnectionContext
 from nanomq.broker.tls import TlsAcceptor, load_server_context
 from nanomq.broker.topics import TopicRegistry
 from nanomq.protocol import Capability, ErrorCode
@@ -72,7 +73,7 @@ class Broker:
         loop = asyncio.get_running_loop()
         # TLS: a TlsAcceptor peeks at each new connection, upgrades TLS ones and tells plaintext
         # clients that TLS is expected (asyncio's own ssl= listener just drops them).
-        factory: Callable[[], asyncio.Protocol] = lambda: Connection(self)  # noqa: E731
+        factory: Callable[[], asyncio.Protocol] = partial(Connection, self._connection_context())
         if self._ssl is not None:
             factory = TlsAcceptor(factory, self._ssl, self.config.hello_timeout_s, self.config.max_connections)
         self._server = await loop.create_server(
@@ -121,6 +122,19 @@ class Broker:
 
     # ------------------------------------------------------------------ connections
 
+    def _connection_context(self) -> ConnectionContext:
+        """What every connection is given: all it may know of this broker."""
+        cfg = self.config
+        return ConnectionContext(
+            announcement=Announcement(self.capabilities, cfg.max_frame, cfg.max_payload, cfg.max_batch,
+                                      cfg.server_name),
+            topics=self.topics,
+            max_subscriptions=cfg.max_subscriptions,
+            write_buffer_bytes=cfg.write_buffer_bytes,
+            admit=self.admit,
+            forget=self.forget,
+        )
+
     def admit(self, conn: Connection) -> bool:
         """Register a new connection; False when over the connection limit [NMQ-6.2-1]."""
         if self._server is None or len(self.connections) >= self.config.max_connections:
@@ -141,7 +155,7 @@ class Broker:
             await asyncio.sleep(min(1.0, cfg.hello_timeout_s / 2, cfg.frame_timeout_s / 2))
             now = time.monotonic()
             for conn in tuple(self.connections):
-                if not conn.hello_done and now - conn.opened_at > cfg.hello_timeout_s:
+                if conn.awaiting_hello and now - conn.opened_at > cfg.hello_timeout_s:
                     conn.close(ErrorCode.BAD_STATE, "no HELLO within the handshake timeout")
                 elif conn.partial_since is not None and now - conn.partial_since > cfg.frame_timeout_s:
                     conn.close(ErrorCode.MALFORMED, "a frame took too long to arrive")
