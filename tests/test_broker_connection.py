@@ -256,6 +256,39 @@ def test_no_deliver_before_subscribed_and_none_beyond_credit(registry: TopicRegi
     assert _delivered_ids(out) == [1, 2, 3, 4, 5]  # the rest once credit came
 
 
+def test_no_deliver_overtakes_the_last_of_two_seek_oks_behind_durable_acks(registry: TopicRegistry) -> None:
+    """Two SEEKs queued behind durable acks: the first SEEK_OK written must not let the pump deliver
+    from the second SEEK's position before the second SEEK_OK ([NMQ-4.8-4]), or the client drops
+    those records as belonging to the old position and never gets them again."""
+    topic = registry.get_or_create("t")
+    out: list[Frame] = []
+
+    async def main() -> None:
+        p = Peer(registry).made()
+        p.hello()
+        p.send(Publish(2, "t", Ack.WRITTEN, _records(10)), Subscribe(3, "t", Start.LATEST, 0, 0))
+        out.extend(p.frames())
+        pending = _hold_durable_acks(topic)
+        p.send(Publish(4, "t", Ack.DURABLE, _records(1, b"a")), Seek(5, 1, Start.ID, 1),
+               Publish(6, "t", Ack.DURABLE, _records(1, b"b")), Seek(7, 1, Start.ID, 5), Credit(0, 1, 100))
+        first, second = pending
+        first(None)  # writes PUBLISH_ACK 4 and SEEK_OK 1, then waits at the second durable ack
+        for _ in range(3):
+            await asyncio.sleep(0)
+        out.extend(p.frames())
+        assert not _delivered_ids(out), "a DELIVER went out before the last SEEK_OK"
+        second(None)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        out.extend(p.frames())
+
+    asyncio.run(main())
+    kinds = [type(f).__name__ for f in out if not isinstance(f, Deliver)]
+    assert kinds == ["PublishAck", "Subscribed", "PublishAck", "SeekOk", "PublishAck", "SeekOk"]
+    assert [f.next_id for f in out if isinstance(f, SeekOk)] == [1, 5]
+    assert _delivered_ids(out) == list(range(5, 13))  # from the second SEEK's position, nothing skipped
+
+
 def test_after_seek_ok_deliveries_start_at_its_position(registry: TopicRegistry) -> None:
     out: list[Frame] = []
 

@@ -67,7 +67,9 @@ def test_a_subscription_delivers_only_once_announced() -> None:
     assert sub.announced() and sub.state is SubscriptionState.READY
     sub.seek(2)
     assert sub.state is SubscriptionState.ANNOUNCING and (sub.start_id, sub.next_id, sub.committed) == (2, 2, 2)
-    assert sub.announced()
+    sub.seek(3)  # a second SEEK before the first SEEK_OK is written
+    assert not sub.announced() and sub.state is SubscriptionState.ANNOUNCING  # the first SEEK_OK
+    assert sub.announced()  # the second
     sub.end()
     assert sub.state is SubscriptionState.ENDED
     assert not sub.announced()  # its SUBSCRIBED written after UNSUBSCRIBE: it stays ended

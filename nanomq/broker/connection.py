@@ -17,8 +17,9 @@ writes directly when nothing is queued; a durable PUBLISH reserves a slot that i
 callback fills later, and everything behind it waits.
 
 Deliveries are pushed by ``_pump`` whenever a subscribed topic grows, credit arrives or the socket
-drains. A subscription delivers only in READY, once its SUBSCRIBED / SEEK_OK has been written (so
-no DELIVER overtakes it), never beyond its credit, and never while the transport's buffer is above
+drains. A subscription delivers only in READY, once every SUBSCRIBED / SEEK_OK it is owed has been
+written (so no DELIVER overtakes one, even when two SEEKs wait behind a durable ack), never beyond
+its credit, and never while the transport's buffer is above
 ``write_buffer_bytes``: then ``pause_writing`` stops the pump *and* stops reading the client's
 requests until the client drains its socket. So a slow or malicious client costs at most about
 ``write_buffer_bytes`` + ``max_frame`` of memory, and everyone else keeps being served.
@@ -465,7 +466,7 @@ class Connection(asyncio.Protocol):
         return topic.first_record_at_or_after(max(value, log.first_id))
 
     def _announced(self, sub: Subscription) -> None:
-        """A SUBSCRIBED / SEEK_OK of ``sub`` was written: it may deliver."""
+        """A SUBSCRIBED / SEEK_OK of ``sub`` was written: deliver once none it is owed is left."""
         if sub.announced():
             self._schedule_pump()
 

@@ -19,7 +19,7 @@ and, independently, its writing side (asyncio's flow control of the transport)::
 A subscription, which may deliver only in READY, so that no DELIVER overtakes its SUBSCRIBED or
 a SEEK_OK ([NMQ-4.4-5], [NMQ-4.8-4])::
 
-    ANNOUNCING, READY --announced (its SUBSCRIBED / a SEEK_OK was written)--> READY
+    ANNOUNCING --announced (the last unwritten SUBSCRIBED / SEEK_OK was written)--> READY
     ANNOUNCING, READY --seek--> ANNOUNCING
     ANNOUNCING, READY --end (UNSUBSCRIBE, connection lost)--> ENDED
     ENDED --announced--> ENDED                       a SUBSCRIBED written after its UNSUBSCRIBE
@@ -103,7 +103,7 @@ class SubscriptionEvent(Enum):
     """What moves a subscription."""
 
     ANNOUNCED = "announced"
-    """Its SUBSCRIBED or a SEEK_OK has been written."""
+    """Every SUBSCRIBED / SEEK_OK it is owed has been written."""
     SEEK = "seek"
     """SEEK repositioned it: it announces again."""
     END = "end"
@@ -129,10 +129,10 @@ WRITE_TRANSITIONS: dict[WriteState, dict[WriteEvent, WriteState]] = {
 _S, _V = SubscriptionState, SubscriptionEvent
 SUBSCRIPTION_TRANSITIONS: dict[SubscriptionState, dict[SubscriptionEvent, SubscriptionState]] = {
     _S.ANNOUNCING: {_V.ANNOUNCED: _S.READY, _V.SEEK: _S.ANNOUNCING, _V.END: _S.ENDED},
-    _S.READY: {_V.ANNOUNCED: _S.READY, _V.SEEK: _S.ANNOUNCING, _V.END: _S.ENDED},
+    _S.READY: {_V.SEEK: _S.ANNOUNCING, _V.END: _S.ENDED},
     _S.ENDED: {_V.ANNOUNCED: _S.ENDED},
 }
-"""state -> event -> next state."""
+"""state -> event -> next state. ANNOUNCED is sent only once no SUBSCRIBED / SEEK_OK is left unwritten."""
 
 
 class BrokerStateError(RuntimeError):

@@ -14,30 +14,35 @@ class Subscription:
     Invariants: ``start_id <= committed <= next_id``; every id in ``[start_id, next_id)`` was
     delivered (delivery is contiguous from the start position, [NMQ-SEM-4-1]); ``_acked`` holds
     committed ids above ``committed``, so ``committed`` is the lowest uncommitted delivered id.
-    ``state`` is READY once its SUBSCRIBED / SEEK_OK has been written (:mod:`nanomq.broker.state`):
-    only then may it deliver.
+    ``state`` is READY only when none of the SUBSCRIBED / SEEK_OK it is owed is left unwritten
+    (:mod:`nanomq.broker.state`): only then may it deliver.
     """
 
-    __slots__ = ("sub_id", "topic", "next_id", "start_id", "credit", "committed", "_acked", "state")
+    __slots__ = ("sub_id", "topic", "next_id", "start_id", "credit", "committed", "_acked", "state", "_unannounced")
 
     def __init__(self, sub_id: int, topic: Topic, start_id: int, credit: int) -> None:
         self.sub_id = sub_id
         self.topic = topic
         self.credit = credit
         self.state = SubscriptionState.ANNOUNCING
+        self._unannounced = 1
+        """SUBSCRIBED / SEEK_OK frames of this subscription not written yet (its SUBSCRIBED first)."""
         self.start_id = self.next_id = self.committed = start_id
         self._acked: set[int] = set()
 
     def seek(self, start_id: int) -> None:
         """SEEK: move to ``start_id`` and forget delivery and commit state of the old position. The
-        subscription delivers again once a SEEK_OK is written."""
+        subscription delivers again once this SEEK_OK (and any earlier one still queued) is written."""
         self.start_id = self.next_id = self.committed = start_id
         self._acked.clear()
         self.state = next_state(SUBSCRIPTION_TRANSITIONS, self.state, SubscriptionEvent.SEEK)
+        self._unannounced += 1
 
     def announced(self) -> bool:
         """One of its SUBSCRIBED / SEEK_OK frames was written; True when it may deliver now."""
-        self.state = next_state(SUBSCRIPTION_TRANSITIONS, self.state, SubscriptionEvent.ANNOUNCED)
+        self._unannounced -= 1
+        if self._unannounced == 0:
+            self.state = next_state(SUBSCRIPTION_TRANSITIONS, self.state, SubscriptionEvent.ANNOUNCED)
         return self.state is SubscriptionState.READY
 
     def end(self) -> None:
