@@ -36,7 +36,7 @@ from nanomq.protocol import (
 __all__ = [
     "expect_error", "is_error", "closed", "publish", "subscribe", "quiet", "alive", "topic_info",
     "raw_publish", "raw_subscribe", "raw_seek", "raw_commit", "raw_metadata", "raw_frame", "batch",
-    "collect_all", "responses",
+    "collect_all", "responses", "fatal", "HELLO_V1", "PING_AFTER", "check_error_text", "known_rule",
 ]
 
 
@@ -88,6 +88,29 @@ def closed(w: WireClient, *rules: str, timeout: float = 5.0) -> list[Frame]:
         return w.expect_closed(timeout)
     except TimeoutError:
         raise Failed(f"the connection was not closed within {timeout:.0f} s", tuple(rules)) from None
+
+
+HELLO_V1 = struct.pack("<IBBHQHHHH", 24, 0x01, 0, 0, 0xF011, 1, 0, 0, 0)
+"""A valid HELLO (request 0xF011) sent right behind a frame that must be fatal: if the server
+did not close, it would answer it."""
+PING_AFTER = struct.pack("<IBBHQQ", 24, 0x09, 0, 0, 0xF012, 0xF012)
+"""A PING (request 0xF012) sent right behind a frame that must be fatal after HELLO."""
+
+
+def fatal(w: WireClient, raw: bytes, code: ErrorCode, *rules: str, follow: bytes = PING_AFTER,
+          what: str = "") -> list[Frame]:
+    """Send ``raw`` and, in the same write, ``follow`` (a request the server would answer if it
+    went on): expect ERROR ``code``, the connection closed, and ``follow`` never answered — a
+    server that sends the ERROR but keeps serving is caught even when a timeout closes it later."""
+    w.send_raw(raw + follow)
+    frames = closed(w, *rules)
+    pre = f"{what}: " if what else ""
+    check(any(is_error(f, code) for f in frames), f"{pre}expected ERROR {code.name} and a close, got {frames!r}",
+          *rules)
+    served = [f for f in frames if not isinstance(f, Error) and f.request_id in (0xF011, 0xF012)]
+    check(not served, f"{pre}after the fatal ERROR {code.name} the server still answered {served!r}: it must close "
+          "the connection", *(rules or ()), "NMQ-8-2")
+    return frames
 
 
 def alive(w: WireClient, *rules: str, token: int = 0x5EED) -> None:
