@@ -102,13 +102,18 @@ def subscriptions(ctx: Context) -> None:
             w.send(Credit(0, s1.sub_id, 1))
             got1 = [r.id for r in collect_all(w, s1.sub_id, 1)]
             check(got1 == [9], f"after SEEK to 9 and CREDIT 1: got {got1}")
-        with ctx.step("NMQ-4.5-2"):
+        with ctx.step("NMQ-4.5-2", "NMQ-SEM-4-1"):
+            w.send(Credit(0, s2.sub_id, 10))
+            got2 = [r.id for r in collect_all(w, s2.sub_id, 2)]
+            check(got2 == [9, 10], f"after CREDIT 10 the second subscription got {got2}")
             w.send(Unsubscribe(w.next_id(), s1.sub_id))
             check(isinstance(w.recv_response(), Unsubscribed), "UNSUBSCRIBE answered otherwise")
+            # The second subscription of the topic has credit left: a record published now must
+            # reach it with no other request to wake it (the first one's leaving must not stop it).
             publish(w, a, [b"a11"])
-            w.send(Credit(0, s2.sub_id, 10))
-            got2 = [r.id for r in collect_all(w, s2.sub_id, 3)]
-            check(got2 == [9, 10, 11], f"after another subscription left, this one got {got2}")
+            got2 = [r.id for r in collect_all(w, s2.sub_id, 1)]
+            check(got2 == [11], f"after another subscription of the topic left, this one got {got2} of a record "
+                  "published later (it still had credit)")
             quiet(w, 0.3, "after UNSUBSCRIBED the subscription still delivered")
         with ctx.step("NMQ-4.4-1"):
             s4 = subscribe(w, a)
@@ -157,6 +162,48 @@ def processing_order(ctx: Context) -> None:
             want = [f"{i}:{k}".encode() for i in range(12) for k in range(i % 4 + 1)]
             check([r.payload for r in recs] == want, "records not stored in the order their PUBLISHes were sent",
                   "NMQ-SEM-2-3")
+
+
+@case("session.answers-first", "behind a durable PUBLISH still waiting for its sync, a SUBSCRIBE and a SEEK "
+      "on a topic with records: no DELIVER of the subscription comes before its SUBSCRIBED, none of the new "
+      "position before SEEK_OK, and the first after each starts at the id it names", layer="wire",
+      rules=("NMQ-4.4-5", "NMQ-4.8-4", "NMQ-3.3-2"))
+def answers_first(ctx: Context) -> None:
+    slow, t = ctx.topic("af-durable"), ctx.topic("af")
+    with ctx.client() as w:
+        publish(w, t, [f"r{i}".encode() for i in range(1, 21)])
+        s0 = subscribe(w, t, Start.LATEST, credit=0)
+        for _ in range(3):
+            base = w.next_id()
+            big = RecordBatch.from_payloads([bytes(60_000)] * 64)  # ~4 MB: its sync takes a while
+            w.send(Publish(base, slow, Ack.DURABLE, big), Subscribe(base + 1, t, Start.ID, 5, 100, ""),
+                   Seek(base + 2, s0.sub_id, Start.ID, 12), Credit(0, s0.sub_id, 3))
+            seen: list[object] = []
+            sub_id = 0
+            while len([f for f in seen if not isinstance(f, Deliver)]) < 3:
+                f = w.recv(10.0)
+                seen.append(f)
+                if isinstance(f, Subscribed):
+                    sub_id = f.sub_id
+            with ctx.step("NMQ-3.3-2"):
+                kinds = [type(f).__name__ for f in seen if not isinstance(f, Deliver)]
+                check(kinds == ["PublishAck", "Subscribed", "SeekOk"], f"answers {kinds}")
+            with ctx.step("NMQ-4.4-5"):
+                i = next(k for k, f in enumerate(seen) if isinstance(f, Subscribed))
+                early = [f for f in seen[:i] if isinstance(f, Deliver) and f.sub_id == sub_id]
+                check(not early, "a DELIVER of the new subscription came before its SUBSCRIBED")
+            with ctx.step("NMQ-4.8-4"):
+                j = next(k for k, f in enumerate(seen) if isinstance(f, SeekOk))
+                pre = [r.id for f in seen[:j] if isinstance(f, Deliver) and f.sub_id == s0.sub_id for r in f.records]
+                check(not pre, f"records {pre} of the sought position came before SEEK_OK")
+            with ctx.step("NMQ-4.4-5", "NMQ-4.8-4"):
+                w.deliveries = [f for f in seen if isinstance(f, Deliver)]
+                got = [r.id for r in collect_all(w, sub_id, 16)]
+                check(got[:1] == [5] and got == list(range(5, 21)), f"after SUBSCRIBED (start id 5) delivered {got}")
+                got = [r.id for r in collect_all(w, s0.sub_id, 3)]
+                check(got == [12, 13, 14], f"after SEEK_OK (id 12) delivered {got}")
+            w.send(Unsubscribe(w.next_id(), sub_id), Seek(w.next_id() + 1, s0.sub_id, Start.LATEST, 0))
+            responses(w, 2)
 
 
 @case("session.topics", "topics are independent: interleaved publishes to three topics give each its own ids "
