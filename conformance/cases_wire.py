@@ -8,7 +8,7 @@ import time
 
 from conformance.helpers import HELLO_V1, expect_error, fatal
 from conformance.registry import Context, Failed, Unimplemented, case, check
-from conformance.wire import WireClient
+from conformance.wire import Closed, WireClient
 from nanomq.protocol import (
     PROTOCOL_VERSION,
     Ack,
@@ -107,6 +107,28 @@ def hello_timeout(ctx: Context) -> None:
             w.expect_closed(15.0)
         except TimeoutError:
             raise Failed("silent connection still open after 15 s", ("NMQ-2-3",)) from None
+
+
+@case("wire.frame.timeout", "a client that dribbles a frame (one byte now and then, never completing it) is closed "
+      "(within 35 s), though bytes keep arriving", layer="wire", rules=("NMQ-2-3",))
+def frame_timeout(ctx: Context) -> None:
+    with ctx.client() as w:
+        # one PUBLISH of ~2.4 KB at one byte per 0.25 s: ten minutes to complete
+        raw = encode(Publish(1, ctx.topic("dribble"), Ack.WRITTEN, RecordBatch.from_payloads([bytes(2300)])))
+        deadline = time.monotonic() + 35
+        for b in raw:
+            if time.monotonic() > deadline:
+                raise Failed("a connection dribbling one frame was still open after 35 s", ("NMQ-2-3",))
+            try:
+                w.send_raw(bytes([b]))
+                f = w.recv(0.25)
+            except TimeoutError:
+                continue
+            except (Closed, OSError):
+                return
+            if isinstance(f, Error):
+                w.expect_closed(5.0)
+                return
 
 
 # ---------------------------------------------------------------- publish

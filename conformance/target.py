@@ -55,11 +55,11 @@ TRACE_SYSCALLS = ("fsync", "fdatasync", "msync", "sync_file_range", "syncfs", "s
 file descriptor is printed with its path and a sync can be attributed to the file it synced."""
 
 REFERENCE_LAUNCH = ("{python} -m nanomq.cli.broker --port {port} --data-dir {data_dir} --log-level warning "
-                    "--log-segment-size 8MB --handshake-timeout 2 --max-connections 64 "
+                    "--log-segment-size 8MB --handshake-timeout 2 --frame-timeout 2 --max-connections 64 "
                     "--retention-bytes 32MB --retention-check-interval 0.2")
 """The default target: the reference broker, started through its CLI like any other broker.
 Small segments: every topic preallocates one, the kit makes dozens of topics, and rotation gets
-exercised by the larger cases. A short handshake timeout, a connection limit and retention, so
+exercised by the larger cases. Short handshake and frame timeouts, a connection limit and retention, so
 the cases of those rules can run (declared in :data:`REFERENCE_DECLARES`)."""
 
 REFERENCE_DECLARES = {"storage_format": "nanomq-v1", "max_connections": 64, "retention_bytes": 32 << 20,
