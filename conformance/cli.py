@@ -124,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with WireClient(target.host, target.port, ssl_context=target.ssl) as w:
             hello = w.hello()
+        missing = spec.missing(hello.capabilities)
+        if missing:
+            print(f"nanomq-conformance: the target does not announce {', '.join(missing)}, which its target "
+                  f"description requires (capabilities 0x{hello.capabilities:x})", file=sys.stderr)
+            return 2
         caps = spec.narrow(hello.capabilities)
         with spec_file("budgets.toml").open("rb") as f:
             budgets = tomllib.load(f)

@@ -8,7 +8,7 @@ A target is described by a TOML file, flags or environment variables::
     kill = "kill -9 {pid}"              # optional; default SIGKILL to the launched process group
     ready_timeout = 20                  # seconds to wait for the port to answer HELLO
     tls_ca = "ca.pem"                   # optional: speak TLS, trusting this certificate
-    [target.capabilities]               # may only narrow what HELLO_OK announces
+    [target.capabilities]               # false: test as if not announced; true: must be announced
     COMPRESSION_LZ4 = false
 
 Placeholders: ``{port}`` (a free port the kit picked), ``{data_dir}`` (a fresh directory the kit
@@ -63,7 +63,8 @@ exercised by the larger cases. Short handshake and frame timeouts, a connection 
 the cases of those rules can run (declared in :data:`REFERENCE_DECLARES`)."""
 
 REFERENCE_DECLARES = {"storage_format": "nanomq-v1", "max_connections": 64, "retention_bytes": 32 << 20,
-                      "retention_check_s": 0.2, "segment_bytes": 8 << 20}
+                      "retention_check_s": 0.2, "segment_bytes": 8 << 20,
+                      "capabilities": {"COMPRESSION_LZ4": True, "SEEK_TIME": True}}
 """What the kit knows of its default target beyond HELLO_OK (the keys of a target.toml)."""
 
 
@@ -122,6 +123,11 @@ class TargetSpec:
                    str(data.get("topic_path", "{data_dir}/topics/{topic}")), int(data.get("max_connections", 0)),
                    int(data.get("retention_bytes", 0)), float(data.get("retention_check_s", 60.0)),
                    int(data.get("segment_bytes", 0)))
+
+    def missing(self, announced: int) -> list[str]:
+        """Capabilities the target.toml declares ``= true`` (the target must announce them) that
+        HELLO_OK did not announce."""
+        return [name for name, on in self.capabilities.items() if on and not announced & Capability[name]]
 
     def narrow(self, announced: int) -> int:
         """The capabilities to test: what HELLO_OK announced, minus what the spec switches off."""

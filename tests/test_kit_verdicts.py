@@ -143,3 +143,12 @@ def test_a_bogus_rule_in_errors_is_a_should_failure_that_does_not_stop_the_case(
     (c,) = index["cases"]
     assert c["verdict"] == "NON-STRICT" and c["failed_rules"] == ["NMQ-8-5"], log
     assert index["rules"]["NMQ-4.4-4"]["verdict"] == "OK"  # the MUST checks of the case all ran
+
+
+def test_a_capability_the_target_declares_must_be_announced(tmp_path: Path) -> None:
+    t = tmp_path / "t.toml"
+    t.write_text('[target]\nlaunch = "{python} -m nanomq.cli.broker --port {port} --data-dir {data_dir} '
+                 '--compression none --log-segment-size 1MB"\n[target.capabilities]\nCOMPRESSION_LZ4 = true\n')
+    p = subprocess.run([sys.executable, "-m", "conformance", "--target", str(t), "--case", "wire.ping",
+                        "--report-dir", str(tmp_path / "r")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "does not announce COMPRESSION_LZ4" in p.stderr, p.stdout + p.stderr
