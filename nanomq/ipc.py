@@ -38,14 +38,12 @@ import mmap
 import os
 import re
 import time
-from array import array
 from collections.abc import Iterator, Sequence
 from itertools import accumulate
 from types import TracebackType
 from typing import Any, Literal
 
 from nanomq._c import ring as _ring
-from nanomq._c._ring import ffi, lib
 
 __all__ = [
     "Channel",
@@ -76,8 +74,6 @@ _PEER_CHECK_NS = 100_000_000
 _STRATEGIES = {"spin": _ring.WAIT_SPIN, "yield": _ring.WAIT_YIELD, "block": _ring.WAIT_BLOCK}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 _CONSUMER, _PRODUCER = 0, 1
-_EAGAIN = lib.NMQ_RING_EAGAIN
-_EBUFSIZE = lib.NMQ_RING_EBUFSIZE
 
 # Our pid, refreshed in a forked child, so a handle inherited through fork() re-registers its role
 # under the child's pid instead of acting under the parent's.
@@ -189,7 +185,8 @@ class Channel:
         self._fd = fd
         self._mm: mmap.mmap | None = mm
         self._ring: _ring.Ring | None = ring
-        self._h = ring.handle
+        # The ring's own calls, bound once: the hot paths below are one Python call away from C.
+        self._push, self._push_batch, self._pop, self._pop_batch = ring.push, ring.push_batch, ring.pop, ring.pop_batch_raw
         self._strategy = _STRATEGIES[wait]
         self._wait_name: WaitStrategy = wait
         self._spin_ns = int(spin_us * 1000)
@@ -197,13 +194,6 @@ class Channel:
         self._prod_pid = 0  # pid under which we hold a producer slot (0: none)
         self._prod_slot = -1
         self._cons_pid = 0
-        self._out_cap = 65536
-        self._out = ffi.new("uint8_t[]", self._out_cap)
-        self._outc = ffi.cast("char *", self._out)  # ffi.unpack of a char* gives bytes in one call
-        self._batch_cap = 1 << 18
-        self._batch_out = ffi.new("uint8_t[]", self._batch_cap)
-        self._lens = ffi.new("uint32_t[]", MAX_BATCH)
-        self._len1 = ffi.new("uint32_t *")
         self._max = ring.max_record
         self._last_peer_check = 0
 
@@ -283,7 +273,6 @@ class Channel:
         self._prod_pid = self._cons_pid = 0
         self._ring.close()
         self._ring = None
-        self._h = None
         if self._mm is not None:
             self._mm.close()
             self._mm = None
@@ -450,18 +439,17 @@ class Channel:
         """
         if self._prod_pid != _pid:
             self._become_producer()
-        # cffi passes a bytes object's buffer directly (no from_buffer: ~120 ns saved per call).
-        buf = data if type(data) is bytes else ffi.from_buffer(data)
-        rc = lib.nmq_ring_push(self._h, buf, len(data))
-        if rc == 0:
-            return
-        deadline = _deadline(timeout_us)
-        while rc == _EAGAIN:
-            if not self._wait(True, len(data), deadline):
-                raise ChannelFull(f"{self.path}: ring full for {timeout_us} µs")
-            rc = lib.nmq_ring_push(self._h, buf, len(data))
-        if rc:
-            self._raise(rc, len(data))
+        try:
+            if self._push(data):
+                return
+            deadline = _deadline(timeout_us)
+            while True:
+                if not self._wait(True, len(data), deadline):
+                    raise ChannelFull(f"{self.path}: ring full for {timeout_us} µs")
+                if self._push(data):
+                    return
+        except _ring.RingError as e:
+            raise self._error(e, len(data)) from None
 
     def send_batch(self, records: Sequence[bytes], timeout_us: float | None = None) -> None:
         """Append every record, up to 256 per C call, waiting for room up to ``timeout_us`` overall.
@@ -471,22 +459,17 @@ class Channel:
         """
         if self._prod_pid != _pid:
             self._become_producer()
-        h = self._h
         n = len(records)
         sent = 0
         deadline: int | None = -1
         while sent < n:
             chunk = records[sent : sent + MAX_BATCH]
-            k = len(chunk)
-            # array('I', map(len, ...)) builds the length table in C: ~3x cheaper than assigning
-            # 256 cdata items from Python.
-            lens = ffi.from_buffer("uint32_t[]", array("I", map(len, chunk)))
-            blob = b"".join(chunk)
-            rc = lib.nmq_ring_push_batch(h, blob, lens, k)
-            if rc < 0:
-                self._raise(rc, max(len(c) for c in chunk))
-            sent += rc
-            if rc == k:
+            try:
+                k = self._push_batch(chunk)
+            except _ring.RingError as e:
+                raise self._error(e, max(len(c) for c in chunk)) from None
+            sent += k
+            if k == len(chunk):
                 continue
             if deadline == -1:
                 deadline = _deadline(timeout_us)
@@ -503,27 +486,20 @@ class Channel:
         """
         if self._cons_pid != _pid:
             self._become_consumer()
-        h = self._h
-        rc = lib.nmq_ring_pop(h, self._out, self._out_cap, self._len1)
-        if rc == 1:
-            data: bytes = ffi.unpack(self._outc, self._len1[0])
-            return data
-        deadline = _deadline(timeout_us)
-        while True:
-            if rc == _EBUFSIZE:
-                self._out_cap = int(self._len1[0])
-                self._out = ffi.new("uint8_t[]", self._out_cap)
-                self._outc = ffi.cast("char *", self._out)
-            elif rc == 0:
+        try:
+            data = self._pop()
+            if data is not None:
+                return data
+            deadline = _deadline(timeout_us)
+            while True:
                 if not self._wait(False, 0, deadline):
                     self._check_producers(force=timeout_us is not None and timeout_us > 0)
                     return None
-            elif rc < 0:
-                self._raise(rc, 0)
-            rc = lib.nmq_ring_pop(h, self._out, self._out_cap, self._len1)
-            if rc == 1:
-                out: bytes = ffi.unpack(self._outc, self._len1[0])
-                return out
+                data = self._pop()
+                if data is not None:
+                    return data
+        except _ring.RingError as e:
+            raise self._error(e, 0) from None
 
     def recv_batch(self, max_msgs: int = MAX_BATCH, timeout_us: float | None = None) -> list[bytes]:
         """Remove up to ``max_msgs`` (≤ 256) records in one C call, waiting up to ``timeout_us`` for
@@ -541,24 +517,20 @@ class Channel:
             raise ValueError(f"max_msgs must be in 1..{MAX_BATCH}")
         if self._cons_pid != _pid:
             self._become_consumer()
-        h = self._h
-        deadline: int | None = -1
-        while True:
-            rc = lib.nmq_ring_pop_batch(h, self._batch_out, self._batch_cap, self._lens, max_msgs)
-            if rc > 0:
-                lens: list[int] = ffi.unpack(self._lens, rc)
-                return ffi.buffer(self._batch_out, sum(lens))[:], lens
-            if rc == _EBUFSIZE:
-                self._batch_cap = int(self._lens[0])
-                self._batch_out = ffi.new("uint8_t[]", self._batch_cap)
-                continue
-            if rc < 0:
-                self._raise(rc, 0)
-            if deadline == -1:
-                deadline = _deadline(timeout_us)
-            if not self._wait(False, 0, deadline):
-                self._check_producers(force=timeout_us is not None and timeout_us > 0)
-                return b"", []
+        try:
+            got = self._pop_batch(max_msgs)
+            if got[1]:
+                return got
+            deadline = _deadline(timeout_us)
+            while True:
+                if not self._wait(False, 0, deadline):
+                    self._check_producers(force=timeout_us is not None and timeout_us > 0)
+                    return b"", []
+                got = self._pop_batch(max_msgs)
+                if got[1]:
+                    return got
+        except _ring.RingError as e:
+            raise self._error(e, 0) from None
 
     def __iter__(self) -> Iterator[bytes]:
         """Yield records until the producers close (:class:`ChannelClosed` ends the iteration)."""
@@ -570,10 +542,11 @@ class Channel:
             if rec is not None:
                 yield rec
 
-    def _raise(self, rc: int, length: int) -> None:
-        if rc == lib.NMQ_RING_EMSGSIZE:
-            raise RecordTooLarge(f"{self.path}: record of {length} bytes > max_record {self._max}")
-        raise ChannelError(f"{self.path}: ring error {rc}")
+    def _error(self, e: _ring.RingError, length: int) -> ChannelError:
+        """The channel's exception for an error of its ring."""
+        if isinstance(e, _ring.RecordTooLarge):
+            return RecordTooLarge(f"{self.path}: record of {length} bytes > max_record {self._max}")
+        return ChannelError(f"{self.path}: {e}")
 
     # Low-level access for benchmarks and tests.
     @property

@@ -116,6 +116,29 @@ def test_record_too_large_and_bad_args(name: str) -> None:
     assert not os.path.exists(os.path.join(ipc.SHM_DIR, f"nanomq-{name}"))
 
 
+def test_records_larger_than_the_receive_buffers_arrive_whole(name: str) -> None:
+    """The ring's pop buffers start at 64 KiB (one record) and 256 KiB (a batch) and grow."""
+    big, bigger = bytes(range(256)) * 300, b"\x07" * (300 << 10)  # 75 KiB, 300 KiB
+    with ipc.Channel.create(name, 1 << 20) as ch:
+        ch.send(big)
+        ch.send(b"small")
+        assert ch.recv(0) == big and ch.recv(0) == b"small"
+        ch.send_batch([bigger, b"after"])
+        got = ch.recv_batch(timeout_us=0)
+        got += ch.recv_batch(timeout_us=0) if len(got) < 2 else []
+        assert got == [bigger, b"after"]
+
+
+def test_a_closed_channel_refuses_to_send_or_receive(name: str) -> None:
+    ch = ipc.Channel.create(name, 1024)
+    ch.send(b"x")
+    ch.close()
+    with pytest.raises(ipc.ChannelError, match="closed"):
+        ch.send(b"y")
+    with pytest.raises(ipc.ChannelError, match="closed"):
+        ch.recv(0)
+
+
 def test_create_and_open_errors(name: str, tmp_path: os.PathLike[str]) -> None:
     with pytest.raises(FileNotFoundError):
         ipc.Channel.open(name)

@@ -8,6 +8,7 @@ by ``ffi.gc``). It does not know about processes, names or liveness: that is :mo
 from __future__ import annotations
 
 from array import array
+from collections.abc import Sequence
 from itertools import accumulate
 from types import TracebackType
 from typing import Any
@@ -17,7 +18,7 @@ from nanomq._c._ring import ffi, lib
 
 # Realize every C type and function now, in the importing thread (cffi#271: lazy realization
 # racing between threads can abort the process).
-realize_all(ffi, lib, "int *", "uint32_t *", "uint32_t[]", "uint8_t **", "uint8_t[]")
+realize_all(ffi, lib, "char *", "int *", "uint32_t *", "uint32_t[]", "uint8_t **", "uint8_t[]")
 
 __all__ = [
     "Ring",
@@ -48,6 +49,10 @@ WAIT_BLOCK: int = lib.NMQ_WAIT_BLOCK
 HEADER_SIZE: int = lib.NMQ_RING_HDR_SIZE
 MAX_BATCH: int = lib.NMQ_RING_MAX_BATCH
 MAX_PRODUCERS: int = lib.NMQ_RING_MAX_PRODUCERS
+_EAGAIN: int = lib.NMQ_RING_EAGAIN
+_EBUFSIZE: int = lib.NMQ_RING_EBUFSIZE
+# The calls of the single-record hot paths, looked up once (each lookup on lib costs ~20 ns).
+_c_push, _c_pop, _unpack, _from_buffer = lib.nmq_ring_push, lib.nmq_ring_pop, ffi.unpack, ffi.from_buffer
 
 
 class RingError(Exception):
@@ -113,8 +118,8 @@ class Ring:
     for a shared one. One handle per thread/process role: the handle caches indexes locally.
     """
 
-    __slots__ = ("_buf", "_owner", "_h", "_max", "_out", "_out_cap", "_lens", "_len1", "_ptr1", "_claim",
-                 "__weakref__")
+    __slots__ = ("_buf", "_owner", "_h", "_max", "_out", "_outc", "_out_cap", "_batch_out", "_batch_cap", "_lens",
+                 "_len1", "_ptr1", "_claim", "__weakref__")
 
     def __init__(self, buf: Any, owner: object = None) -> None:
         """Attach to the ring in ``buf`` (a cdata ``uint8_t *`` block or any writable buffer)."""
@@ -132,8 +137,13 @@ class Ring:
             _raise(err[0], "attach")
         self._h = ffi.gc(h, lib.nmq_ring_free)
         self._max = int(lib.nmq_ring_max_record(self._h))
+        # Output buffers of pop (grown to the largest record seen) and pop_batch (grown likewise).
         self._out_cap = 0
         self._out: Any = None
+        self._outc: Any = None
+        self._ensure_out(min(self._max, 65536))
+        self._batch_cap = 0
+        self._batch_out: Any = None
         self._lens = ffi.new("uint32_t[]", MAX_BATCH)
         self._len1 = ffi.new("uint32_t *")
         self._ptr1 = ffi.new("uint8_t **")
@@ -223,22 +233,24 @@ class Ring:
 
     def push(self, data: Buffer) -> bool:
         """Append one record; False when the ring is full (nothing written)."""
-        buf = data if type(data) is bytes else ffi.from_buffer(data)  # bytes go in without a copy
-        rc = lib.nmq_ring_push(self._h, buf, len(data))
+        # cffi passes a bytes object's buffer directly (no from_buffer: ~120 ns saved per call).
+        rc = _c_push(self._h, data if type(data) is bytes else _from_buffer(data), len(data))
         if rc == 0:
             return True
-        if rc == lib.NMQ_RING_EAGAIN:
+        if rc == _EAGAIN:
             return False
         _raise(rc, "push")
         return False
 
-    def push_batch(self, records: list[bytes] | tuple[bytes, ...]) -> int:
+    def push_batch(self, records: Sequence[bytes]) -> int:
         """Append up to 256 records in one C call; returns how many went in (a prefix)."""
         n = len(records)
         if n > MAX_BATCH:
             raise ValueError(f"at most {MAX_BATCH} records per batch, not {n}")
         if n == 0:
             return 0
+        # array('I', map(len, ...)) builds the length table in C: ~3x cheaper than assigning 256
+        # cdata items from Python.
         lens = ffi.from_buffer("uint32_t[]", array("I", map(len, records)))
         rc = lib.nmq_ring_push_batch(self._h, b"".join(records), lens, n)
         if rc < 0:
@@ -292,24 +304,26 @@ class Ring:
     # ---- consumer ------------------------------------------------------------------------------
 
     def _ensure_out(self, cap: int) -> None:
-        if cap > self._out_cap:
-            self._out = ffi.new("uint8_t[]", cap)
-            self._out_cap = cap
+        if cap > self._out_cap or self._out is None:
+            self._out = ffi.new("uint8_t[]", max(cap, 8))
+            self._outc = ffi.cast("char *", self._out)  # ffi.unpack of a char * makes bytes in one call
+            self._out_cap = max(cap, 8)
 
     def pop(self) -> bytes | None:
         """Remove and return the next record, or None when the ring is empty."""
-        if self._out_cap == 0:
-            self._ensure_out(min(self._max, 65536))
-        while True:
+        rc = _c_pop(self._h, self._out, self._out_cap, self._len1)
+        if rc == 1:
+            data: bytes = _unpack(self._outc, self._len1[0])
+            return data
+        while rc:
+            if rc != _EBUFSIZE:
+                _raise(rc, "pop")
+            self._ensure_out(int(self._len1[0]))
             rc = lib.nmq_ring_pop(self._h, self._out, self._out_cap, self._len1)
             if rc == 1:
-                return ffi.buffer(self._out, self._len1[0])[:]  # type: ignore[no-any-return]
-            if rc == 0:
-                return None
-            if rc == lib.NMQ_RING_EBUFSIZE:
-                self._ensure_out(int(self._len1[0]))
-                continue
-            _raise(rc, "pop")
+                grown: bytes = ffi.unpack(self._outc, self._len1[0])
+                return grown
+        return None
 
     def pop_batch(self, max_records: int = MAX_BATCH) -> list[bytes]:
         """Remove up to ``max_records`` (<= 256) records in one C call; [] when empty."""
@@ -324,19 +338,20 @@ class Ring:
         """
         if not 0 < max_records <= MAX_BATCH:
             raise ValueError(f"max_records must be in 1..{MAX_BATCH}")
-        if self._out_cap < 1 << 18:
-            self._ensure_out(1 << 18)
+        if self._batch_out is None:
+            self._batch_cap = 1 << 18
+            self._batch_out = ffi.new("uint8_t[]", self._batch_cap)
         while True:
-            rc = lib.nmq_ring_pop_batch(self._h, self._out, self._out_cap, self._lens, max_records)
-            if rc >= 0:
-                if rc == 0:
-                    return b"", []
+            rc = lib.nmq_ring_pop_batch(self._h, self._batch_out, self._batch_cap, self._lens, max_records)
+            if rc > 0:
                 lens: list[int] = ffi.unpack(self._lens, rc)
-                return ffi.buffer(self._out, sum(lens))[:], lens
-            if rc == lib.NMQ_RING_EBUFSIZE:
-                self._ensure_out(int(self._lens[0]))
-                continue
-            _raise(rc, "pop_batch")
+                return ffi.buffer(self._batch_out, sum(lens))[:], lens
+            if rc == 0:
+                return b"", []
+            if rc != _EBUFSIZE:
+                _raise(rc, "pop_batch")
+            self._batch_cap = int(self._lens[0])  # the next record alone is larger than the buffer
+            self._batch_out = ffi.new("uint8_t[]", self._batch_cap)
 
     def peek(self) -> Any | None:
         """A read-only view of the next record without removing it (zero-copy), or None when empty.
