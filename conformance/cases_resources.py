@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from conformance.helpers import alive, collect_all, is_error, publish, subscribe, topic_info
+from conformance.helpers import alive, collect_all, expect_error, is_error, publish, subscribe, topic_info
 from conformance.registry import Context, Failed, Skipped, case, check
 from conformance.wire import Closed, WireClient
 from nanomq.protocol import (
@@ -20,6 +20,7 @@ from nanomq.protocol import (
     Hello,
     HelloOk,
     Metadata,
+    MetadataOk,
     ProtocolError,
     Publish,
     RecordBatch,
@@ -28,6 +29,8 @@ from nanomq.protocol import (
     Start,
     Subscribe,
     Subscribed,
+    Unsubscribe,
+    Unsubscribed,
     encode,
 )
 
@@ -84,6 +87,45 @@ def connection_limit(ctx: Context) -> None:
     finally:
         for w in opened:
             w.close()
+
+
+@case("resources.subscription-limit", "with the declared per-connection limit of N subscriptions held, the next "
+      "SUBSCRIBE is RESOURCE_LIMIT, creates nothing and the connection goes on; after one UNSUBSCRIBE a SUBSCRIBE "
+      "succeeds again", layer="wire", rules=("NMQ-6.2-3", "NMQ-4.4-1", "NMQ-8-2"))
+def subscription_limit(ctx: Context) -> None:
+    n = ctx.target.spec.max_subscriptions
+    if n <= 0:
+        raise Skipped("the target declares no max_subscriptions")
+    if n > 5000:
+        raise Skipped(f"max_subscriptions {n}: the kit opens at most 5000 subscriptions")
+    t = ctx.topic("sublimit")
+    with ctx.client() as w:
+        publish(w, t, [b"s"])
+        base = w.next_id() + 10
+        w.send(*(Subscribe(base + k, t, Start.LATEST, 0, 1, "") for k in range(n)))
+        subs = []
+        with ctx.step("NMQ-6.2-3", "NMQ-4.4-1"):
+            for k in range(n):
+                f = w.recv_response()
+                check(isinstance(f, Subscribed), f"subscription {k + 1} of the declared limit {n} answered {f!r}")
+                subs.append(f)
+            rid = w.next_id() + 10 + n
+            w.send(Subscribe(rid, ctx.topic("sublimit-new"), Start.EARLIEST, 0, 1, ""))
+            expect_error(w.recv_response(), ErrorCode.RESOURCE_LIMIT, request_id=rid)
+        with ctx.step("NMQ-6.2-3", "NMQ-8-2"):
+            alive(w)
+            w.send(Unsubscribe(rid + 1, subs[0].sub_id))
+            check(isinstance(w.recv_response(), Unsubscribed), "UNSUBSCRIBE")
+            f = w.subscribe(t, Start.EARLIEST, 0, 1)
+            check(isinstance(f, Subscribed), f"under the limit again, SUBSCRIBE answered {f!r}")
+            assert isinstance(f, Subscribed)
+            check([r.id for r in collect_all(w, f.sub_id, 1)] == [1], "the new subscription delivers")
+        with ctx.step("NMQ-6.2-3"):
+            w.send(Metadata(w.next_id(), ""))
+            md = w.recv_response()
+            check(isinstance(md, MetadataOk) and ctx.target.created_topics and
+                  not any(x.name.startswith(t + "-new") for x in md.topics),
+                  "the SUBSCRIBE refused with RESOURCE_LIMIT created its topic")
 
 
 @case("resources.retention", "with retention by size declared, a topic written well past it loses whole oldest "

@@ -55,7 +55,7 @@ TRACE_SYSCALLS = ("fsync", "fdatasync", "msync", "sync_file_range", "syncfs", "s
 file descriptor is printed with its path and a sync can be attributed to the file it synced."""
 
 REFERENCE_LAUNCH = ("{python} -m nanomq.cli.broker --port {port} --data-dir {data_dir} --log-level warning "
-                    "--log-segment-size 8MB --handshake-timeout 2 --frame-timeout 2 --max-connections 64 "
+                    "--log-segment-size 8MB --handshake-timeout 2 --frame-timeout 2 --max-connections 64 --max-subscriptions 32 "
                     "--retention-bytes 32MB --retention-check-interval 0.2")
 """The default target: the reference broker, started through its CLI like any other broker.
 Small segments: every topic preallocates one, the kit makes dozens of topics, and rotation gets
@@ -63,7 +63,7 @@ exercised by the larger cases. Short handshake and frame timeouts, a connection 
 the cases of those rules can run (declared in :data:`REFERENCE_DECLARES`)."""
 
 REFERENCE_DECLARES = {"storage_format": "nanomq-v1", "max_connections": 64, "retention_bytes": 32 << 20,
-                      "retention_check_s": 0.2, "segment_bytes": 8 << 20,
+                      "retention_check_s": 0.2, "segment_bytes": 8 << 20, "max_subscriptions": 32,
                       "capabilities": {"COMPRESSION_LZ4": True, "SEEK_TIME": True}}
 """What the kit knows of its default target beyond HELLO_OK (the keys of a target.toml)."""
 
@@ -102,6 +102,9 @@ class TargetSpec:
     segment_bytes: int = 0
     """The size at which the target starts a new log segment, if it has segments (0: unknown).
     Retention deletes whole segments, so with it the retention case also bounds what is kept."""
+    max_subscriptions: int = 0
+    """The subscriptions one connection may hold: the next SUBSCRIBE must be RESOURCE_LIMIT
+    ([NMQ-6.2-3]). 0: unknown, that case is skipped."""
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> TargetSpec:
@@ -110,7 +113,7 @@ class TargetSpec:
             data = tomllib.load(f).get("target", {})
         unknown = set(data) - {"address", "launch", "kill", "ready_timeout", "capabilities", "tls_ca",
                                "storage_format", "topic_path", "max_connections", "retention_bytes",
-                               "retention_check_s", "segment_bytes"}
+                               "retention_check_s", "segment_bytes", "max_subscriptions"}
         if unknown:
             raise TargetError(f"{path}: unknown keys in [target]: {sorted(unknown)}")
         caps = data.get("capabilities", {})
@@ -122,7 +125,7 @@ class TargetSpec:
                    str(data.get("tls_ca", "")), False, str(data.get("storage_format", "")),
                    str(data.get("topic_path", "{data_dir}/topics/{topic}")), int(data.get("max_connections", 0)),
                    int(data.get("retention_bytes", 0)), float(data.get("retention_check_s", 60.0)),
-                   int(data.get("segment_bytes", 0)))
+                   int(data.get("segment_bytes", 0)), int(data.get("max_subscriptions", 0)))
 
     def missing(self, announced: int) -> list[str]:
         """Capabilities the target.toml declares ``= true`` (the target must announce them) that

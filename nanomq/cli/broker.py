@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-connections", type=int, default=None,
                     help="connection limit, 1 .. 1000000 (default 1024); the process's open-file limit "
                     "is raised to fit if it can be, else the value is refused")
+    ap.add_argument("--max-subscriptions", type=int, default=1024, metavar="N",
+                    help="subscriptions one connection may hold at once, at least 1 (default 1024); a SUBSCRIBE "
+                    "beyond it is answered RESOURCE_LIMIT")
     ap.add_argument("--max-payload", type=parse_size, default=65536, metavar="SIZE",
                     help="largest record payload accepted, 1B .. 16MiB (default 64KiB)")
     ap.add_argument("--handshake-timeout", type=_number, default=10.0, metavar="S",
@@ -121,6 +124,7 @@ def config_from_args(args: argparse.Namespace) -> BrokerConfig:
         fsync_interval_ms=args.fsync_interval_ms if args.fsync_interval_ms is not None else 10,
         compression=args.compression,
         max_connections=args.max_connections if args.max_connections is not None else 1024,
+        max_subscriptions=args.max_subscriptions,
         max_payload=max_payload,
         hello_timeout_s=args.handshake_timeout,
         frame_timeout_s=args.frame_timeout,
