@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _builder import make_builder  # noqa: E402
 
-ffibuilder = make_builder("_log", ["crc32c.c", "record.c", "log.c"], "log.h", ["log.h", "record.h"])
+ffibuilder = make_builder("_log", ["crc32c.c", "record.c", "log.c"], ["log.h"])
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* cffi-begin: the public API, declared to cffi by nanomq/_c/_builder.py (up to cffi-end) */
 /* Dispatching entry point: the SSE4.2 path when the CPU has it (decided once), else the table. */
 uint32_t nmq_crc32c(uint32_t crc, const void *buf, size_t len);
 /* Portable slicing-by-8 implementation; always available. */
@@ -19,4 +20,5 @@ int nmq_crc32c_hw_available(void);
 /* Force a path for tests and benchmarks: 0 = automatic, 1 = software, 2 = hardware (if available).
  * Returns the path now in use (1 or 2). */
 int nmq_crc32c_select(int which);
+/* cffi-end */
 #endif

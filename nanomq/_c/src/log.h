@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* cffi-begin: the public API, declared to cffi by nanomq/_c/_builder.py (up to cffi-end) */
 #define NMQ_LOG_ECLOSED (-1001)   /* the log is closed */
 #define NMQ_LOG_EINVAL (-1002)    /* bad argument (message in nmq_log_last_error) */
 #define NMQ_LOG_ECORRUPT (-1003)  /* corruption found on open with on_corrupt = raise */
@@ -135,4 +136,5 @@ const char *nmq_log_last_error(void);
  * and the following count-1 calls (count 0 = every call until cleared) fail with errno err. */
 void nmq_log_fault_set(int kind, uint64_t nth, uint64_t count, int err);
 void nmq_log_fault_clear(void);
+/* cffi-end */
 #endif

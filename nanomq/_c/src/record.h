@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* cffi-begin: the public API, declared to cffi by nanomq/_c/_builder.py (up to cffi-end) */
 #define NMQ_HEADER_SIZE 64u
 #define NMQ_FLAG_LZ4 1u
 #define NMQ_FLAGS_KNOWN NMQ_FLAG_LZ4
@@ -29,9 +30,12 @@
 #define NMQ_REC_PADDING (-6)        /* non-zero padding */
 #define NMQ_REC_NO_SPACE (-7)       /* output buffer too small */
 #define NMQ_REC_RAW_TOO_LARGE (-8)  /* raw_size (uncompressed size) > max_payload */
+/* cffi-end */
 
+/* (Inline, so not in the cffi API: Python has nanomq.protocol.record_span.) */
 static inline size_t nmq_record_span(uint32_t size) { return ((size_t)NMQ_HEADER_SIZE + size + 7u) & ~(size_t)7u; }
 
+/* cffi-begin */
 /* CRC of one record laid out at `rec` (header followed by `size` payload bytes). */
 uint32_t nmq_record_crc(const uint8_t *rec, uint32_t size);
 
@@ -67,4 +71,5 @@ uint64_t nmq_records_size(const uint32_t *lengths, uint32_t count);
  * encoding the batch). Keeping `bytes` of padding at the heap top avoids that. Returns mallopt's
  * result (1 = done, 0 = not available). */
 int nmq_malloc_top_pad(size_t bytes);
+/* cffi-end */
 #endif

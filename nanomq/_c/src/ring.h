@@ -34,6 +34,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* cffi-begin: the public API, declared to cffi by nanomq/_c/_builder.py (up to cffi-end) */
 #define NMQ_RING_MAGIC 0x474E49525143514EULL /* "NQCQRING" */
 #define NMQ_RING_VERSION 1u
 #define NMQ_RING_HDR_SIZE 4096u /* data starts page-aligned */
@@ -135,5 +136,6 @@ uint32_t nmq_ring_peer_pid(const nmq_ring *r, int role, int slot);
 /* Counters: how many producers ever registered / closed cleanly; consumer closed flag. */
 uint32_t nmq_ring_peer_count(const nmq_ring *r, int role, int which);
 uint32_t nmq_ring_max_producers(const nmq_ring *r);
+/* cffi-end */
 
 #endif
