@@ -6,10 +6,15 @@ against what was left out. docs/mutation.md explains the choices.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import re
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = Path(os.environ.get("NMQ_MUTATION_BUILD") or ROOT / "build" / "mutation")
@@ -30,24 +35,37 @@ WORKERS = 2
 
 _DEFAULT_BROKER_ARGS = ("--port {port} --data-dir {data_dir} --log-level warning --log-segment-size 8MB")
 
+_REFERENCE = r"""
+import json
+import conformance.target as t
+print(json.dumps({"launch": t.REFERENCE_LAUNCH, "declares": getattr(t, "REFERENCE_DECLARES", {})}))
+"""
+
+
+@functools.cache
+def reference_target() -> dict[str, Any]:
+    """The kit's default target: its launch command (REFERENCE_LAUNCH) and what the kit knows of
+    it beyond HELLO_OK (REFERENCE_DECLARES: storage format, connection limit, retention ...), read
+    from the campaign's copy of the kit (else the checkout's). Mutants are launched with the same
+    flags and declared the same way, so every case that runs against the reference broker runs
+    against them, and none is skipped for want of a declaration."""
+    kit = BUILD / "kit"
+    cwd = kit if (kit / "conformance" / "target.py").exists() else ROOT
+    try:
+        p = subprocess.run([sys.executable, "-c", _REFERENCE], cwd=cwd, capture_output=True, text=True, timeout=60)
+        ref = json.loads(p.stdout)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        ref = {"launch": "{python} -m nanomq.cli.broker " + _DEFAULT_BROKER_ARGS, "declares": {}}
+    ref.setdefault("declares", {})
+    ref["declares"].setdefault("storage_format", "nanomq-v1")
+    return dict(ref)
+
 
 def broker_args() -> str:
-    """The reference broker's command-line flags exactly as the kit's default target uses them
-    (REFERENCE_LAUNCH of the campaign's copy of conformance/target.py, read without importing
-    it), so a mutant runs like the reference does."""
-    import ast
-
-    target = BUILD / "kit" / "conformance" / "target.py"
-    if not target.exists():
-        target = ROOT / "conformance" / "target.py"
-    try:
-        tree = ast.parse(target.read_text())
-        value = next(ast.literal_eval(n.value) for n in ast.walk(tree) if isinstance(n, ast.Assign)
-                     and any(isinstance(t, ast.Name) and t.id == "REFERENCE_LAUNCH" for t in n.targets))
-    except (OSError, SyntaxError, ValueError, StopIteration):
-        return _DEFAULT_BROKER_ARGS
+    """The reference broker's command-line flags exactly as the kit's default target uses them."""
+    launch = str(reference_target()["launch"])
     prefix = "{python} -m nanomq.cli.broker "
-    return value[len(prefix):] if isinstance(value, str) and value.startswith(prefix) else _DEFAULT_BROKER_ARGS
+    return launch[len(prefix):] if launch.startswith(prefix) else _DEFAULT_BROKER_ARGS
 
 
 def scratch_root() -> Path:

@@ -82,8 +82,13 @@ def build(meta: dict[str, Any], mutants: list[Mutant], results: dict[str, dict[s
     if cmap is not None:
         baseline = {cid: {"verdict": c["verdict"], "message": c.get("message", "")[:500]}
                     for cid, c in cmap["cases"].items() if c["verdict"] not in ("OK", "UNIMPLEMENTED", "INFORMATIONAL")}
+    skipped = {}
+    if cmap is not None:
+        skipped = {cid: c.get("message", "")[:300] for cid, c in cmap["cases"].items()
+                   if c["verdict"] == "INFORMATIONAL" and c.get("message", "").startswith("skipped")}
     return {
         "meta": meta,
+        "skipped_at_baseline": skipped,
         "scores": {"python": score(counts["python"]), "c": score(counts["c"]), "total": score(total)},
         "counts": {k: dict(v) for k, v in (("python", counts["python"]), ("c", counts["c"]), ("total", total))},
         "excluded": dict(excluded),
@@ -131,6 +136,9 @@ def markdown(rep: dict[str, Any], full: bool) -> str:
         L += [f"- `{cid}`: {b['verdict']}: {b['message'].splitlines()[0] if b['message'] else ''}"
               for cid, b in sorted(rep["baseline_failures"].items())]
         L += [""]
+    if rep.get("skipped_at_baseline"):
+        L += ["## Kit cases that skip against the reference broker (they can kill nothing here)", ""]
+        L += [f"- `{cid}`: {msg}" for cid, msg in sorted(rep["skipped_at_baseline"].items())] + [""]
     L += ["## By file and function", "", "| file | function | mutants | killed+timeout | survived | no coverage | "
           "equivalent | score |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for f in rep["functions"]:

@@ -72,6 +72,20 @@ def kit_flags() -> set[str]:
     return _KIT_FLAGS
 
 
+def target_toml(keys: dict[str, Any]) -> str:
+    """A [target] table (sub-tables for dict values, e.g. capabilities)."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return json.dumps(v, ensure_ascii=False)
+
+    out = ["[target]"] + [f"{k} = {value(v)}" for k, v in keys.items() if not isinstance(v, dict) and v not in ("", None)]
+    for k, v in keys.items():
+        if isinstance(v, dict):
+            out += ["", f"[target.{k}]"] + [f"{kk} = {value(vv)}" for kk, vv in v.items()]
+    return "\n".join(out) + "\n"
+
+
 def run_kit(launch: str, cases: list[str], workdir: Path, *, timeout: float, env_extra: dict[str, str] | None = None,
             kill: str = "", fail_fast: bool = True, quick: bool = config.QUICK, strict: bool = True,
             seed: int = config.SEED, jobs: int | None = None, stop_after_report: bool = False) -> KitRun:
@@ -88,12 +102,13 @@ def run_kit(launch: str, cases: list[str], workdir: Path, *, timeout: float, env
         env.pop(k, None)
     env.update(TMPDIR=str(tmp), NMQ_MUTATION_TOKEN=token, **(env_extra or {}))
     flags = kit_flags()
-    # a target file rather than --launch: it also declares the reference on-disk format, so the
-    # storage layer (damage and recovery cases) runs as it does against the default target
+    # a target file rather than --launch: it declares what the kit's default target declares
+    # (on-disk format, connection limit, retention ...), so every case the reference broker runs
+    # also runs against the mutant (the storage layer, the connection limit, retention ...)
     target = workdir / "target.toml"
-    target.write_text("[target]\n" + "".join(f"{k} = {json.dumps(v, ensure_ascii=False)}\n" for k, v in
-                      (("launch", launch), ("kill", kill), ("storage_format", "nanomq-v1")) if v)
-                      + f"ready_timeout = {config.READY_TIMEOUT_S}\n")
+    keys = {"launch": launch, "kill": kill, **config.reference_target()["declares"],
+            "ready_timeout": config.READY_TIMEOUT_S}
+    target.write_text(target_toml(keys))
     argv = [sys.executable, "-m", "conformance", "--target", str(target), "--report-dir", str(workdir / "report"),
             "--seed", str(seed), "--quiet"]
     if quick:

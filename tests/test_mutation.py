@@ -187,6 +187,22 @@ def test_classify() -> None:
     assert runner.classify(run(1, [], "Traceback (most recent call last):\n  ...\nKeyError: 'x'"))[0] == "error"
 
 
+def test_target_file_declares_what_the_default_target_declares() -> None:
+    """A mutant's target file must declare what the kit's default target declares (on-disk format,
+    connection limit, retention ...): without it the kit skips those cases for the mutant."""
+    import tomllib
+
+    from mutation import config
+
+    ref = config.reference_target()
+    assert ref["launch"].startswith("{python} -m nanomq.cli.broker ")
+    assert config.broker_args() in ref["launch"]
+    t = tomllib.loads(runner.target_toml({"launch": "x", "kill": "", **ref["declares"]}))["target"]
+    assert t["storage_format"] == "nanomq-v1" and "kill" not in t
+    for k, v in ref["declares"].items():
+        assert t[k] == v
+
+
 def test_score_counts_timeouts_as_killed_and_leaves_equivalents_out() -> None:
     c = Counter({"killed": 6, "timeout": 2, "survived": 1, "no-coverage": 1, "equivalent": 5, "build-error": 3})
     assert report.score(c) == pytest.approx(0.8)
