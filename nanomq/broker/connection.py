@@ -19,9 +19,9 @@ callback fills later, and everything behind it waits.
 Deliveries are pushed by ``_pump`` whenever a subscribed topic grows, credit arrives or the socket
 drains. A subscription delivers only in READY, once every SUBSCRIBED / SEEK_OK it is owed has been
 written (so no DELIVER overtakes one, even when two SEEKs wait behind a durable ack), never beyond
-its credit, and never while the transport's buffer is above
-``write_buffer_bytes``: then ``pause_writing`` stops the pump *and* stops reading the client's
-requests until the client drains its socket. So a slow or malicious client costs at most about
+its credit, and never while the transport's buffer is above ``write_buffer_bytes``: then
+``pause_writing`` stops the pump *and* stops reading the client's requests until the client drains
+its socket. So a slow or malicious client costs at most about
 ``write_buffer_bytes`` + ``max_frame`` of memory, and everyone else keeps being served.
 """
 
