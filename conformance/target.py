@@ -193,7 +193,17 @@ def _live_members(pgid: int) -> bool:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()  # state ppid pgrp ...
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+        if int(fields[2]) != pgid:
+            continue
+        if fields[0] not in ("Z", "X"):
+            return True
+        # A zombie thread-group leader may still have threads exiting, and they hold the
+        # process's files (a lock's descriptor) until the last one is gone.
+        try:
+            threads = len(os.listdir(f"/proc/{entry}/task"))
+        except OSError:
+            continue
+        if threads > 1:
             return True
     return False
 

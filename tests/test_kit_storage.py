@@ -48,7 +48,11 @@ def test_broken_storage_broker_is_caught(tmp_path: Path, fault: str, case: str, 
 def test_storage_layer_passes_a_broker_that_verifies_at_start(tmp_path: Path) -> None:
     code, index, log = _kit(tmp_path, LAUNCH % "nanomq.cli.broker" + " --verify-on-start", "--layers", "storage")
     assert code == 0, log
-    assert {c["verdict"] for c in index["cases"]} == {"OK"}, log
+    # storage.failed-append has no failing append to observe: the broker takes a batch larger than
+    # a segment (it gets a segment of its own, NMQ-S3-6), so that case is skipped, with its reason
+    verdicts = {c["id"]: c["verdict"] for c in index["cases"]}
+    assert verdicts.pop("storage.failed-append") == "INFORMATIONAL", log
+    assert set(verdicts.values()) == {"OK"}, log
 
 
 def test_storage_layer_skips_targets_without_the_format(tmp_path: Path) -> None:

@@ -203,9 +203,11 @@ class Connection(asyncio.Protocol):
         """When the frame now being received began arriving (None: no partial frame)."""
         return self._partial_since
 
-    def close(self, code: ErrorCode = ErrorCode.SHUTTING_DOWN, message: str = "broker is shutting down") -> None:
-        """Close from the broker's side (shutdown, watchdog): ERROR, then close. No-op once closing."""
-        self._fatal(code, message)
+    def close(self, code: ErrorCode = ErrorCode.SHUTTING_DOWN, message: str = "broker is shutting down",
+              rule: str = "") -> None:
+        """Close from the broker's side (shutdown, watchdog): ERROR, then close. No-op once closing.
+        ``rule``: the rule the client broke, if it broke one (a shutdown breaks none)."""
+        self._fatal(code, message, rule)
 
     # ------------------------------------------------------------------ transport events
 

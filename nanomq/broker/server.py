@@ -156,9 +156,9 @@ class Broker:
             now = time.monotonic()
             for conn in tuple(self.connections):
                 if conn.awaiting_hello and now - conn.opened_at > cfg.hello_timeout_s:
-                    conn.close(ErrorCode.BAD_STATE, "no HELLO within the handshake timeout")
+                    conn.close(ErrorCode.BAD_STATE, "no HELLO within the handshake timeout", "NMQ-2-3")
                 elif conn.partial_since is not None and now - conn.partial_since > cfg.frame_timeout_s:
-                    conn.close(ErrorCode.MALFORMED, "a frame took too long to arrive")
+                    conn.close(ErrorCode.MALFORMED, "a frame took too long to arrive", "NMQ-2-3")
 
     async def _retention(self) -> None:
         loop = asyncio.get_running_loop()

@@ -207,7 +207,7 @@ class _TlsGate(asyncio.Protocol):
         self._finish()
         _log.info("plaintext connection from %s refused: this broker speaks TLS only",
                   self.transport.get_extra_info("peername"))
-        self.transport.write(encode(Error(0, int(ErrorCode.BAD_STATE), PLAINTEXT_REFUSAL)))
+        self.transport.write(encode(Error(0, int(ErrorCode.BAD_STATE), PLAINTEXT_REFUSAL, "NMQ-2-4")))
         self.transport.close()
 
     async def _upgrade(self, transport: asyncio.Transport) -> None:

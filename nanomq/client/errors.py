@@ -69,7 +69,9 @@ class ConnectionLostError(NanoMQError, ConnectionError):
         self.reason = reason + (f": {closed_by}" if closed_by is not None else "")
         """Why, with the broker's closing ERROR if any, without the unacked note."""
         self.unacked = 0
-        super().__init__(self.reason)
+        # Not super(): in a client ProtocolError the next class in the MRO is the codec's
+        # ProtocolError, whose constructor takes (code, rule, message); ProtocolError sets those.
+        ConnectionError.__init__(self, self.reason)
         self.with_unacked(unacked)
 
     def with_unacked(self, unacked: int) -> Self:
