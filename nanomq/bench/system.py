@@ -1,0 +1,213 @@
+"""What the machine and its processes are doing: CPU time from /proc, load, pacing, child processes.
+
+Everything here reads Linux's /proc (the benchmark's home); nothing needs root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import multiprocessing as mp
+import os
+import platform
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "CLK_TCK", "FORK", "Child", "Window", "cpu_seconds", "free_port", "loadavg", "machine", "proc_status",
+    "start_child", "wait_until",
+]
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+"""Clock ticks per second of /proc/<pid>/stat's utime and stime (their resolution)."""
+FORK = mp.get_context("fork")
+"""Children are forked: they inherit the parent's imports and arguments without pickling."""
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of every thread of ``pid`` so far (dead threads included), in seconds,
+    from /proc/<pid>/stat; resolution 1/CLK_TCK (10 ms here)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_status(pid: int) -> dict[str, float]:
+    """VmRSS / RssAnon / RssFile of ``pid`` in MB (10^6 bytes), from /proc/<pid>/status."""
+    out: dict[str, float] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                out[key] = int(rest.split()[0]) * 1024 / 1e6
+    return out
+
+
+def loadavg() -> float:
+    """The 1-minute load average now."""
+    return os.getloadavg()[0]
+
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        parts = f.readline().split()[1:]
+    vals = [int(x) for x in parts[:8]]
+    idle = vals[3] + vals[4]  # idle + iowait
+    return sum(vals) - idle, sum(vals)
+
+
+@dataclass(slots=True)
+class Window:
+    """The machine around one measurement: load average before and after, and how busy all CPUs
+    were (everyone's processes, ours included) while it ran."""
+
+    load_before: float = 0.0
+    load_after: float = 0.0
+    busy_pct: float = 0.0
+    """CPU busy % of the whole machine (all cores, 100 = every core busy) over the window."""
+    seconds: float = 0.0
+    _t0: float = 0.0
+    _j0: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def open(cls) -> Window:
+        """Start a window now."""
+        w = cls(load_before=loadavg())
+        w._t0 = time.monotonic()
+        w._j0 = _cpu_jiffies()
+        return w
+
+    def close(self) -> Window:
+        """End the window now; returns itself."""
+        b1, t1 = _cpu_jiffies()
+        db, dt = b1 - self._j0[0], t1 - self._j0[1]
+        self.busy_pct = 100.0 * db / dt if dt > 0 else 0.0
+        self.load_after = loadavg()
+        self.seconds = time.monotonic() - self._t0
+        return self
+
+    def as_dict(self) -> dict[str, float]:
+        """For the results JSON."""
+        return {"load1_before": round(self.load_before, 2), "load1_after": round(self.load_after, 2),
+                "machine_busy_pct": round(self.busy_pct, 1), "seconds": round(self.seconds, 2)}
+
+
+@contextlib.contextmanager
+def window() -> Iterator[Window]:
+    """``with window() as w:`` … ``w`` is closed when the block ends."""
+    w = Window.open()
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+def wait_until(due_ns: int) -> None:
+    """Sleep until ~150 µs before ``due_ns`` (monotonic clock), then spin, so timer slack is not
+    charged to what is measured."""
+    now = time.monotonic_ns()
+    if due_ns - now > 200_000:
+        time.sleep((due_ns - now - 150_000) / 1e9)
+    while time.monotonic_ns() < due_ns:
+        pass
+
+
+@contextlib.contextmanager
+def free_port() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for servers that need one given)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    yield port
+
+
+@dataclass(slots=True)
+class Child:
+    """A forked child process and the receiving end of its result pipe."""
+
+    process: Any
+    rx: Any
+    name: str = ""
+    _result: Any = field(default=None)
+    _have: bool = False
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        return int(self.process.pid)
+
+    def result(self, timeout: float) -> Any:
+        """What the child sent back; raises RuntimeError if nothing came within ``timeout`` s
+        (or the child died), or re-raises the child's own exception (as RuntimeError)."""
+        if not self._have:
+            if not self.rx.poll(timeout):
+                code = self.process.exitcode
+                raise RuntimeError(f"{self.name or 'child'} (pid {self.pid}) sent no result within {timeout:g} s"
+                                   f" (exit code {code})")
+            try:
+                self._result = self.rx.recv()
+            except EOFError as e:
+                raise RuntimeError(f"{self.name or 'child'} (pid {self.pid}) died (exit code "
+                                   f"{self.process.exitcode})") from e
+            self._have = True
+        if isinstance(self._result, _Failure):
+            raise RuntimeError(f"{self.name or 'child'} failed: {self._result.text}")
+        return self._result
+
+    def reap(self, timeout: float = 10.0) -> None:
+        """Wait for the child to end; SIGKILL it by its PID after ``timeout`` seconds."""
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.rx.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    text: str
+
+
+def _child_main(tx: Any, target: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    gc.disable()
+    try:
+        out = target(*args)
+    except BaseException as e:  # sent to the parent, which raises it with the run's context
+        import traceback
+
+        out = _Failure(f"{e!r}\n{traceback.format_exc()}")
+    tx.send(out)
+    tx.close()
+
+
+def start_child(target: Callable[..., Any], *args: Any, name: str = "") -> Child:
+    """Fork ``target(*args)`` with GC disabled; its return value comes back through :meth:`Child.result`."""
+    rx, tx = FORK.Pipe(duplex=False)
+    p = FORK.Process(target=_child_main, args=(tx, target, args), daemon=True, name=name or None)
+    p.start()
+    tx.close()
+    return Child(p, rx, name)
+
+
+def machine() -> dict[str, Any]:
+    """Facts about this machine for the results' header."""
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = 0.0
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) * 1024 / 2**30
+                break
+    return {"hostname": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
+            "cpu_model": model, "mem_gib": round(mem, 1), "python": sys.version.split()[0],
+            "clk_tck": CLK_TCK}
