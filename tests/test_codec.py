@@ -350,3 +350,19 @@ def test_codec_errors_are_nanomq_errors() -> None:
 
     assert issubclass(ProtocolError, NanoMQError) and nanomq.NanoMQError is NanoMQError
     assert issubclass(nanomq.ProtocolError, ProtocolError)
+
+
+def test_pending_and_skip_let_a_fast_path_take_whole_frames() -> None:
+    from nanomq.protocol import Ping, encode
+
+    d = Decoder("server")
+    d.feed(encode(Ping(1, 1)) + encode(Ping(2, 2))[:10])
+    view = d.pending()
+    assert bytes(view) == encode(Ping(1, 1)) + encode(Ping(2, 2))[:10]
+    view.release()
+    d.skip(24)  # a fast path handled the first PING
+    assert d.buffered == 10 and d.next_frame() is None
+    d.feed(encode(Ping(2, 2))[10:])
+    assert d.next_frame() == Ping(2, 2)
+    with pytest.raises(ValueError):
+        d.skip(1)

@@ -254,6 +254,12 @@ class CLog:
         self._a_first = ffi.new("uint64_t *")
         self._a_last = ffi.new("uint64_t *")
 
+    @property
+    def handle(self) -> Any:
+        """The C handle (``nmq_log *``), for another C module of this extension (the data plane,
+        ``nanomq._c.plane``); it stays valid while this object lives."""
+        return self._h
+
     # -- writing ----------------------------------------------------------------------------
 
     def append(self, records: Buffer, count: int, timestamp_ns: int = 0) -> tuple[int, int]:

@@ -69,6 +69,10 @@ class BrokerConfig:
     """PEM certificate chain; with it the broker speaks only TLS and announces capability TLS."""
     tls_key: Path | None = None
     """PEM private key (omit when the certificate file holds it too)."""
+    data_plane: Literal["c", "python"] = "c"
+    """``c``: PUBLISH (ack none/written), PING and DELIVER take the C fast path
+    (``nanomq/_c/src/plane.c``); ``python``: every frame goes through the Python handlers (the
+    reference the fast path is measured and tested against)."""
     verify_on_start: bool = False
     """Verify every record of every topic at start (``verify_all``), instead of trusting what the
     checkpoints vouch for and verifying it when first read: damage is then found and quarantined
@@ -91,6 +95,8 @@ class BrokerConfig:
             raise ValueError(f"--fsync must be always, interval or never, not {self.fsync!r}")
         if self.fsync == "interval" and not 1 <= self.fsync_interval_ms <= 60_000:
             raise ValueError(f"--fsync-interval-ms must be 1 .. 60000, not {self.fsync_interval_ms}")
+        if self.data_plane not in ("c", "python"):
+            raise ValueError(f"--data-plane must be c or python, not {self.data_plane!r}")
         if self.compression not in ("lz4", "none"):
             raise ValueError(f"--compression must be lz4 or none, not {self.compression!r}")
         if not 1 <= self.max_batch <= MAX_BATCH:

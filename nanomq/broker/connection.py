@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from nanomq._c.plane import STOP_END, STOP_FRAME, Delivery, Plane
 from nanomq.broker.state import (
     CONNECTION_TRANSITIONS,
     WRITE_TRANSITIONS,
@@ -140,6 +141,12 @@ class ConnectionContext:
     """Called once connected: False refuses the connection (TOO_MANY_CONNECTIONS, [NMQ-6.2-1])."""
     forget: Callable[[Connection], None]
     """Called once the connection is gone."""
+    plane: Plane | None = None
+    """The C data plane (None: every frame through the Python handlers): it takes valid PUBLISHes
+    with ack none/written to open topics and PINGs straight from the receive buffer, and writes
+    DELIVERs from the log mapping to the socket ([nanomq/_c/src/plane.h])."""
+    topic_at: Callable[[int], Topic] | None = None
+    """The topic the data plane numbers ``index`` (with ``plane``)."""
 
 
 @dataclass(slots=True)
@@ -177,6 +184,9 @@ class Connection(asyncio.Protocol):
         self._pump_scheduled = False
         self._opened_at = time.monotonic()
         self._partial_since: float | None = None
+        self._plane = ctx.plane
+        self._fd = -1
+        """The socket the data plane may write to directly (-1: never, e.g. TLS)."""
 
     def _move(self, event: ConnectionEvent) -> None:
         self._state = next_state(CONNECTION_TRANSITIONS, self._state, event)
@@ -217,6 +227,9 @@ class Connection(asyncio.Protocol):
         self._move(ConnectionEvent.MADE)
         self.peer = str(transport.get_extra_info("peername"))
         transport.set_write_buffer_limits(high=self._ctx.write_buffer_bytes)
+        sock = transport.get_extra_info("socket")
+        if self._plane is not None and sock is not None and transport.get_extra_info("sslcontext") is None:
+            self._fd = sock.fileno()
         if not self._ctx.admit(self):
             self._fatal(ErrorCode.TOO_MANY_CONNECTIONS, "connection limit reached", "NMQ-6.2-1")
 
@@ -243,11 +256,21 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._state is not _ACTIVE and self._state is not _AWAITING_HELLO:
             return
-        self._decoder.feed(data)
+        decoder = self._decoder
+        decoder.feed(data)
         completed = False
+        plane = self._plane
         while self._state is _ACTIVE or self._state is _AWAITING_HELLO:
+            # The C fast path takes the hot frames at the head of the buffer while no answer is
+            # waiting in the queue (its answers go out at once, so order holds, [NMQ-3.3-2]);
+            # whatever it leaves, valid or not, the codec decodes below, one frame at a time.
+            if plane is not None and self._state is _ACTIVE and not self._queue and decoder.buffered:
+                if self._fast(plane):
+                    completed = True
+                if self._state is not _ACTIVE:
+                    return
             try:
-                frame = self._decoder.next_frame()
+                frame = decoder.next_frame()
             except ProtocolError as e:
                 completed = True
                 if e.fatal or self._state is _AWAITING_HELLO:
@@ -269,10 +292,37 @@ class Connection(asyncio.Protocol):
                 _log.exception("internal error handling %s from %s", type(frame).__name__, self.peer)
                 self._fatal(ErrorCode.INTERNAL, "internal server error", "NMQ-8-4")
                 return
-        if self._decoder.buffered == 0:
+        if decoder.buffered == 0:
             self._partial_since = None
         elif completed or self._partial_since is None:
             self._partial_since = time.monotonic()
+
+    def _fast(self, plane: Plane) -> bool:
+        """Run the data plane over the head of the receive buffer; whether it took a frame."""
+        decoder, transport = self._decoder, self._transport
+        assert transport is not None
+        took = False
+        while True:
+            fd = self._fd if self._write_state is _FLOWING and not transport.get_write_buffer_size() else -1
+            view = decoder.pending()
+            try:
+                r = plane.feed(view, fd)
+            finally:
+                view.release()
+            if not r.frames:
+                return took
+            took = True
+            decoder.skip(r.consumed)
+            if r.unsent:
+                transport.write(r.unsent)
+            topic_at = self._ctx.topic_at
+            assert topic_at is not None
+            for index, nbytes in r.appended:  # acked first, then delivered, as the Python path does
+                topic = topic_at(index)
+                topic.appended(nbytes)
+                topic.notify()
+            if r.stop == STOP_END or r.stop == STOP_FRAME or self._state is not _ACTIVE:
+                return took
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -495,6 +545,7 @@ class Connection(asyncio.Protocol):
         if self._state is not _ACTIVE or self._write_state is not _FLOWING:
             return
         max_batch = self._ctx.announcement.max_batch
+        plane = self._plane
         again = False
         for sub in tuple(self._subs.values()):
             turns = 0
@@ -502,6 +553,25 @@ class Connection(asyncio.Protocol):
                 if turns == _BATCHES_PER_PUMP:
                     again = True
                     break
+                if plane is not None:
+                    try:
+                        d = self._deliver_fast(plane, sub, min(sub.credit, max_batch))
+                    except StorageError as e:
+                        sub.topic.damage_found(sub.next_id, e)
+                        self._fatal(ErrorCode.STORAGE_ERROR, f"topic {sub.topic.name!r}: record {sub.next_id} cannot "
+                                    f"be delivered on subscription {sub.sub_id}: its stored bytes are damaged ({e})",
+                                    "NMQ-S9-7")
+                        return
+                    if d.count == 0:
+                        if d.first_id > sub.next_id:  # retention removed what was next
+                            sub.next_id = d.first_id
+                            continue
+                        break
+                    sub.next_id = d.first_id + d.count
+                    sub.credit -= d.count
+                    sub.topic.touched_since_trim = True
+                    turns += 1
+                    continue
                 log = sub.topic.log
                 if sub.next_id >= log.next_id:
                     break
@@ -530,6 +600,18 @@ class Connection(asyncio.Protocol):
                 turns += 1
         if again:
             self._schedule_pump()
+
+    def _deliver_fast(self, plane: Plane, sub: Subscription, credit: int) -> Delivery:
+        """One DELIVER through the data plane: written to the socket from the log mapping when the
+        transport has nothing buffered, else (or for what the socket did not take) handed to the
+        transport, which buffers it and applies flow control."""
+        transport = self._transport
+        assert transport is not None
+        fd = self._fd if not transport.get_write_buffer_size() else -1
+        d = plane.deliver(sub.topic.log.clog, fd, sub.sub_id, sub.next_id, credit, _DELIVER_MAX_BYTES)
+        for part in d.unsent:
+            transport.write(part)
+        return d
 
     def _deliver(self, sub_id: int, records: memoryview, count: int) -> None:
         """Write one DELIVER of ``count`` stored records, their bytes as they are [NMQ-4.6-3]."""

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
+from nanomq._c.plane import CAP_LZ4, Plane
 from nanomq.broker.config import BrokerConfig
 from nanomq.broker.connection import Announcement, Connection, ConnectionContext
 from nanomq.broker.tls import TlsAcceptor, load_server_context
@@ -53,7 +54,11 @@ class Broker:
             self._ssl = load_server_context(config.tls_cert, config.tls_key)
             self.capabilities |= Capability.TLS
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="nanomq-sync")
-        self.topics = TopicRegistry(config, self._executor)
+        plane = None
+        if config.data_plane == "c":
+            caps = CAP_LZ4 if self.capabilities & Capability.COMPRESSION_LZ4 else 0
+            plane = Plane(config.max_frame, config.max_payload, config.max_batch, caps)
+        self.topics = TopicRegistry(config, self._executor, plane)
         self.connections: set[Connection] = set()
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -133,6 +138,8 @@ class Broker:
             write_buffer_bytes=cfg.write_buffer_bytes,
             admit=self.admit,
             forget=self.forget,
+            plane=self.topics.plane,
+            topic_at=self.topics.at if self.topics.plane is not None else None,
         )
 
     def admit(self, conn: Connection) -> bool:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from pathlib import Path
 
+from nanomq._c.plane import Plane
 from nanomq.broker.config import BrokerConfig
 from nanomq.protocol import valid_topic
 from nanomq.storage import LogIOError, StorageError, StoredTopic, TopicCatalog, TopicLog
@@ -50,6 +51,8 @@ class Topic:
         self._sync_failing = False
         self.damaged: set[int] = set()
         """Ids whose stored bytes failed their check when read ([NMQ-S9-7]); each is logged once."""
+        self.index = -1
+        """This topic's number in the data plane's topic table (-1: not registered)."""
 
     def append(self, data: bytes, count: int) -> tuple[int, int]:
         """Append a validated batch (not yet synced); call :meth:`notify` once it is acked."""
@@ -65,17 +68,23 @@ class Topic:
                            "append succeeds", self.name, e)
             self._refused += 1
             raise
+        self.appended(len(data))
+        return ids
+
+    def appended(self, nbytes: int) -> None:
+        """Bookkeeping after ``nbytes`` of records were appended (by :meth:`append`, or by the C
+        data plane straight from a connection's buffer)."""
+        self.touched_since_trim = True
         if self._refused:
             _log.warning("topic %s: appends accepted again, after %d refused", self.name, self._refused)
             self._refused = 0
-        self._unsynced += len(data)
+        self._unsynced += nbytes
         if self._unsynced >= SYNC_AHEAD_BYTES and not self._syncing and self.log.sync_policy != "never":
             # Sync ahead in the worker thread: sealing a full segment fdatasyncs it on the event
             # loop's thread, and with only `written` acks nothing else would have synced it, so
             # the seal waited for a whole segment of dirty pages (~50 ms per 100 MiB, every
             # connection stalled). Syncing early costs nothing in correctness.
             self._start_sync()
-        return ids
 
     def notify(self) -> None:
         """Wake the subscriptions of this topic (they deliver synchronously, see Connection)."""
@@ -167,11 +176,14 @@ class TopicRegistry:
     settings and enforces its topic limit.
     """
 
-    def __init__(self, config: BrokerConfig, executor: Executor) -> None:
+    def __init__(self, config: BrokerConfig, executor: Executor, plane: Plane | None = None) -> None:
         self._config = config
         self._executor = executor
         self._catalog = TopicCatalog(Path(config.data_dir) / "topics", is_topic_name=valid_topic)
         self._topics: dict[str, Topic] = {}
+        self.plane = plane
+        """The C data plane, if the broker uses it: every open topic is registered with it."""
+        self._by_index: list[Topic] = []
 
     def open_all(self) -> None:
         """Open (and recover) every topic found on disk, its id repaired if need be ([NMQ-S2-5])."""
@@ -201,7 +213,15 @@ class TopicRegistry:
                        "refused until there is space", name, os.strerror(ro))
         topic = Topic(name, topic_id, log, self._executor)
         self._topics[name] = topic
+        if self.plane is not None:
+            topic.index = len(self._by_index)
+            self._by_index.append(topic)
+            self.plane.topic(name, log.clog, topic.index)
         return topic
+
+    def at(self, index: int) -> Topic:
+        """The topic the data plane numbers ``index``."""
+        return self._by_index[index]
 
     def __len__(self) -> int:
         return len(self._topics)
@@ -244,8 +264,11 @@ class TopicRegistry:
     def close_all(self, clean: bool = True) -> None:
         """Close every log (``clean`` writes the clean-shutdown marker)."""
         for t in self._topics.values():
+            if self.plane is not None:
+                self.plane.untopic(t.name)  # before its log closes: the plane must never append to it
             try:
                 t.log.close(clean=clean)
             except StorageError as e:
                 _log.error("topic %s: close failed: %s", t.name, e)
         self._topics.clear()
+        self._by_index.clear()

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-connections", type=int, default=None,
                     help="connection limit, 1 .. 1000000 (default 1024); the process's open-file limit "
                     "is raised to fit if it can be, else the value is refused")
+    ap.add_argument("--data-plane", choices=["c", "python"], default="c",
+                    help="c (default): publishes with ack none/written, pings and deliveries take the C fast "
+                    "path; python: every frame through the Python handlers (for comparison)")
     ap.add_argument("--max-subscriptions", type=int, default=1024, metavar="N",
                     help="subscriptions one connection may hold at once, at least 1 (default 1024); a SUBSCRIBE "
                     "beyond it is answered RESOURCE_LIMIT")
@@ -125,6 +128,7 @@ def config_from_args(args: argparse.Namespace) -> BrokerConfig:
         compression=args.compression,
         max_connections=args.max_connections if args.max_connections is not None else 1024,
         max_subscriptions=args.max_subscriptions,
+        data_plane=args.data_plane,
         max_payload=max_payload,
         hello_timeout_s=args.handshake_timeout,
         frame_timeout_s=args.frame_timeout,

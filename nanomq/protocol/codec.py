@@ -122,6 +122,18 @@ class Decoder:
             return 0
         return int.from_bytes(self._buf[self._pos : self._pos + 4], "little")
 
+    def pending(self) -> memoryview:
+        """The bytes received and not yet decoded, as a view (no copy), for a fast path that takes
+        whole frames off the head (then :meth:`skip`). Release the view before the next
+        :meth:`feed`: the buffer cannot move while a view of it exists."""
+        return memoryview(self._buf)[self._pos :]
+
+    def skip(self, n: int) -> None:
+        """Drop ``n`` bytes from the head of what is buffered: whole frames a fast path handled."""
+        if not 0 <= n <= len(self._buf) - self._pos:
+            raise ValueError(f"cannot skip {n} of {len(self._buf) - self._pos} buffered bytes")
+        self._pos += n
+
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add received bytes. Never raises: errors surface from :meth:`next_frame`."""
         if self._pos and self._pos * 2 >= len(self._buf):

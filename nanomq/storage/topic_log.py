@@ -128,6 +128,11 @@ class TopicLog:
     # -- ids --------------------------------------------------------------------------------
 
     @property
+    def clog(self) -> CLog:
+        """The C log under this topic log, for the broker's data plane (``nanomq._c.plane``)."""
+        return self._c
+
+    @property
     def first_id(self) -> int:
         """The first retained id (equal to ``next_id`` when the log is empty)."""
         return self._c.stats().first_id
