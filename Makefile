@@ -19,7 +19,7 @@ help:
 	@echo "make test         the whole suite: unit, property, fault-injection, fuzz smoke"
 	@echo "make lint         ruff + mypy"
 	@echo "make fuzz         every atheris target for FUZZ_SECONDS (default 60) each"
-	@echo "make benchmark    the benchmark tables"
+	@echo "make benchmark    the benchmark tables; NanoMQ vs Redis/NATS ratios, JSON and plots in reports/bench/"
 	@echo "make conformance  the conformance kit against the reference broker (KIT_ARGS=... for another)"
 	@echo "make mutation     mutants of the broker (Python: mutmut; C: log.c) under the kit; reports/mutation/"
 	@echo "make run          the runtime package only, then the broker on PORT=$(PORT), DATA_DIR=$(DATA_DIR),"
@@ -61,8 +61,12 @@ fuzz: $(STAMP)
 fuzz-smoke: $(STAMP)
 	$(BIN)/python fuzz/run_all.py --seconds 5
 
+# BENCH_ARGS: options for benchmarks/run_all.py, e.g. --only broker, --quick, --broker-args "--spin-us 200".
+# The broker benchmark starts redis-server and nats-server itself when they are installed
+# (apt-get update && apt-get install redis-server nats-server) and writes reports/bench/.
+BENCH_ARGS ?=
 benchmark: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
 # The conformance kit against the reference broker (or: make conformance KIT_ARGS="--target t.toml").
 KIT_ARGS ?=

@@ -3,13 +3,16 @@
 End-to-end harnesses are the modules ``benchmarks/bench_*.py``; each has ``main(argv) -> int`` and
 prints its own table (percentiles from full histograms, ratios to a baseline measured in the same
 run). ``--only NAME`` runs the harnesses whose name contains NAME; ``--quick`` asks each harness
-for a short run (used by CI smoke tests).
+for a short run (used by CI smoke tests); ``--broker-args "..."`` passes options to
+``bench_broker.py`` only (e.g. ``--broker-args "--spin-us 200"``; ``make benchmark
+BENCH_ARGS='--broker-args "--spin-us 200"'``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="run only harnesses whose name contains this")
     ap.add_argument("--quick", action="store_true", help="short runs (smoke test)")
     ap.add_argument("--no-micro", action="store_true", help="skip the pytest-benchmark micro benchmarks")
+    ap.add_argument("--broker-args", default="", help="options for bench_broker.py only (one quoted string)")
     args = ap.parse_args(argv)
     rc = 0
     if not args.no_micro and not args.only:
@@ -36,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"\n=== {name} ===", flush=True)
         mod = importlib.import_module(f"benchmarks.{name}")
-        rc |= int(mod.main(["--quick"] if args.quick else []) or 0)
+        extra = shlex.split(args.broker_args) if name == "bench_broker" else []
+        rc |= int(mod.main((["--quick"] if args.quick else []) + extra) or 0)
     return rc
 
 

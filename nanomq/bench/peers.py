@@ -331,8 +331,8 @@ class NanoMQServer:
         return self._pid
 
     def start(self) -> NanoMQServer:
-        """Start the broker (unless an address was given)."""
-        if self._address:
+        """Start the broker (unless an address was given, or it runs already)."""
+        if self._address or (self._proc is not None and self.alive()):
             return self
         from nanomq.testing import BrokerProcess
 

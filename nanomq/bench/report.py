@@ -170,7 +170,7 @@ def render(run: Run) -> str:
     b = [run.get(k) for k in ("broker/rss_fresh", "broker/rss_idle", "broker/idle_cpu")]
     if all(b):
         out.append(f"\nbroker: VmRSS fresh {b[0].value:.1f} MB; RssAnon idle after the rounds {b[1].value:.1f} MB "  # type: ignore[union-attr]
-                   f"(VmRSS {b[1].extra.get('VmRSS', 0):.1f} MB); idle CPU {b[2].value:.2f} %")  # type: ignore[union-attr]
+                   f"(VmRSS {b[1].extra.get('status', {}).get('VmRSS', 0):.1f} MB); idle CPU {b[2].value:.2f} %")  # type: ignore[union-attr]
     return "\n".join(out)
 
 

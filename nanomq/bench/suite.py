@@ -36,6 +36,7 @@ from typing import Any
 
 from nanomq.bench import calibrate, peers, workloads
 from nanomq.bench.hist import Histogram
+from nanomq.bench.peers import NanoMQServer
 from nanomq.bench.results import Figure, Run, median
 from nanomq.bench.system import Window, cpu_seconds, loadavg, machine, proc_status
 
@@ -87,6 +88,9 @@ class Options:
     peers: tuple[str, ...] = ALL_PEERS
     broker_args: tuple[str, ...] = ()
     scaling: bool = True
+    target: NanoMQServer | None = None
+    """the NanoMQ broker to measure, also for the scaling table (started here if it is not running;
+    the caller stops it); None: launch the installed broker (and a fresh one for the scaling table)"""
     command: str = ""
     log: Callable[[str], None] = field(default=lambda s: None)
 
@@ -232,13 +236,15 @@ def run_suite(opts: Options) -> Run:
                               windows=wins))
         for key in ("spin", "nano"):  # stop the measured brokers before the scaling broker starts
             s = getattr(srv, key)
-            if s is not None:
+            if s is not None and not (key == "nano" and opts.target is not None):
                 run.meta.setdefault("broker_exit", {})[key] = s.stop()
                 setattr(srv, key, None)
         if opts.scaling:
             _scaling(run, opts, log, failures)
         loads.append(loadavg())
     finally:
+        if opts.target is not None:
+            srv.nano = None  # the caller's: not stopped here
         codes = srv.stop()
         if codes:
             run.meta.setdefault("broker_exit", {}).update(codes)
@@ -251,7 +257,7 @@ def run_suite(opts: Options) -> Run:
 
 def _start_servers(srv: _Servers, opts: Options, run: Run, log: Callable[[str], None]) -> None:
     args = list(opts.broker_args)
-    srv.nano = peers.NanoMQServer(args).start()
+    srv.nano = (opts.target or peers.NanoMQServer(args)).start()
     run.meta["broker"] = {"address": srv.nano.address, "args": args, "launch": f"{sys.executable} -m nanomq.cli.broker"}
     if opts.spin_us:
         busy = peers.broker_supports("--busy-poll")
@@ -511,8 +517,11 @@ def _compare(run: Run, opts: Options) -> None:
 
 def _scaling(run: Run, opts: Options, log: Callable[[str], None], failures: list[dict[str, str]]) -> None:
     sz = opts.sizes
-    srv = peers.NanoMQServer([*opts.broker_args, "--log-segment-size", "4MB"]
-                             if "--log-segment-size" not in opts.broker_args else list(opts.broker_args)).start()
+    if opts.target is not None:
+        srv = opts.target.start()
+    else:
+        srv = peers.NanoMQServer([*opts.broker_args, "--log-segment-size", "4MB"]
+                                 if "--log-segment-size" not in opts.broker_args else list(opts.broker_args)).start()
     try:
         base: Figure | None = None
         for t in sz.scale_topics:
@@ -548,7 +557,8 @@ def _scaling(run: Run, opts: Options, log: Callable[[str], None], failures: list
                 run.compare(f"scale/{t}x{top}", f"aggregate {t} topics x {top} connections / 1 x 1",
                             f"scale/{t}x{top}/rate", base.id, target=">= 0.8")
     finally:
-        run.meta.setdefault("broker_exit", {})["scaling"] = srv.stop()
+        if opts.target is None:
+            run.meta.setdefault("broker_exit", {})["scaling"] = srv.stop()
 
 
 def quick(opts: Options) -> Options:
