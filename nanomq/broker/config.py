@@ -69,6 +69,10 @@ class BrokerConfig:
     """PEM certificate chain; with it the broker speaks only TLS and announces capability TLS."""
     tls_key: Path | None = None
     """PEM private key (omit when the certificate file holds it too)."""
+    loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    """The event loop: ``auto`` is uvloop when installed, else asyncio's (nanomq/broker/loop.py)."""
+    busy_poll_us: int = 0
+    """> 0: spin this many µs polling for events before each blocking wait (asyncio's loop)."""
     data_plane: Literal["c", "python"] = "c"
     """``c``: PUBLISH (ack none/written), PING and DELIVER take the C fast path
     (``nanomq/_c/src/plane.c``); ``python``: every frame goes through the Python handlers (the
@@ -95,6 +99,19 @@ class BrokerConfig:
             raise ValueError(f"--fsync must be always, interval or never, not {self.fsync!r}")
         if self.fsync == "interval" and not 1 <= self.fsync_interval_ms <= 60_000:
             raise ValueError(f"--fsync-interval-ms must be 1 .. 60000, not {self.fsync_interval_ms}")
+        if self.loop not in ("auto", "asyncio", "uvloop"):
+            raise ValueError(f"--loop must be auto, asyncio or uvloop, not {self.loop!r}")
+        if not 0 <= self.busy_poll_us <= 1_000_000:
+            raise ValueError(f"--busy-poll must be 0 .. 1000000 µs, not {self.busy_poll_us}")
+        if self.busy_poll_us and self.loop == "uvloop":
+            raise ValueError("--busy-poll needs --loop asyncio (or auto): uvloop cannot spin")
+        if self.loop == "uvloop" and self.tls_cert is not None:
+            raise ValueError("--loop uvloop cannot serve TLS (--tls-cert): use --loop asyncio or auto")
+        if self.loop == "uvloop":
+            from nanomq.broker.loop import uvloop_available
+
+            if not uvloop_available():
+                raise ValueError("--loop uvloop: the uvloop package is not installed")
         if self.data_plane not in ("c", "python"):
             raise ValueError(f"--data-plane must be c or python, not {self.data_plane!r}")
         if self.compression not in ("lz4", "none"):

@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from nanomq._c.plane import STOP_END, STOP_FRAME, Delivery, Plane
 from nanomq.broker.state import (
@@ -222,7 +222,7 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ transport events
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
         self._transport = transport
         self._move(ConnectionEvent.MADE)
         self.peer = str(transport.get_extra_info("peername"))

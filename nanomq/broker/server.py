@@ -24,6 +24,7 @@ from pathlib import Path
 from nanomq._c.plane import CAP_LZ4, Plane
 from nanomq.broker.config import BrokerConfig
 from nanomq.broker.connection import Announcement, Connection, ConnectionContext
+from nanomq.broker.loop import run_loop
 from nanomq.broker.tls import TlsAcceptor, load_server_context
 from nanomq.broker.topics import TopicRegistry
 from nanomq.protocol import Capability, ErrorCode
@@ -235,4 +236,7 @@ async def _main(config: BrokerConfig, ready: str) -> int:
 
 def run(config: BrokerConfig, ready: str = "nanomq-broker listening on {host}:{port} (data dir {data_dir})") -> int:
     """Run a broker in this process until SIGTERM/SIGINT; returns the exit status."""
-    return asyncio.run(_main(config, ready))
+    # TLS connections are upgraded with loop.start_tls after a peek (broker/tls.py), which uvloop
+    # does not support on a paused transport: a TLS broker runs on asyncio's loop.
+    kind = "asyncio" if config.tls_cert is not None and config.loop == "auto" else config.loop
+    return run_loop(lambda: _main(config, ready), kind, config.busy_poll_us)

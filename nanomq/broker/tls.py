@@ -23,6 +23,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from nanomq.protocol import Error, ErrorCode, encode
 
@@ -127,7 +128,7 @@ class _TlsGate(asyncio.Protocol):
         self._done = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
         self.transport = transport
         acc = self.acceptor
         if len(acc.pending) >= acc.limit:

@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-connections", type=int, default=None,
                     help="connection limit, 1 .. 1000000 (default 1024); the process's open-file limit "
                     "is raised to fit if it can be, else the value is refused")
+    ap.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
+                    help="event loop: auto (default) is uvloop when installed, else asyncio's")
+    ap.add_argument("--busy-poll", type=int, default=0, metavar="US",
+                    help="spin up to US microseconds polling for events before each blocking wait (lowest "
+                    "latency, a core kept busy while it spins; uses asyncio's loop); default 0: block at once")
     ap.add_argument("--data-plane", choices=["c", "python"], default="c",
                     help="c (default): publishes with ack none/written, pings and deliveries take the C fast "
                     "path; python: every frame through the Python handlers (for comparison)")
@@ -129,6 +134,8 @@ def config_from_args(args: argparse.Namespace) -> BrokerConfig:
         max_connections=args.max_connections if args.max_connections is not None else 1024,
         max_subscriptions=args.max_subscriptions,
         data_plane=args.data_plane,
+        loop=args.loop,
+        busy_poll_us=args.busy_poll,
         max_payload=max_payload,
         hello_timeout_s=args.handshake_timeout,
         frame_timeout_s=args.frame_timeout,
