@@ -46,6 +46,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--spin-us", type=int, default=0,
                     help="also run NanoMQ with the subscriber busy-polling this many us (and the broker with "
                          "--busy-poll when it has that option)")
+    ap.add_argument("--no-busy-poll-broker", action="store_true",
+                    help="with --spin-us: the spinning subscriber talks to the blocking broker (default: a second "
+                         "broker with --busy-poll, when the installed broker has that option)")
     ap.add_argument("--peers", default=",".join(suite.ALL_PEERS),
                     help=f"comma-separated peers to run (default {','.join(suite.ALL_PEERS)}; '' for none)")
     ap.add_argument("--broker-arg", action="append", default=[], metavar="ARG",
@@ -64,7 +67,8 @@ def options(args: argparse.Namespace, command: str, log: object = None) -> suite
     bad = set(want) - set(suite.ALL_PEERS)
     if bad:
         raise SystemExit(f"unknown peers: {', '.join(sorted(bad))} (known: {', '.join(suite.ALL_PEERS)})")
-    return suite.Options(sizes=sizes, rate=args.rate, cpu_rate=args.cpu_rate, spin_us=args.spin_us, peers=want,
+    return suite.Options(sizes=sizes, rate=args.rate, cpu_rate=args.cpu_rate, spin_us=args.spin_us,
+                         busy_poll_broker=not args.no_busy_poll_broker, peers=want,
                          broker_args=tuple(args.broker_arg), scaling=not args.no_scaling, command=command,
                          log=log or (lambda s: print(s, file=sys.stderr, flush=True)))  # type: ignore[arg-type]
 

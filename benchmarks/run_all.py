@@ -15,6 +15,7 @@ import importlib
 import shlex
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -39,9 +40,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and args.only not in name:
             continue
         print(f"\n=== {name} ===", flush=True)
-        mod = importlib.import_module(f"benchmarks.{name}")
         extra = shlex.split(args.broker_args) if name == "bench_broker" else []
-        rc |= int(mod.main((["--quick"] if args.quick else []) + extra) or 0)
+        try:  # one harness failing must not cost the others' figures
+            mod = importlib.import_module(f"benchmarks.{name}")
+            rc |= int(mod.main((["--quick"] if args.quick else []) + extra) or 0)
+        except Exception:
+            traceback.print_exc()
+            print(f"=== {name} FAILED ===", flush=True)
+            rc |= 1
     return rc
 
 

@@ -372,13 +372,17 @@ class NanoMQServer:
         return code
 
 
-def broker_supports(flag: str) -> bool:
-    """Whether the installed ``nanomq-broker`` accepts ``flag`` (from its --help)."""
+def broker_option(flag: str) -> str | None:
+    """How the installed ``nanomq-broker`` takes ``flag``, from its --help: None when it has no such
+    option, "" for a bare flag, else the metavar of its value (e.g. "US" for ``--busy-poll US``)."""
     import sys
 
     out = subprocess.run([sys.executable, "-m", "nanomq.cli.broker", "--help"], capture_output=True, timeout=60,
                          check=False)
-    return flag in out.stdout.decode(errors="replace")
+    m = re.search(rf"^\s+{re.escape(flag)}(?:[ =](\S+))?", out.stdout.decode(errors="replace"), re.MULTILINE)
+    if m is None:
+        return None
+    return m.group(1) or ""
 
 
 # ================================================================ NanoMQ

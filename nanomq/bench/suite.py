@@ -85,6 +85,9 @@ class Options:
     spin_us: int = 0
     """> 0: also run NanoMQ with the subscriber busy-polling this long (and the broker with
     --busy-poll when it has that option)"""
+    busy_poll_broker: bool = True
+    """with ``spin_us``: run the spinning subscriber against a second broker started with
+    --busy-poll (when the installed broker has it); False: against the blocking broker"""
     peers: tuple[str, ...] = ALL_PEERS
     broker_args: tuple[str, ...] = ()
     scaling: bool = True
@@ -258,13 +261,21 @@ def run_suite(opts: Options) -> Run:
 def _start_servers(srv: _Servers, opts: Options, run: Run, log: Callable[[str], None]) -> None:
     args = list(opts.broker_args)
     srv.nano = (opts.target or peers.NanoMQServer(args)).start()
-    run.meta["broker"] = {"address": srv.nano.address, "args": args, "launch": f"{sys.executable} -m nanomq.cli.broker"}
-    if opts.spin_us:
-        busy = peers.broker_supports("--busy-poll")
-        run.meta["broker"]["busy_poll_option"] = busy
-        if busy:
-            srv.spin = peers.NanoMQServer([*args, "--busy-poll"]).start()
+    ver = subprocess.run([sys.executable, "-m", "nanomq.cli.broker", "--version"], capture_output=True, timeout=60,
+                         check=False)
+    run.meta["broker"] = {"address": srv.nano.address, "args": args, "launch": f"{sys.executable} -m nanomq.cli.broker",
+                          "version": (ver.stdout or ver.stderr).decode(errors="replace").strip()}
+    if opts.spin_us and not opts.busy_poll_broker:
+        run.meta["broker"]["busy_poll"] = None
+        log("the spin rows use the blocking broker (--no-busy-poll-broker)")
+    elif opts.spin_us:
+        busy = peers.broker_option("--busy-poll")
+        if busy is not None:  # "--busy-poll US" spins that long; a bare "--busy-poll" just spins
+            flag = ["--busy-poll", str(opts.spin_us)] if busy else ["--busy-poll"]
+            run.meta["broker"]["busy_poll"] = flag
+            srv.spin = peers.NanoMQServer([*args, *flag]).start()
         else:
+            run.meta["broker"]["busy_poll"] = None
             log("the installed broker has no --busy-poll option: the spin rows use the blocking broker")
     want = set(opts.peers)
     if want & {"redis"}:
@@ -305,8 +316,9 @@ def _plan(srv: _Servers, opts: Options, run: Run) -> list[tuple[str, list[peers.
     spin: list[peers.Peer] = []
     if opts.spin_us:
         s = srv.spin or srv.nano
+        busy = " ".join(run.meta["broker"].get("busy_poll") or [])
         spin = [peers.NanoMQPeer(s.address, "written", server_pid=s.pid, spin_us=opts.spin_us,
-                                 broker_wait="broker --busy-poll" if srv.spin else "broker blocking (no --busy-poll)")]
+                                 broker_wait=f"broker {busy}" if srv.spin else "broker blocking")]
     want = set(opts.peers)
     redis = [peers.RedisPeer(srv.redis)] if srv.redis else []
     nats = [peers.NatsCorePeer(srv.nats)] if srv.nats and "nats" in want else []
