@@ -28,7 +28,11 @@ def seed_corpus(target: str, out: Path) -> int:
     for fname in ("frames.json", "invalid.json"):
         for v in json.loads((VECTORS / fname).read_text())["vectors"]:
             raw = bytes.fromhex(v["hex"])
-            if target == "fuzz_decoder":
+            if target == "fuzz_plane":  # the stream a client sends: client-to-server frames as they are
+                if v["direction"] != "client_to_server":
+                    continue
+                seed = raw
+            elif target == "fuzz_decoder":
                 role_bit = 1 if v["direction"] == "client_to_server" else 0
                 seed = bytes([role_bit | 0xFE]) + raw  # one big chunk
             else:  # fuzz_records: take the record bytes of PUBLISH/DELIVER frames
