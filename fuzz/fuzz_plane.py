@@ -15,7 +15,18 @@ import atheris
 with atheris.instrument_imports():
     from nanomq._c.log import CLog
     from nanomq._c.plane import CAP_LZ4, STOP_FRAME, Plane
-    from nanomq.protocol import Ack, Decoder, Limits, Ping, Pong, ProtocolError, Publish, PublishAck, RecordBatch, encode
+    from nanomq.protocol import (
+        Ack,
+        Decoder,
+        Limits,
+        Ping,
+        Pong,
+        ProtocolError,
+        Publish,
+        PublishAck,
+        RecordBatch,
+        encode,
+    )
 
 MAX_FRAME, MAX_PAYLOAD, MAX_BATCH = 1 << 20, 4096, 256
 TOPICS = ("t", "orders")  # "orders": the topic of the golden vectors the corpus starts from
