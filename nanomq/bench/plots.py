@@ -163,7 +163,7 @@ def write_plots(run: Run, outdir: str | Path) -> list[Path]:
             ax.legend(fontsize=8)
             ax.grid(True, axis="y", alpha=0.3)
         a2.set_yscale("log")
-        fig.suptitle(_title(run, "NanoMQ scaling: topics x connections"), fontsize=9)
+        fig.suptitle(_title(run, "NanoMQ scaling: topics x connections (one pass, after the rounds)"), fontsize=9)
         fig.tight_layout()
         p = out / "scaling.png"
         fig.savefig(p, dpi=110)
