@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import importlib.util
 import os
 import subprocess
 import sys
@@ -264,7 +265,11 @@ def _start_servers(srv: _Servers, opts: Options, run: Run, log: Callable[[str], 
     ver = subprocess.run([sys.executable, "-m", "nanomq.cli.broker", "--version"], capture_output=True, timeout=60,
                          check=False)
     run.meta["broker"] = {"address": srv.nano.address, "args": args, "launch": f"{sys.executable} -m nanomq.cli.broker",
-                          "version": (ver.stdout or ver.stderr).decode(errors="replace").strip()}
+                          "version": (ver.stdout or ver.stderr).decode(errors="replace").strip(),
+                          # what the broker's --loop auto picks (uvloop when installed, as of 2026-12)
+                          "uvloop_installed": importlib.util.find_spec("uvloop") is not None,
+                          "loop_option": peers.broker_option("--loop"),
+                          "data_plane_option": peers.broker_option("--data-plane")}
     if opts.spin_us and not opts.busy_poll_broker:
         run.meta["broker"]["busy_poll"] = None
         log("the spin rows use the blocking broker (--no-busy-poll-broker)")
