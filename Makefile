@@ -98,6 +98,8 @@ clean:
 SANITIZE_N ?= 100000
 RING_TEST_SRC := tests/c/test_ring.c nanomq/_c/src/ring.c
 # The log: appender with rotation/retention, concurrent sync(), a verifying reader, then damage.
+# The data plane: damaged and partial PUBLISH/PING streams fed to a real log, then delivered.
+PLANE_TEST_SRC := tests/c/test_plane.c nanomq/_c/src/plane.c nanomq/_c/src/log.c nanomq/_c/src/record.c nanomq/_c/src/crc32c.c
 LOG_TEST_SRC := tests/c/test_log.c nanomq/_c/src/log.c nanomq/_c/src/record.c nanomq/_c/src/crc32c.c
 sanitize:
 	@mkdir -p build
@@ -109,3 +111,5 @@ sanitize:
 	TSAN_OPTIONS=halt_on_error=1 ./build/test_log_tsan 3000 0
 	$(CC) -O1 -g -std=gnu11 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Inanomq/_c/src $(LOG_TEST_SRC) -o build/test_log_asan -lpthread
 	ASAN_OPTIONS=detect_leaks=1 ./build/test_log_asan 1000 500
+	$(CC) -O1 -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Inanomq/_c/src $(PLANE_TEST_SRC) -o build/test_plane_asan -lpthread
+	ASAN_OPTIONS=detect_leaks=1 ./build/test_plane_asan 3000

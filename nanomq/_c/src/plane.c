@@ -9,7 +9,7 @@
  *     request unanswered and unconsumed: Python answers them in order after the stop.
  *  P3 Records are appended straight from the caller's buffer (nmq_log_append copies them into
  *     the segment with one pwritev); a delivery is sent straight from the log's mapping with one
- *     writev. No other copy.
+ *     sendmsg. No other copy.
  */
 #define _GNU_SOURCE
 #include "plane.h"
@@ -325,7 +325,10 @@ int nmq_plane_deliver(nmq_log *log, int fd, uint32_t sub_id, uint64_t from_id, u
         struct iovec iov[2] = {{hdr, 24}, {(void *)ptr, rlen}};
         int vi = 0;
         while (res->sent < frame) {
-            ssize_t w = writev(fd, iov + vi, 2 - vi);
+            /* sendmsg, not writev: MSG_DONTWAIT never blocks the loop (even on a blocking socket)
+             * and MSG_NOSIGNAL turns a peer that went away into EPIPE, not a SIGPIPE */
+            struct msghdr msg = {.msg_iov = iov + vi, .msg_iovlen = (size_t)(2 - vi)};
+            ssize_t w = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
             if (w < 0) {
                 if (errno == EINTR) continue;
                 if (errno != EAGAIN && errno != EWOULDBLOCK) res->send_errno = errno;

@@ -18,7 +18,7 @@
  *   the slow work. So nothing is ever rejected here: an error always comes from the one codec,
  *   and a frame this file takes is one the codec would have taken the same way.
  * - nmq_plane_deliver() reads a run of records from a log (the mapping, zero-copy), puts the
- *   DELIVER frame header in front and sends both with one writev to the subscriber's socket. What
+ *   DELIVER frame header in front and sends both with one sendmsg to the subscriber's socket. What
  *   the socket does not take is returned to Python for the transport to buffer, so asyncio's flow
  *   control (pause/resume writing) still bounds memory.
  *
@@ -69,7 +69,7 @@ typedef struct {
     uint64_t first_id;              /* id of its first record (> from_id when ids below were retained away or lost) */
     uint64_t frame_len;             /* bytes of the whole DELIVER frame */
     uint64_t sent;                  /* bytes of it written to fd */
-    int send_errno;                 /* errno of a failed writev (0: none; EAGAIN is not an error) */
+    int send_errno;                 /* errno of a failed sendmsg (0: none; EAGAIN is not an error) */
 } nmq_deliver_result;
 
 nmq_plane *nmq_plane_new(const nmq_plane_limits *limits);
@@ -85,7 +85,7 @@ int nmq_plane_feed(nmq_plane *p, const uint8_t *buf, uint64_t len, uint8_t *out,
                    uint32_t *appended_index, uint64_t *appended_bytes, uint32_t appended_cap,
                    nmq_feed_result *res);
 /* Build one DELIVER for subscription sub_id of up to `credit` (1..max_batch) records from id
- * from_id (at most max_bytes, but one record whatever its size) and write it to fd with one writev
+ * from_id (at most max_bytes, but one record whatever its size) and write it to fd with one sendmsg
  * (fd < 0: write nothing). The frame is hdr[0:24] (filled here) followed by the records. When fd
  * took all of it, nothing stays pinned (*pinned = NULL). Otherwise the records stay pinned at
  * *recs for the caller, who hands the unsent part (res->sent counts header bytes first) to its
