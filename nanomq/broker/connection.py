@@ -33,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Protocol, cast
 
 from nanomq._c.plane import STOP_END, STOP_FRAME, Delivery, Plane
@@ -185,6 +186,9 @@ class Connection(asyncio.Protocol):
         self._opened_at = time.monotonic()
         self._partial_since: float | None = None
         self._plane = ctx.plane
+        self._by_topic: dict[Topic, list[Subscription]] = {}
+        """The subscriptions of each subscribed topic (what that topic's listener pumps)."""
+        self._wakers: dict[Topic, Callable[[], None]] = {}
         self._fd = -1
         """The socket the data plane may write to directly (-1: never, e.g. TLS)."""
 
@@ -442,7 +446,15 @@ class Connection(asyncio.Protocol):
         sub = Subscription(self._next_sub_id, topic, start, f.credit)
         self._next_sub_id += 1
         self._subs[sub.sub_id] = sub
-        topic.listeners.add(self._on_append)
+        subs = self._by_topic.get(topic)
+        if subs is None:
+            # One listener per (connection, topic), over that topic's subscriptions only: an append
+            # wakes just them, not every subscription of the connection.
+            subs = self._by_topic[topic] = []
+            wake = partial(self._on_append, subs)
+            self._wakers[topic] = wake
+            topic.listeners.add(wake)
+        subs.append(sub)
         self._respond(Subscribed(f.request_id, sub.sub_id, topic.topic_id, start, topic.log.next_id),
                       on_written=lambda: self._announced(sub))
 
@@ -523,17 +535,23 @@ class Connection(asyncio.Protocol):
             self._schedule_pump()
 
     def _detach(self, sub: Subscription) -> None:
-        # The pump listener is shared by every subscription of this connection on that topic.
-        if not any(s.topic is sub.topic for s in self._subs.values() if s is not sub):
-            sub.topic.listeners.discard(self._on_append)
+        # The topic's listener is shared by every subscription of this connection on that topic.
+        subs = self._by_topic.get(sub.topic)
+        if subs is None:
+            return
+        subs.remove(sub)
+        if not subs:
+            del self._by_topic[sub.topic]
+            sub.topic.listeners.discard(self._wakers.pop(sub.topic))
 
     # ------------------------------------------------------------------ delivery
 
-    def _on_append(self) -> None:
+    def _on_append(self, subs: list[Subscription]) -> None:
         """A subscribed topic grew: deliver now, in the publisher's turn of the loop, so a waiting
-        subscriber gets the record without waiting for another loop iteration."""
-        if self._state is _ACTIVE and self._write_state is _FLOWING:
-            self._pump()
+        subscriber gets the record without waiting for another loop iteration. Only ``subs``, the
+        subscriptions of this connection on that topic, are pumped."""
+        if self._state is _ACTIVE and self._write_state is _FLOWING and self._deliver_all(tuple(subs)):
+            self._schedule_pump()
 
     def _schedule_pump(self) -> None:
         if not self._pump_scheduled and self._state is _ACTIVE and self._write_state is _FLOWING:
@@ -544,10 +562,16 @@ class Connection(asyncio.Protocol):
         self._pump_scheduled = False
         if self._state is not _ACTIVE or self._write_state is not _FLOWING:
             return
+        if self._deliver_all(tuple(self._subs.values())):
+            self._schedule_pump()
+
+    def _deliver_all(self, subs: tuple[Subscription, ...]) -> bool:
+        """Deliver what ``subs`` have credit for, at most _BATCHES_PER_PUMP DELIVERs each; whether
+        one of them has more (the caller schedules another turn, so no backlog hogs the loop)."""
         max_batch = self._ctx.announcement.max_batch
         plane = self._plane
         again = False
-        for sub in tuple(self._subs.values()):
+        for sub in subs:
             turns = 0
             while sub.state is _READY and sub.credit > 0 and self._write_state is _FLOWING and self._state is _ACTIVE:
                 if turns == _BATCHES_PER_PUMP:
@@ -561,7 +585,7 @@ class Connection(asyncio.Protocol):
                         self._fatal(ErrorCode.STORAGE_ERROR, f"topic {sub.topic.name!r}: record {sub.next_id} cannot "
                                     f"be delivered on subscription {sub.sub_id}: its stored bytes are damaged ({e})",
                                     "NMQ-S9-7")
-                        return
+                        return False
                     if d.count == 0:
                         if d.first_id > sub.next_id:  # retention removed what was next
                             sub.next_id = d.first_id
@@ -584,7 +608,7 @@ class Connection(asyncio.Protocol):
                     self._fatal(ErrorCode.STORAGE_ERROR, f"topic {sub.topic.name!r}: record {sub.next_id} cannot be "
                                 f"delivered on subscription {sub.sub_id}: its stored bytes are damaged ({e})",
                                 "NMQ-S9-7")
-                    return
+                    return False
                 if r.count == 0:
                     if r.first_id > sub.next_id:  # retention removed what was next
                         sub.next_id = r.first_id
@@ -598,8 +622,7 @@ class Connection(asyncio.Protocol):
                 sub.next_id += r.count
                 sub.credit -= r.count
                 turns += 1
-        if again:
-            self._schedule_pump()
+        return again
 
     def _deliver_fast(self, plane: Plane, sub: Subscription, credit: int) -> Delivery:
         """One DELIVER through the data plane: written to the socket from the log mapping when the
