@@ -31,7 +31,7 @@ from nanomq.client.errors import (
     ProtocolError,
     ServerError,
 )
-from nanomq.client.message import Message, RecordHeader
+from nanomq.client.message import Message
 from nanomq.client.policy import PUBLISH_OVERHEAD, frame_spans, plan_batches
 from nanomq.client.state import ClientState, Event, next_state
 from nanomq.protocol import (
@@ -443,15 +443,21 @@ class ClientCore:
         if st is None:
             return None  # a subscription we have just left
         was_empty = not st.buffer
-        for r in f.records:
-            data = r.payload
-            if r.flags & _LZ4:
-                try:
-                    data = lz4.block.decompress(data, uncompressed_size=r.raw_size)
-                except lz4.block.LZ4BlockError as e:
-                    return _Loss(f"invalid data from broker: record {r.id} of {st.topic}: bad LZ4 payload: {e}",
-                                 protocol=(ErrorCode.MALFORMED, "NMQ-5.3-1"))
-            st.buffer.append(Message(r.id, r.timestamp_ns, st.topic, data, RecordHeader(*r[:9])))
+        batch = f.records
+        data, topic, view, append = batch.data, st.topic, Message._view, st.buffer.append
+        if batch.summary()[0] & _LZ4:  # one C call for the batch: the common case has no LZ4
+            for off, r in zip(batch.offsets, batch, strict=True):
+                payload = None
+                if r.flags & _LZ4:
+                    try:
+                        payload = lz4.block.decompress(r.payload, uncompressed_size=r.raw_size)
+                    except lz4.block.LZ4BlockError as e:
+                        return _Loss(f"invalid data from broker: record {r.id} of {topic}: bad LZ4 payload: {e}",
+                                     protocol=(ErrorCode.MALFORMED, "NMQ-5.3-1"))
+                append(view(data, off, topic, payload))
+        else:
+            for off in batch.offsets:
+                append(view(data, off, topic))
         if was_empty and st.buffer:
             self._order.append(st)
         return None
