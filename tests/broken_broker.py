@@ -11,6 +11,8 @@ with one fault patched in:
 * ``accept-bad-crc``: appends records without checking their CRC;
 * ``no-deliver``: accepts subscriptions but never delivers a record;
 * ``bad-rule``: cites rule IDs that do not exist in its ERROR frames (a SHOULD, [NMQ-8-5]).
+
+The faults live in the Python data plane, so these brokers always run ``--data-plane python``.
 """
 
 from __future__ import annotations
@@ -79,7 +81,9 @@ def main(argv: list[str]) -> int:
     _patch(argv[1])
     from nanomq.cli.broker import main as broker_main
 
-    return broker_main(argv[2:])
+    # The faults are patched into the Python data plane (Connection._deliver, Topic, the codec);
+    # the C plane would serve PUBLISH and DELIVER around them, so these brokers run the Python one.
+    return broker_main([*argv[2:], "--data-plane", "python"])
 
 
 if __name__ == "__main__":
