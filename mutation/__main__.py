@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import re
@@ -59,10 +60,82 @@ def _selected(mutants: list[Mutant], args: argparse.Namespace) -> list[int]:
     if getattr(args, "filter", None):
         rx = re.compile(args.filter)
         idx = [i for i in idx if rx.search(mutants[i].id) or rx.search(mutants[i].file)]
-    if getattr(args, "sample", None):
-        rng = random.Random(args.sample_seed)
-        idx = sorted(rng.sample(idx, min(args.sample, len(idx))))
+    if getattr(args, "sample", None) or getattr(args, "sample_c", None):
+        idx = stratified_sample(mutants, idx, args.sample, args.sample_c, args.sample_seed)
     return idx
+
+
+def _allocate(sizes: dict[Any, int], n: int) -> dict[Any, int]:
+    """``n`` split over strata proportionally to ``sizes`` (largest remainders, ties by name)."""
+    total = sum(sizes.values())
+    n = min(n, total)
+    if n <= 0 or total == 0:
+        return dict.fromkeys(sizes, 0)
+    exact = {k: n * v / total for k, v in sizes.items()}
+    out = {k: int(x) for k, x in exact.items()}
+    rest = sorted(sizes, key=lambda k: (-(exact[k] - out[k]), str(k)))
+    for k in rest[: n - sum(out.values())]:
+        out[k] += 1
+    return out
+
+
+def stratified_sample(mutants: list[Mutant], idx: list[int], n: int | None, n_c: int | None, seed: int) -> list[int]:
+    """A seeded random sample of ``idx``, stratified: first by kind (``n`` split between Python
+    and C in proportion to their counts, unless ``n_c`` gives the C share, ``n`` then being the
+    Python share), then within each kind by file and function, proportionally (largest
+    remainders), a simple random sample in each stratum. Proportional allocation makes the
+    sample self-weighting within a kind: its kill ratio estimates the kind's score."""
+    rng = random.Random(seed)
+    by_kind: dict[str, list[int]] = {}
+    for i in idx:
+        by_kind.setdefault(mutants[i].kind, []).append(i)
+    if n_c is not None:
+        want = {"python": n or 0, "c": n_c}
+    else:
+        want = _allocate({k: len(v) for k, v in by_kind.items()}, n or 0)
+    chosen: list[int] = []
+    for kind, members in sorted(by_kind.items()):
+        strata: dict[tuple[str, str], list[int]] = {}
+        for i in members:
+            strata.setdefault((mutants[i].file, mutants[i].function), []).append(i)
+        alloc = _allocate({k: len(v) for k, v in strata.items()}, want.get(kind, 0))
+        for k in sorted(strata):
+            chosen += rng.sample(strata[k], alloc[k])
+    return sorted(chosen)
+
+
+def population(mutants: list[Mutant]) -> dict[str, int]:
+    """In-scope mutants of each kind: what a sample is drawn from."""
+    out = {"python": 0, "c": 0}
+    for m in mutants:
+        if not m.excluded:
+            out[m.kind] += 1
+    return out
+
+
+def carry_kills(journal: Path, key: str, jobs: list[runner.Job], source_hash: str, cases: set[str]) -> int:
+    """Journal, under ``key``, the kills of an earlier campaign on the same sources (same mutant,
+    same diff) whose killing case is still a usable case of the kit: the kit only gains cases, and
+    a case that failed against a mutant fails against it again (every run uses the same seed).
+    Timeouts are not carried (they are run again). Returns how many were carried."""
+    if not journal.exists():
+        return 0
+    done = runner.load_journal(journal, key)
+    want = {f"{j.mutant.id}|{j.mutant.diff_key}" for j in jobs} - set(done)
+    old: dict[str, dict[str, Any]] = {}
+    for ln in journal.read_text().splitlines():
+        try:
+            r = json.loads(ln)
+        except ValueError:
+            continue
+        k = f"{r.get('id')}|{r.get('diff_key')}"
+        if (k in want and r.get("key") != key and r.get("source_hash") == source_hash
+                and r.get("verdict") == "killed" and r.get("killed_by") in cases):
+            old[k] = r
+    with open(journal, "a") as f:
+        for r in old.values():
+            f.write(json.dumps(dict(r, key=key, carried_from=r.get("kit_hash"))) + "\n")
+    return len(old)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -101,6 +174,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     journal = config.BUILD / "results.jsonl"
     if args.fresh and journal.exists():
         journal.unlink()
+    if not args.no_carry:
+        carried = carry_kills(journal, key, jobs, snap["source_hash"], set(sel.cases))
+        if carried:
+            log(f"{carried} mutant(s) killed under an earlier kit of the same sources by a case the kit still has: "
+                "carried over, not run again (--no-carry to run them)")
+    rng = random.Random(args.sample_seed)
+    rng.shuffle(jobs)  # an interrupted run leaves a random part of the selection done, not one file's
     t_run = time.time()
 
     def progress(rec: dict[str, Any], n: int, total: int) -> None:
@@ -111,7 +191,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     partial = ""
     try:
-        results = runner.run_all(jobs, journal, key, workers=args.workers, progress=progress)
+        results = runner.run_all(jobs, journal, key, workers=args.workers, progress=progress,
+                                 stamp={"source_hash": snap["source_hash"], "kit_hash": kit_start})
     except KeyboardInterrupt:
         partial = "interrupted; run `make mutation` again to resume from build/mutation/results.jsonl"
         results = runner.load_journal(journal, key)
@@ -124,7 +205,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         "source_hash": snap["source_hash"], "kit_hash": kit_start, "kit_hash_end": kit_end,
         "kit_changed": kit_start != kit_end, "seed": config.SEED, "quick": config.QUICK, "mutmut": mutmut_version,
         "cases_usable": len(sel.cases), "cases_total": len(cmap["cases"]), "partial": partial,
-        "selection": {"filter": args.filter, "sample": args.sample, "sample_seed": args.sample_seed,
+        "sources": snap.get("sources", ""), "population": population(mutants),
+        "selection": {"filter": args.filter, "sample": args.sample, "sample_c": args.sample_c,
+                      "sample_seed": args.sample_seed, "stratified": "kind, then file and function",
                       "only_python": args.only_python, "only_c": args.only_c},
     }
     in_run = {mutants[i].id for i in chosen}
@@ -133,7 +216,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     c = rep["scores"]
     log(f"score: Python {report._pct(c['python'])}, C {report._pct(c['c'])}, total {report._pct(c['total'])}; "
         f"{meta['duration_s'] / 60:.1f} min; reports: {', '.join(str(p) for p in paths)}")
-    if not args.filter and not args.sample and not partial and not args.only_c and not args.only_python:
+    if not args.filter and not args.sample and not args.sample_c and not partial and not args.only_c and not args.only_python:
         shutil.copy(paths[2], config.DOCS_REPORT)
         log(f"summary copied to {config.DOCS_REPORT}")
     return 0 if not partial else 130
@@ -155,8 +238,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     snap, mutants, _, _ = prepare(args, take=False)
     sel = None
     if coverage_map.MAP_FILE.exists():
-        import json
-
         cmap = json.loads(coverage_map.MAP_FILE.read_text())
         if cmap.get("source_hash") == snap["source_hash"]:
             sel = Selector(cmap)
@@ -227,11 +308,19 @@ def main(argv: list[str] | None = None) -> int:
         if name in ("run", "list"):
             p.add_argument("--filter", help="only mutants whose id or file matches this regex")
         if name == "run":
-            p.add_argument("--sample", type=int, help="run a seeded random sample of this many mutants")
+            p.add_argument("--sample", type=int, help="run a seeded random sample of this many mutants, stratified "
+                           "by kind (Python/C) and by file and function (proportional allocation)")
+            p.add_argument("--sample-c", type=int, help="with --sample: this many C mutants (--sample is then the "
+                           "Python share)")
             p.add_argument("--sample-seed", type=int, default=1)
             p.add_argument("--fresh", action="store_true", help="forget the results journal (no resume)")
+            p.add_argument("--no-carry", action="store_true", help="run again mutants an earlier kit killed")
         if name == "coverage":
             p.add_argument("--force", action="store_true")
+        if name in ("run", "coverage"):
+            p.add_argument("--sources", choices=("head", "worktree"), default="head",
+                           help="snapshot the committed tree (HEAD, the default: others' uncommitted work is "
+                           "never tested) or the working tree as it is")
         if name in ("show", "equivalent"):
             p.add_argument("id")
         if name == "equivalent":
@@ -241,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--json", type=Path, help="write the result here as JSON")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
+    if getattr(args, "sources", None):
+        snapshot.SOURCES = args.sources
     handler = {"run": cmd_run, "coverage": cmd_coverage, "list": cmd_list, "show": cmd_show,
                "equivalent": cmd_equivalent, "ci": cmd_ci, "clean": cmd_clean}[args.cmd]
     if args.cmd in ("run", "coverage", "clean"):

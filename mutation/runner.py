@@ -234,10 +234,12 @@ def run_one(job: Job, workdir: Path) -> dict[str, Any]:
 
 
 def run_all(jobs: list[Job], journal: Path, key: str, workers: int = config.WORKERS,
-            progress: Callable[[dict[str, Any], int, int], None] | None = None) -> dict[str, dict[str, Any]]:
+            progress: Callable[[dict[str, Any], int, int], None] | None = None,
+            stamp: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Run every job on ``workers`` threads; results go to ``journal`` (JSON lines) as they come,
     so an interrupted campaign resumes where it stopped (records of another ``key`` — other
-    sources, kit or settings — are ignored)."""
+    sources, kit or settings — are ignored). ``stamp`` is added to every record (the source and
+    kit hashes, so a later campaign can tell which kit a verdict was reached with)."""
     done = load_journal(journal, key)
     todo = [j for j in jobs if f"{j.mutant.id}|{j.mutant.diff_key}" not in done]
     results = {k: v for k, v in done.items()}
@@ -263,6 +265,7 @@ def run_all(jobs: list[Job], journal: Path, key: str, workers: int = config.WORK
             if _STOP.is_set():  # stopped half-way: not a verdict
                 return
             rec["key"] = key
+            rec.update(stamp or {})
             with lock:
                 results[f"{rec['id']}|{rec['diff_key']}"] = rec
                 with open(journal, "a") as f:

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,12 @@ snapshot's (unmutated) package. Every kit run of a campaign runs from here, so c
 engineers add meanwhile do not change a campaign half-way (the next one takes them)."""
 _SOURCE_SUFFIXES = (".py", ".c", ".h", ".typed")
 
+SOURCES = os.environ.get("NMQ_MUTATION_SOURCES", "worktree")
+"""Where a snapshot comes from: ``head`` (the committed tree, ``git archive HEAD``: what the
+campaign uses, so the uncommitted, half-done work of other engineers in the checkout is never
+tested) or ``worktree`` (the files as they are: the CI sample, which tests your own edits).
+``python -m mutation run|coverage --sources`` sets it."""
+
 
 def _generated(p: Path) -> bool:
     """cffi's generated wrappers (nanomq/_c/_log.c ...), left by in-place builds."""
@@ -40,6 +47,20 @@ def source_hash(root: Path = ROOT) -> str:
     return hash_files([p for p in source_files(root, "nanomq", _SOURCE_SUFFIXES) if not _generated(p)], root)
 
 
+def _export(top: str, dst: Path) -> None:
+    """``top`` (a directory of the repository) as committed in HEAD, extracted under ``dst``."""
+    dst.mkdir(parents=True, exist_ok=True)
+    arch = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", "HEAD", top], capture_output=True,
+                          check=True, timeout=120).stdout
+    subprocess.run(["tar", "-x", "-C", str(dst)], input=arch, check=True, timeout=120)
+
+
+def _head_tree(top: str) -> str:
+    """The git tree id of ``top`` in HEAD (changes exactly when a commit changes it)."""
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", f"HEAD:{top}"], capture_output=True, text=True,
+                          check=True, timeout=60).stdout.strip()
+
+
 def kit_hash(root: Path = ROOT) -> str:
     """Hash of the conformance kit and the spec it reads (cases appear there while we work)."""
     files = source_files(root, "conformance", (".py",)) + [p for p in (root / "spec").rglob("*") if p.is_file()]
@@ -48,14 +69,26 @@ def kit_hash(root: Path = ROOT) -> str:
 
 def take_kit(log=print) -> str:  # type: ignore[no-untyped-def]
     """Copy the kit (unless the copy is current); returns its hash."""
-    h = kit_hash()
-    if (KIT / "conformance").is_dir() and kit_hash(KIT) == h and (KIT / "nanomq").exists():
-        return h
-    log(f"snapshot: copying the kit (conformance/ and spec/, {h})")
-    shutil.rmtree(KIT, ignore_errors=True)
-    KIT.mkdir(parents=True)
-    shutil.copytree(ROOT / "conformance", KIT / "conformance", ignore=shutil.ignore_patterns("__pycache__", "_spec"))
-    shutil.copytree(ROOT / "spec", KIT / "spec")
+    if SOURCES == "head":
+        with tempfile.TemporaryDirectory(prefix="nanomq-mutation-kit-") as t:
+            _export("conformance", Path(t))
+            _export("spec", Path(t))
+            h = kit_hash(Path(t))
+            if (KIT / "conformance").is_dir() and kit_hash(KIT) == h and (KIT / "nanomq").exists():
+                return h
+            log(f"snapshot: copying the kit (conformance/ and spec/ of HEAD, {h})")
+            shutil.rmtree(KIT, ignore_errors=True)
+            shutil.copytree(t, KIT)
+    else:
+        h = kit_hash()
+        if (KIT / "conformance").is_dir() and kit_hash(KIT) == h and (KIT / "nanomq").exists():
+            return h
+        log(f"snapshot: copying the kit (conformance/ and spec/, {h})")
+        shutil.rmtree(KIT, ignore_errors=True)
+        KIT.mkdir(parents=True)
+        shutil.copytree(ROOT / "conformance", KIT / "conformance",
+                        ignore=shutil.ignore_patterns("__pycache__", "_spec"))
+        shutil.copytree(ROOT / "spec", KIT / "spec")
     (KIT / "nanomq").symlink_to(Path("..") / "snapshot" / "nanomq")
     compile_tree(KIT / "conformance")
     return kit_hash(KIT)
@@ -118,32 +151,43 @@ def take(force: bool = False, log=print) -> dict[str, str]:  # type: ignore[no-u
 
 
 def _take_sources(force: bool, log) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    h = source_hash()
+    head = SOURCES == "head"
+    h = _head_tree("nanomq") if head else source_hash()
     manifest = SNAPSHOT / "snapshot.json"
     if not force and manifest.exists():
         m = json.loads(manifest.read_text())
-        if m.get("source_hash") == h and all((SNAPSHOT / "nanomq" / "_c").glob(f"_{x}.*.so")
-                                             for x in ("core", "log", "ring")):
+        if m.get("origin", m.get("source_hash")) == h and all((SNAPSHOT / "nanomq" / "_c").glob(f"_{x}.*.so")
+                                                              for x in ("core", "log", "ring")):
             return dict(m)
-    log(f"snapshot: copying nanomq/ (sources {h}) and building its C modules")
+    log(f"snapshot: copying nanomq/ ({'HEAD tree ' + h if head else 'working tree, sources ' + h}) "
+        "and building its C modules")
     shutil.rmtree(SNAPSHOT, ignore_errors=True)
     SNAPSHOT.mkdir(parents=True)
-    _copy_sources(ROOT / "nanomq", SNAPSHOT / "nanomq")
-    if source_hash(SNAPSHOT) != h:  # an edit landed while we copied: try once more
-        shutil.rmtree(SNAPSHOT / "nanomq")
-        h = source_hash()
+    if head:
+        _export("nanomq", SNAPSHOT)
+    else:
         _copy_sources(ROOT / "nanomq", SNAPSHOT / "nanomq")
+        if source_hash(SNAPSHOT) != h:  # an edit landed while we copied: try once more
+            shutil.rmtree(SNAPSHOT / "nanomq")
+            h = source_hash()
+            _copy_sources(ROOT / "nanomq", SNAPSHOT / "nanomq")
     for builder in sorted((SNAPSHOT / "nanomq" / "_c").glob("build_*.py")):
         ok, out = build_c_module(SNAPSHOT, builder.name)
         if not ok:
             raise RuntimeError(f"snapshot: building {builder.name} failed:\n{out[-3000:]}")
     compile_tree(SNAPSHOT / "nanomq")
-    m = {"source_hash": source_hash(SNAPSHOT), "taken": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    m = {"source_hash": source_hash(SNAPSHOT), "taken": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "origin": h,
+         "sources": "HEAD " + _head_commit() if head else "working tree"}
     (KIT / "nanomq").unlink(missing_ok=True)  # the kit's link to the old snapshot: taken again below
-    if m["source_hash"] != h:
+    if not head and m["source_hash"] != h:
         raise RuntimeError("snapshot: the sources changed while they were copied; run again")
     manifest.write_text(json.dumps(m, indent=1))
     return m
+
+
+def _head_commit() -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                          text=True, check=True, timeout=60).stdout.strip()
 
 
 def current() -> dict[str, str]:
