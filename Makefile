@@ -24,7 +24,7 @@ help:
 	@echo "make mutation     mutants of the broker (Python: mutmut; C: log.c) under the kit; reports/mutation/"
 	@echo "make run          the runtime package only, then the broker on PORT=$(PORT), DATA_DIR=$(DATA_DIR),"
 	@echo "                  SEGMENT_SIZE=$(SEGMENT_SIZE) (each topic preallocates one segment)"
-	@echo "make sanitize     the C ring and log drivers under TSan and ASan/UBSan"
+	@echo "make sanitize     the C ring, log, data-plane and syncer drivers under TSan and ASan/UBSan"
 	@echo "make clean        remove the venv and build products"
 
 $(STAMP): pyproject.toml setup.py $(C_DEPS)
@@ -101,6 +101,7 @@ RING_TEST_SRC := tests/c/test_ring.c nanomq/_c/src/ring.c
 # The data plane: damaged and partial PUBLISH/PING streams fed to a real log, then delivered.
 PLANE_TEST_SRC := tests/c/test_plane.c nanomq/_c/src/plane.c nanomq/_c/src/log.c nanomq/_c/src/record.c nanomq/_c/src/crc32c.c
 LOG_TEST_SRC := tests/c/test_log.c nanomq/_c/src/log.c nanomq/_c/src/record.c nanomq/_c/src/crc32c.c
+SYNCER_TEST_SRC := tests/c/test_syncer.c nanomq/_c/src/syncer.c nanomq/_c/src/log.c nanomq/_c/src/record.c nanomq/_c/src/crc32c.c
 sanitize:
 	@mkdir -p build
 	$(CC) -O1 -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter -fsanitize=thread -Inanomq/_c/src $(RING_TEST_SRC) -o build/test_ring_tsan -lpthread
@@ -113,3 +114,7 @@ sanitize:
 	ASAN_OPTIONS=detect_leaks=1 ./build/test_log_asan 1000 500
 	$(CC) -O1 -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Inanomq/_c/src $(PLANE_TEST_SRC) -o build/test_plane_asan -lpthread
 	ASAN_OPTIONS=detect_leaks=1 ./build/test_plane_asan 3000
+	$(CC) -O1 -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter -fsanitize=thread -Inanomq/_c/src $(SYNCER_TEST_SRC) -o build/test_syncer_tsan -lpthread
+	TSAN_OPTIONS=halt_on_error=1 ./build/test_syncer_tsan 2000
+	$(CC) -O1 -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Inanomq/_c/src $(SYNCER_TEST_SRC) -o build/test_syncer_asan -lpthread
+	ASAN_OPTIONS=detect_leaks=1 ./build/test_syncer_asan 2000

@@ -36,10 +36,13 @@ def _patch(fault: str) -> None:
                     os.close(fd)
                 return self.log.next_id - 1
 
+            def done(fut: asyncio.Future[int]) -> None:
+                exc = fut.exception()
+                self.sync_finished(0 if exc else fut.result(), exc)
+
             self._syncing = True
             self._unsynced = 0
-            fut = asyncio.get_running_loop().run_in_executor(self._executor, other)
-            fut.add_done_callback(self._sync_done)
+            asyncio.get_running_loop().run_in_executor(None, other).add_done_callback(done)
 
         topics.Topic._start_sync = start_sync  # type: ignore[method-assign]
     elif fault == "hang-on-damage":

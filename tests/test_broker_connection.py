@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -122,11 +121,10 @@ class Peer:
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[TopicRegistry]:
-    with ThreadPoolExecutor(1) as pool:
-        reg = TopicRegistry(BrokerConfig(data_dir=tmp_path, segment_bytes=1 << 20, fsync="never"), pool)
-        reg.open_all()
-        yield reg
-        reg.close_all()
+    reg = TopicRegistry(BrokerConfig(data_dir=tmp_path, segment_bytes=1 << 20, fsync="never"))
+    reg.open_all()
+    yield reg
+    reg.close_all()
 
 
 def _in_loop(fn: Callable[[], None]) -> None:

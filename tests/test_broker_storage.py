@@ -11,7 +11,6 @@ import errno
 import os
 import struct
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -135,7 +134,7 @@ def test_verify_on_start_quarantines_the_damage(damaged) -> None:  # type: ignor
 # -- the broker's own files beside the log (NMQ-S2-5) ----------------------------------------
 
 def _registry(root: Path) -> TopicRegistry:
-    return TopicRegistry(BrokerConfig(data_dir=root, segment_bytes=1 << 20), ThreadPoolExecutor(1))
+    return TopicRegistry(BrokerConfig(data_dir=root, segment_bytes=1 << 20))
 
 
 def test_a_damaged_topic_id_does_not_hide_or_renumber_the_topic(tmp_path: Path) -> None:

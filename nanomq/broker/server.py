@@ -54,12 +54,14 @@ class Broker:
             # start-up error (TlsConfigError, naming the file) rather than a failed handshake later.
             self._ssl = load_server_context(config.tls_cert, config.tls_key)
             self.capabilities |= Capability.TLS
-        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="nanomq-sync")
+        # Retention, trimming and the final sync run here; durable acks' syncs run in the
+        # registry's C sync threads.
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="nanomq-io")
         plane = None
         if config.data_plane == "c":
             caps = CAP_LZ4 if self.capabilities & Capability.COMPRESSION_LZ4 else 0
             plane = Plane(config.max_frame, config.max_payload, config.max_batch, caps)
-        self.topics = TopicRegistry(config, self._executor, plane)
+        self.topics = TopicRegistry(config, plane)
         self.connections: set[Connection] = set()
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -77,6 +79,7 @@ class Broker:
         t0 = time.monotonic()
         self.topics.open_all()
         loop = asyncio.get_running_loop()
+        self.topics.watch_syncs(loop)
         # TLS: a TlsAcceptor peeks at each new connection, upgrades TLS ones and tells plaintext
         # clients that TLS is expected (asyncio's own ssl= listener just drops them).
         factory: Callable[[], asyncio.Protocol] = partial(Connection, self._connection_context())

@@ -1,9 +1,10 @@
 """Topics: one TopicLog each, the registry of open topics, and group commit of durable acks.
 
 Group commit: a durable PUBLISH appends at once (so later batches keep their order) and then
-waits for a sync that starts *after* its append. At most one sync per topic runs at a time, in a
-worker thread (the C sync releases the GIL); every batch appended while it runs is covered by the
-next one, so N concurrent durable publishers share ~N/k fdatasyncs instead of paying one each.
+waits for a sync that starts *after* its append. At most one sync per topic runs at a time, in the
+C group-commit threads (:class:`~nanomq._c.syncer.Syncer`: no Python thread, no GIL handoff, one
+eventfd wake-up of the loop per finished sync); every batch appended while it runs is covered by
+the next one, so N concurrent durable publishers share ~N/k fdatasyncs instead of paying one each.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor
 from pathlib import Path
 
 from nanomq._c.plane import Plane
+from nanomq._c.syncer import Syncer
 from nanomq.broker.config import BrokerConfig
 from nanomq.protocol import valid_topic
 from nanomq.storage import LogIOError, StorageError, StoredTopic, TopicCatalog, TopicLog
@@ -34,11 +35,11 @@ DurableCallback = Callable[[BaseException | None], None]
 class Topic:
     """A named log plus the subscriptions that read it and the durable acks waiting on it."""
 
-    def __init__(self, name: str, topic_id: int, log: TopicLog, executor: Executor) -> None:
+    def __init__(self, name: str, topic_id: int, log: TopicLog, syncer: Syncer, index: int) -> None:
         self.name = name
         self.topic_id = topic_id
         self.log = log
-        self._executor = executor
+        self._syncer = syncer
         self._waiters: list[tuple[int, DurableCallback]] = []
         self._syncing = False
         self._unsynced = 0
@@ -51,8 +52,8 @@ class Topic:
         self._sync_failing = False
         self.damaged: set[int] = set()
         """Ids whose stored bytes failed their check when read ([NMQ-S9-7]); each is logged once."""
-        self.index = -1
-        """This topic's number in the data plane's topic table (-1: not registered)."""
+        self.index = index
+        """This topic's number: in the registry, the data plane's topic table and the syncer."""
 
     def append(self, data: bytes, count: int) -> tuple[int, int]:
         """Append a validated batch (not yet synced); call :meth:`notify` once it is acked."""
@@ -128,13 +129,15 @@ class Topic:
     def _start_sync(self) -> None:
         self._syncing = True
         self._unsynced = 0
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._executor, self.log.sync)
-        fut.add_done_callback(self._sync_done)
+        try:
+            self._syncer.request(self.log.clog, self.index)
+        except StorageError as e:  # the syncer could not queue it (out of memory): fail the waiters
+            self.sync_finished(0, e)
 
-    def _sync_done(self, fut: asyncio.Future[int]) -> None:
+    def sync_finished(self, durable: int, exc: BaseException | None) -> None:
+        """The sync started by :meth:`_start_sync` ended: every id up to ``durable`` is on stable
+        storage, or it failed with ``exc`` (called on the event loop, by the registry)."""
         self._syncing = False
-        exc = fut.exception()
         if exc is not None:
             # The records stay in the log and the next sync retries them (the C log rewrites
             # unsynced bytes), but the clients waiting now get an error: their outcome is unknown.
@@ -146,7 +149,6 @@ class Topic:
             for _, cb in waiters:
                 cb(exc)
             return
-        durable = fut.result()
         if self._sync_failing:
             _log.warning("topic %s: syncs succeed again", self.name)
             self._sync_failing = False
@@ -159,7 +161,7 @@ class Topic:
 
     @property
     def syncing(self) -> bool:
-        """A sync of this topic is running in the worker thread."""
+        """A sync of this topic is queued or running in the sync threads."""
         return self._syncing
 
     @property
@@ -176,9 +178,10 @@ class TopicRegistry:
     settings and enforces its topic limit.
     """
 
-    def __init__(self, config: BrokerConfig, executor: Executor, plane: Plane | None = None) -> None:
+    def __init__(self, config: BrokerConfig, plane: Plane | None = None, sync_threads: int = 4) -> None:
         self._config = config
-        self._executor = executor
+        self._syncer = Syncer(sync_threads)
+        self._watcher: asyncio.AbstractEventLoop | None = None
         self._catalog = TopicCatalog(Path(config.data_dir) / "topics", is_topic_name=valid_topic)
         self._topics: dict[str, Topic] = {}
         self.plane = plane
@@ -211,17 +214,27 @@ class TopicRegistry:
         if ro:
             _log.error("topic %s: opened read-only, recovery could not finish: %s; reads are served, publishes are "
                        "refused until there is space", name, os.strerror(ro))
-        topic = Topic(name, topic_id, log, self._executor)
+        topic = Topic(name, topic_id, log, self._syncer, len(self._by_index))
         self._topics[name] = topic
+        self._by_index.append(topic)
         if self.plane is not None:
-            topic.index = len(self._by_index)
-            self._by_index.append(topic)
             self.plane.topic(name, log.clog, topic.index)
         return topic
 
     def at(self, index: int) -> Topic:
-        """The topic the data plane numbers ``index``."""
+        """The topic numbered ``index`` (by the data plane and the syncer)."""
         return self._by_index[index]
+
+    def watch_syncs(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Have ``loop`` answer the durable acks of every sync that finishes (the syncer's eventfd
+        becomes readable); needed before any durable ack can complete."""
+        loop.add_reader(self._syncer.fd, self.finish_syncs)
+        self._watcher = loop
+
+    def finish_syncs(self) -> None:
+        """Hand every finished sync to its topic (on the loop, when the syncer's fd is readable)."""
+        for index, durable, exc in self._syncer.take():
+            self._by_index[index].sync_finished(durable, exc)
 
     def __len__(self) -> int:
         return len(self._topics)
@@ -262,7 +275,15 @@ class TopicRegistry:
                 _log.error("topic %s: final sync failed: %s", t.name, e)
 
     def close_all(self, clean: bool = True) -> None:
-        """Close every log (``clean`` writes the clean-shutdown marker)."""
+        """Stop the sync threads, then close every log (``clean`` writes the clean-shutdown marker).
+
+        A sync still running finishes first (the syncer joins its threads), so no log is closed
+        under a thread syncing it; one still queued is dropped, and its waiters, if any, are
+        left to the clean close, which syncs every log."""
+        if self._watcher is not None and not self._watcher.is_closed():
+            self._watcher.remove_reader(self._syncer.fd)
+        self._watcher = None
+        self._syncer.close()
         for t in self._topics.values():
             if self.plane is not None:
                 self.plane.untopic(t.name)  # before its log closes: the plane must never append to it

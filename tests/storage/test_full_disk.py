@@ -11,7 +11,6 @@ import errno
 import logging
 import os
 import struct
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -126,14 +125,14 @@ def test_no_space_to_preallocate_the_active_segment(tmp_path):
 
 
 def test_broker_serves_reads_and_logs_a_full_disk_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    reg = TopicRegistry(BrokerConfig(data_dir=tmp_path, segment_bytes=SEG), ThreadPoolExecutor(1))
+    reg = TopicRegistry(BrokerConfig(data_dir=tmp_path, segment_bytes=SEG))
     reg.open_all()
     t = reg.get_or_create("t")
     t.log.append_batch(batch([b"a", b"b"]), 2, sync=True)
     reg.close_all()
     fault_set("write", 1, 0, errno.ENOSPC)
     caplog.set_level(logging.WARNING, logger="nanomq.broker")
-    reg = TopicRegistry(BrokerConfig(data_dir=tmp_path, segment_bytes=SEG), ThreadPoolExecutor(1))
+    reg = TopicRegistry(BrokerConfig(data_dir=tmp_path, segment_bytes=SEG))
     reg.open_all()  # used to fail: the broker did not start
     t = reg.get("t")
     assert [g[3] for g in read_all(t.log)] == [b"a", b"b"]
