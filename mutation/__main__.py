@@ -1,6 +1,8 @@
 """``python -m mutation``: the mutation campaign (``make mutation``), its CI sample and helpers.
 
-    python -m mutation run [--workers 2] [--only-python|--only-c] [--filter REGEX] [--sample N]
+    python -m mutation run [--workers 2] [--only-python|--only-c] [--filter REGEX] [--sample N [--sample-c M]]
+                           [--sources head|worktree|snapshot] [--no-carry] [--fresh]
+    python -m mutation report [--sample N]    # the report again from the journal (nothing is run)
     python -m mutation coverage [--force]     # (re)build the per-case coverage map only
     python -m mutation list [--filter REGEX]  # mutants, scope and the cases selected for each
     python -m mutation show ID                # a mutant's diff
@@ -83,9 +85,9 @@ def stratified_sample(mutants: list[Mutant], idx: list[int], n: int | None, n_c:
     """A seeded random sample of ``idx``, stratified: first by kind (``n`` split between Python
     and C in proportion to their counts, unless ``n_c`` gives the C share, ``n`` then being the
     Python share), then within each kind by file and function, proportionally (largest
-    remainders), a simple random sample in each stratum. Proportional allocation makes the
+    remainders), a simple random sample in each stratum (a prefix of the stratum in a seeded random
+    order, so samples of one seed nest). Proportional allocation makes the
     sample self-weighting within a kind: its kill ratio estimates the kind's score."""
-    rng = random.Random(seed)
     by_kind: dict[str, list[int]] = {}
     for i in idx:
         by_kind.setdefault(mutants[i].kind, []).append(i)
@@ -100,7 +102,11 @@ def stratified_sample(mutants: list[Mutant], idx: list[int], n: int | None, n_c:
             strata.setdefault((mutants[i].file, mutants[i].function), []).append(i)
         alloc = _allocate({k: len(v) for k, v in strata.items()}, want.get(kind, 0))
         for k in sorted(strata):
-            chosen += rng.sample(strata[k], alloc[k])
+            # each stratum in an order of its own seed: a larger sample (same seed) holds a smaller one
+            # (but for the odd unit moved by rounding), so a sample can be extended by resuming
+            order = sorted(strata[k], key=lambda i: mutants[i].id)
+            random.Random(f"{seed}:{kind}:{k[0]}:{k[1]}").shuffle(order)
+            chosen += order[: alloc[k]]
     return sorted(chosen)
 
 
@@ -210,16 +216,60 @@ def cmd_run(args: argparse.Namespace) -> int:
                       "sample_seed": args.sample_seed, "stratified": "kind, then file and function",
                       "only_python": args.only_python, "only_c": args.only_c},
     }
+    _write_report(args, meta, mutants, chosen, results, applied, stale, cmap)
+    return 0 if not partial else 130
+
+
+def _write_report(args: argparse.Namespace, meta: dict[str, Any], mutants: list[Mutant], chosen: list[int],
+                  results: dict[str, dict[str, Any]], applied: dict[str, equivalent.Entry],
+                  stale: list[tuple[equivalent.Entry, str]], cmap: dict[str, Any]) -> None:
     in_run = {mutants[i].id for i in chosen}
     rep = report.build(meta, [m for m in mutants if m.excluded or m.id in in_run], results, applied, stale, cmap)
     paths = report.write(rep)
     c = rep["scores"]
     log(f"score: Python {report._pct(c['python'])}, C {report._pct(c['c'])}, total {report._pct(c['total'])}; "
         f"{meta['duration_s'] / 60:.1f} min; reports: {', '.join(str(p) for p in paths)}")
-    if not args.filter and not args.sample and not args.sample_c and not partial and not args.only_c and not args.only_python:
+    # the whole campaign, or a sample of all of it (its summary says it is one): docs/mutation-report.md
+    if not args.filter and not meta.get("partial") and not args.only_c and not args.only_python:
         shutil.copy(paths[2], config.DOCS_REPORT)
         log(f"summary copied to {config.DOCS_REPORT}")
-    return 0 if not partial else 130
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """The report again from the journal (the selection given as to `run`), without running
+    anything: after recording equivalents, or after a run under new kit cases. The timings are
+    those of the campaign that produced the journal's latest report (reports/mutation/mutation.json)."""
+    snap, mutants, _, mutmut_version = prepare(args, take=False)
+    cmap = json.loads(coverage_map.MAP_FILE.read_text())
+    if cmap.get("source_hash") != snap["source_hash"]:
+        raise SystemExit("the coverage map is not of this snapshot: run `python -m mutation run` first")
+    sel = Selector(cmap)
+    key = f"{cmap['key']}|{coverage_map.tools_hash()}"
+    results = runner.load_journal(config.BUILD / "results.jsonl", key)
+    applied, stale = equivalent.match(mutants, equivalent.load())
+    chosen = _selected(mutants, args)
+    old: dict[str, Any] = {}
+    prev = config.REPORT_DIR / "mutation.json"
+    if prev.exists():
+        m = json.loads(prev.read_text()).get("meta", {})
+        if m.get("source_hash") == snap["source_hash"]:
+            old = m
+    missing = sum(1 for i in chosen if f"{mutants[i].id}|{mutants[i].diff_key}" not in results)
+    meta = dict(old)
+    meta.update({
+        "source_hash": snap["source_hash"], "kit_hash": snap["kit_hash"], "kit_hash_end": snapshot.kit_hash(),
+        "seed": config.SEED, "quick": config.QUICK, "mutmut": mutmut_version or old.get("mutmut", ""),
+        "cases_usable": len(sel.cases), "cases_total": len(cmap["cases"]), "sources": snap.get("sources", ""),
+        "population": population(mutants), "reported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "carried": sum(1 for i in chosen if results.get(f"{mutants[i].id}|{mutants[i].diff_key}", {}).get("carried_from")),
+        "partial": f"{missing} selected mutant(s) have no result under this kit" if missing else "",
+        "selection": {"filter": args.filter, "sample": args.sample, "sample_c": args.sample_c,
+                      "sample_seed": args.sample_seed, "stratified": "kind, then file and function",
+                      "only_python": args.only_python, "only_c": args.only_c},
+    })
+    meta["kit_changed"] = meta["kit_hash"] != meta["kit_hash_end"]
+    _write_report(args, meta, mutants, chosen, results, applied, stale, cmap)
+    return 0
 
 
 def cmd_coverage(args: argparse.Namespace) -> int:
@@ -299,28 +349,30 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mutation", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("run", "coverage", "list", "show", "equivalent", "ci", "clean"):
+    for name in ("run", "report", "coverage", "list", "show", "equivalent", "ci", "clean"):
         p = sub.add_parser(name)
         p.add_argument("--workers", type=int, default=config.WORKERS)
-        if name in ("run", "list", "show", "equivalent"):
+        if name in ("run", "report", "list", "show", "equivalent"):
             p.add_argument("--only-python", action="store_true")
             p.add_argument("--only-c", action="store_true")
-        if name in ("run", "list"):
+        if name in ("run", "report", "list"):
             p.add_argument("--filter", help="only mutants whose id or file matches this regex")
-        if name == "run":
+        if name in ("run", "report"):
             p.add_argument("--sample", type=int, help="run a seeded random sample of this many mutants, stratified "
                            "by kind (Python/C) and by file and function (proportional allocation)")
             p.add_argument("--sample-c", type=int, help="with --sample: this many C mutants (--sample is then the "
                            "Python share)")
             p.add_argument("--sample-seed", type=int, default=1)
+        if name == "run":
             p.add_argument("--fresh", action="store_true", help="forget the results journal (no resume)")
             p.add_argument("--no-carry", action="store_true", help="run again mutants an earlier kit killed")
         if name == "coverage":
             p.add_argument("--force", action="store_true")
         if name in ("run", "coverage"):
-            p.add_argument("--sources", choices=("head", "worktree"), default="head",
+            p.add_argument("--sources", choices=("head", "worktree", "snapshot"), default="head",
                            help="snapshot the committed tree (HEAD, the default: others' uncommitted work is "
-                           "never tested) or the working tree as it is")
+                           "never tested) or the working tree as it is, or keep the broker snapshot there is "
+                           "(and take HEAD's kit: the same mutants under new kit cases)")
         if name in ("show", "equivalent"):
             p.add_argument("id")
         if name == "equivalent":
@@ -332,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     if getattr(args, "sources", None):
         snapshot.SOURCES = args.sources
-    handler = {"run": cmd_run, "coverage": cmd_coverage, "list": cmd_list, "show": cmd_show,
+    handler = {"run": cmd_run, "report": cmd_report, "coverage": cmd_coverage, "list": cmd_list, "show": cmd_show,
                "equivalent": cmd_equivalent, "ci": cmd_ci, "clean": cmd_clean}[args.cmd]
     if args.cmd in ("run", "coverage", "clean"):
         with snapshot.locked():

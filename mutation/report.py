@@ -35,6 +35,21 @@ def score(counts: Counter[str]) -> float | None:
     return None if denom == 0 else (counts["killed"] + counts["timeout"]) / denom
 
 
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
+    """The Wilson score interval (95 % by default) of a proportion k/n."""
+    if n == 0:
+        return None
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+def _ci(x: list[float] | None) -> str:
+    return "–" if not x else f"{100 * x[0]:.1f}–{100 * x[1]:.1f} %"
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f} %"
 
@@ -62,7 +77,7 @@ def build(meta: dict[str, Any], mutants: list[Mutant], results: dict[str, dict[s
         rec = results.get(f"{m.id}|{m.diff_key}")
         eq = applied.get(m.id)
         v = verdict_of(m, rec, eq)
-        row = {"id": m.id, "kind": m.kind, "file": m.file, "function": m.function, "lines": m.lines,
+        row: dict[str, Any] = {"id": m.id, "kind": m.kind, "file": m.file, "function": m.function, "lines": m.lines,
                "operator": m.operator, "description": m.description, "verdict": v, "diff_key": m.diff_key}
         if rec is not None:
             row.update({k: rec[k] for k in ("cases", "killed_by", "detail", "duration_s") if k in rec})
@@ -86,9 +101,22 @@ def build(meta: dict[str, Any], mutants: list[Mutant], results: dict[str, dict[s
     if cmap is not None:
         skipped = {cid: c.get("message", "")[:300] for cid, c in cmap["cases"].items()
                    if c["verdict"] == "INFORMATIONAL" and c.get("message", "").startswith("skipped")}
+    sample = None
+    sel = meta.get("selection") or {}
+    if sel.get("sample") or sel.get("sample_c"):
+        sample = {}
+        for k, c in (("python", counts["python"]), ("c", counts["c"]), ("total", total)):
+            n = sum(c[v] for v in ("killed", "timeout", "survived", "no-coverage"))
+            kk = c["killed"] + c["timeout"]
+            ci = wilson(kk, n)
+            pop = meta.get("population", {})
+            sample[k] = {"run": sum(c.values()), "scored": n, "killed": kk,
+                         "population": pop.get(k) if k != "total" else sum(pop.values()) if pop else None,
+                         "ci95": list(ci) if ci else None}
     return {
         "meta": meta,
         "skipped_at_baseline": skipped,
+        "sample": sample,
         "scores": {"python": score(counts["python"]), "c": score(counts["c"]), "total": score(total)},
         "counts": {k: dict(v) for k, v in (("python", counts["python"]), ("c", counts["c"]), ("total", total))},
         "excluded": dict(excluded),
@@ -125,6 +153,21 @@ def markdown(rep: dict[str, Any], full: bool) -> str:
         L += [f"**Partial run**: {meta['partial']}", ""]
     L += ["Score = (killed + timeout) / (mutants − equivalent). No coverage counts as survived; build errors are "
           "left out (they are not mutants of a broker).", ""]
+    smp = rep.get("sample")
+    if smp:
+        sel = meta.get("selection") or {}
+        L += [f"**This is a sample, not the full campaign**: a seeded random sample (seed "
+              f"{sel.get('sample_seed')}) stratified by kind and, within each, by file and function with "
+              "proportional allocation, so each kind's kill ratio estimates its score; the intervals are 95 % "
+              "Wilson intervals of that ratio (they ignore the gain from stratifying and the finite "
+              "population: conservative). The whole campaign is `make mutation` (no `--sample`).", "",
+              "| | population (in scope) | sampled | scored (− equivalent, build errors) | killed | score | 95 % CI |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for k, label in (("python", "Python"), ("c", "C (log.c)"), ("total", "total")):
+            x = smp[k]
+            L.append(f"| {label} | {x['population'] if x['population'] is not None else '?'} | {x['run']} | "
+                     f"{x['scored']} | {x['killed']} | **{_pct(rep['scores'][k])}** | {_ci(x['ci95'])} |")
+        L += ["", "The `total` row mixes two strata of different sampling fractions; read the two kinds apart.", ""]
     L += _table(rep) + [""]
     if rep["excluded"]:
         L += ["## Out of scope (not run, not in the score)", "", "| mutants | reason |", "| ---: | --- |"]

@@ -33,7 +33,9 @@ _SOURCE_SUFFIXES = (".py", ".c", ".h", ".typed")
 SOURCES = os.environ.get("NMQ_MUTATION_SOURCES", "worktree")
 """Where a snapshot comes from: ``head`` (the committed tree, ``git archive HEAD``: what the
 campaign uses, so the uncommitted, half-done work of other engineers in the checkout is never
-tested) or ``worktree`` (the files as they are: the CI sample, which tests your own edits).
+tested), ``worktree`` (the files as they are: the CI sample, which tests your own edits) or
+``snapshot`` (keep the broker snapshot there is, whatever has been committed since, and take
+the kit of HEAD: to run the same mutants again under new kit cases).
 ``python -m mutation run|coverage --sources`` sets it."""
 
 
@@ -69,7 +71,7 @@ def kit_hash(root: Path = ROOT) -> str:
 
 def take_kit(log=print) -> str:  # type: ignore[no-untyped-def]
     """Copy the kit (unless the copy is current); returns its hash."""
-    if SOURCES == "head":
+    if SOURCES in ("head", "snapshot"):
         with tempfile.TemporaryDirectory(prefix="nanomq-mutation-kit-") as t:
             _export("conformance", Path(t))
             _export("spec", Path(t))
@@ -151,9 +153,13 @@ def take(force: bool = False, log=print) -> dict[str, str]:  # type: ignore[no-u
 
 
 def _take_sources(force: bool, log) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    manifest = SNAPSHOT / "snapshot.json"
+    if SOURCES == "snapshot":
+        if not manifest.exists():
+            raise RuntimeError("--sources snapshot: there is no snapshot to keep")
+        return dict(json.loads(manifest.read_text()))
     head = SOURCES == "head"
     h = _head_tree("nanomq") if head else source_hash()
-    manifest = SNAPSHOT / "snapshot.json"
     if not force and manifest.exists():
         m = json.loads(manifest.read_text())
         if m.get("origin", m.get("source_hash")) == h and all((SNAPSHOT / "nanomq" / "_c").glob(f"_{x}.*.so")
