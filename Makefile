@@ -101,6 +101,9 @@ RING_TEST_SRC := tests/c/test_ring.c nanomq/_c/src/ring.c
 # The data plane: damaged and partial PUBLISH/PING streams fed to a real log, then delivered.
 PLANE_TEST_SRC := tests/c/test_plane.c nanomq/_c/src/plane.c nanomq/_c/src/log.c nanomq/_c/src/record.c nanomq/_c/src/crc32c.c
 LOG_TEST_SRC := tests/c/test_log.c nanomq/_c/src/log.c nanomq/_c/src/record.c nanomq/_c/src/crc32c.c
+# Opening damaged logs: index files whose entry count wraps, and every allocation of an open failing
+# in turn (malloc/calloc/realloc wrapped by the linker), for ASan/UBSan and LeakSanitizer.
+LOG_OPEN_TEST_SRC := tests/c/test_log_open.c nanomq/_c/src/log.c nanomq/_c/src/record.c nanomq/_c/src/crc32c.c
 SYNCER_TEST_SRC := tests/c/test_syncer.c nanomq/_c/src/syncer.c nanomq/_c/src/log.c nanomq/_c/src/record.c nanomq/_c/src/crc32c.c
 sanitize:
 	@mkdir -p build
@@ -112,6 +115,8 @@ sanitize:
 	TSAN_OPTIONS=halt_on_error=1 ./build/test_log_tsan 3000 0
 	$(CC) -O1 -g -std=gnu11 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Inanomq/_c/src $(LOG_TEST_SRC) -o build/test_log_asan -lpthread
 	ASAN_OPTIONS=detect_leaks=1 ./build/test_log_asan 1000 500
+	$(CC) -O1 -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Inanomq/_c/src $(LOG_OPEN_TEST_SRC) -o build/test_log_open_asan -lpthread -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc
+	ASAN_OPTIONS=detect_leaks=1 ./build/test_log_open_asan
 	$(CC) -O1 -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Inanomq/_c/src $(PLANE_TEST_SRC) -o build/test_plane_asan -lpthread
 	ASAN_OPTIONS=detect_leaks=1 ./build/test_plane_asan 3000
 	$(CC) -O1 -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter -fsanitize=thread -Inanomq/_c/src $(SYNCER_TEST_SRC) -o build/test_syncer_tsan -lpthread

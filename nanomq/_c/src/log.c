@@ -185,11 +185,16 @@ static int fsync_dir(nmq_log *log) {
     return x_fsync(log->dirfd) ? -errno : 0;
 }
 
+/* Room for `extra` more index entries; -ENOMEM when the allocation fails or its size would not
+ * fit in a size_t (never a wrapped, too small buffer). */
 static int idx_reserve(nmq_seg *s, uint64_t extra) {
-    if (s->nidx + extra <= s->idx_cap) return 0;
+    const uint64_t max = SIZE_MAX / sizeof(idx_entry);
+    if (extra > max - s->nidx) return -ENOMEM;
+    uint64_t need = s->nidx + extra;
+    if (need <= s->idx_cap) return 0;
     uint64_t cap = s->idx_cap ? s->idx_cap : 64;
-    while (cap < s->nidx + extra) cap *= 2;
-    idx_entry *p = realloc(s->idx, cap * sizeof *p);
+    while (cap < need) cap = cap > max / 2 ? max : cap * 2;
+    idx_entry *p = realloc(s->idx, (size_t)cap * sizeof *p);
     if (!p) return -ENOMEM;
     s->idx = p;
     s->idx_cap = cap;
@@ -324,7 +329,9 @@ static int idx_agrees(nmq_seg *s, uint64_t file_size) {
     return size == file_size || (file_size - size >= 8 && ld64(s->map + size) == 0);
 }
 
-/* Load <seg>.idx if it is valid and agrees with the segment file; 0 on success. */
+/* Load <seg>.idx if it is valid and agrees with the segment file; 0 on success. The entry count
+ * is checked against the file's size by division (n * 24 could wrap), so it is never more than
+ * the entries the file holds. */
 static int idx_load(nmq_log *log, nmq_seg *s, uint64_t file_size) {
     char name[64];
     seg_name(name, sizeof name, s->first_id, "idx");
@@ -339,11 +346,11 @@ static int idx_load(nmq_log *log, nmq_seg *s, uint64_t file_size) {
     }
     close(fd);
     if (ok) {
-        uint64_t n = ld64(b + 48);
+        uint64_t n = ld64(b + 48), body = (uint64_t)st.st_size - FILE_HDR;
         uint32_t crc = ld32(b + 56);
         st32(b + 56, 0);
         ok = memcmp(b, IDX_MAGIC, 8) == 0 && ld32(b + 8) == 1 && ld32(b + 12) == IDX_ENTRY &&
-             ld64(b + 16) == s->first_id && (uint64_t)st.st_size == FILE_HDR + n * IDX_ENTRY &&
+             ld64(b + 16) == s->first_id && body % IDX_ENTRY == 0 && n == body / IDX_ENTRY &&
              nmq_crc32c(0, b, (size_t)st.st_size) == crc && ld64(b + 40) <= file_size &&
              ld64(b + 24) + 1 >= s->first_id && (n > 0 || ld64(b + 40) == 0);
         if (ok && n) ok = ld64(b + FILE_HDR) == s->first_id && ld64(b + FILE_HDR + 16) == 0;
@@ -618,7 +625,7 @@ static int rotate(nmq_log *log, uint64_t need) {
      * fail the append (each is retried/rebuilt at the next opportunity). */
     idx_write(log, old);
     x_ftruncate(old->fd, (off_t)old->size);
-    segs_push(log, s);
+    (void)segs_push(log, s); /* cannot fail: the array was grown above */
     uint64_t d = atomic_load(&log->durable_id);
     while (d < old->last_id && !atomic_compare_exchange_weak(&log->durable_id, &d, old->last_id)) {
     }
@@ -986,7 +993,8 @@ int nmq_log_stats_get(nmq_log *log, nmq_log_stats *st) {
 /* ------------------------------------------------------------------------------------------ */
 /* recovery                                                                                     */
 
-enum { SCAN_END = 0, SCAN_BAD = 1 };
+/* SCAN_NOMEM: the index could not grow; recovery fails with -ENOMEM (never a cut: it is no damage) */
+enum { SCAN_END = 0, SCAN_BAD = 1, SCAN_NOMEM = 2 };
 
 /* Walk records of s from off to limit, expecting ids from *expect and timestamps >= *last_ts,
  * verifying CRCs when check_crc. Builds the sparse index. Returns where it stopped in *stop. */
@@ -1024,7 +1032,7 @@ static int scan(nmq_log *log, nmq_seg *s, uint64_t off, uint64_t limit, int chec
             rc = SCAN_BAD;
             break;
         }
-        if (idx_reserve(s, 1)) { rc = SCAN_BAD; break; }
+        if (idx_reserve(s, 1)) { rc = SCAN_NOMEM; break; }
         idx_add(log, s, id, ts, off);
         if (s->last_id < s->first_id) s->first_ts = ts;
         s->last_id = id;
@@ -1083,11 +1091,14 @@ static int followed_by_valid(nmq_seg *s, uint64_t off, uint64_t limit) {
 }
 
 static int load_segments(nmq_log *log, uint64_t **ids, uint64_t *n) {
-    DIR *d = fdopendir(dup(log->dirfd));
-    if (!d) return -errno;
+    int fd = dup(log->dirfd);
+    if (fd < 0) return -errno;
+    DIR *d = fdopendir(fd);
+    if (!d) { int e = errno; close(fd); return -e; }
     uint64_t cap = 16;
-    *ids = malloc(cap * sizeof **ids);
     *n = 0;
+    *ids = malloc(cap * sizeof **ids);
+    if (!*ids) { closedir(d); return -ENOMEM; }
     struct dirent *e;
     while ((e = readdir(d))) {
         const char *nm = e->d_name;
@@ -1096,7 +1107,11 @@ static int load_segments(nmq_log *log, uint64_t **ids, uint64_t *n) {
         for (int k = 0; digits && k < 20; k++) digits = nm[k] >= '0' && nm[k] <= '9';
         if (!digits) continue;
         if (l == 24 && strcmp(nm + 20, ".log") == 0) {
-            if (*n == cap) *ids = realloc(*ids, (cap *= 2) * sizeof **ids);
+            if (*n == cap) {
+                uint64_t *p = realloc(*ids, (cap *= 2) * sizeof **ids);
+                if (!p) { free(*ids); *ids = NULL; closedir(d); return -ENOMEM; }
+                *ids = p;
+            }
             (*ids)[(*n)++] = strtoull(nm, NULL, 10);
         } else if (l == 28 && strcmp(nm + 20, ".idx.tmp") == 0) {
             unlinkat(log->dirfd, nm, 0);
@@ -1139,11 +1154,12 @@ static void report_corrupt(nmq_recovery_report *rep, int kind, nmq_seg *s, uint6
              (unsigned long long)s->first_id, (unsigned long long)off, (unsigned long long)(s->last_id + 1));
 }
 
-enum { PROBE_VALID = 0, PROBE_EMPTY = 1, PROBE_BAD = 2 };
+enum { PROBE_VALID = 0, PROBE_EMPTY = 1, PROBE_BAD = 2, PROBE_NOMEM = 3 };
 
 /* What a segment file starts with (NMQ-S9-9): an intact record carrying the id of its name
  * (VALID), nothing (EMPTY: an empty file, or an all-zero first header), or anything else (BAD).
- * A file that cannot be read is VALID here: opening it in earnest reports it (`unreadable`). */
+ * A file that cannot be read is VALID here: opening it in earnest reports it (`unreadable`).
+ * NOMEM: no memory to read the first record, so no verdict (never BAD: that would set it aside). */
 static int probe_segment(nmq_log *log, uint64_t first_id) {
     char name[64];
     seg_name(name, sizeof name, first_id, "log");
@@ -1162,7 +1178,8 @@ static int probe_segment(nmq_log *log, uint64_t first_id) {
         uint64_t sp = nmq_record_span(size);
         if (size <= (1u << 30) && sp <= (uint64_t)st.st_size) {
             uint8_t *r = malloc(sp);
-            if (r && pread(fd, r, sp, 0) == (ssize_t)sp && record_ok(r, size)) kind = PROBE_VALID;
+            if (!r) kind = PROBE_NOMEM;
+            else if (pread(fd, r, sp, 0) == (ssize_t)sp && record_ok(r, size)) kind = PROBE_VALID;
             free(r);
         }
     }
@@ -1227,7 +1244,7 @@ static int make_hole(nmq_log *log, uint64_t next) {
     nmq_seg *a = NULL;
     if ((rc = seg_create(log, next, log->cfg.segment_bytes, &a))) return rc; /* fsyncs the directory */
     a->durable_size = 0;
-    if ((rc = segs_push(log, a))) return rc;
+    if ((rc = segs_push(log, a))) { seg_destroy(a); return rc; }
     return 0;
 }
 
@@ -1246,6 +1263,11 @@ static int recover(nmq_log *log, nmq_recovery_report *rep) {
     uint64_t m = 0;
     for (uint64_t i = 0; i < n; i++) {
         int k = probe_segment(log, ids[i]);
+        if (k == PROBE_NOMEM) {
+            SETERR("recovery: out of memory reading segment %020llu", (unsigned long long)ids[i]);
+            free(ids);
+            return -ENOMEM;
+        }
         int stray = ids[i] == 0 || (k == PROBE_BAD && (i + 1 < n || (m > 0 && ck.valid && ids[i] > ck.seg)));
         if (!stray) { ids[m++] = ids[i]; continue; }
         if (!quarantine) {
@@ -1325,6 +1347,12 @@ static int recover(nmq_log *log, nmq_recovery_report *rep) {
                 res = scan(log, s, from, fsize, 1, &stop);
                 rep->verified_bytes += stop - from;
             }
+        }
+        if (res == SCAN_NOMEM) {
+            rc = -ENOMEM;
+            SETERR("recovery: out of memory indexing segment %020llu", (unsigned long long)s->first_id);
+            seg_destroy(s);
+            break;
         }
         /* NMQ-S8-7: a zeroed header with intact records after it is damage, not the end of the log
          * (a crash never zeroes a published header; a dying writer leaves a non-zero header behind
@@ -1434,7 +1462,7 @@ static int recover(nmq_log *log, nmq_recovery_report *rep) {
         nmq_seg *s = NULL;
         if ((rc = seg_create(log, start, log->cfg.segment_bytes, &s))) return rc;
         s->durable_size = 0;
-        segs_push(log, s);
+        if ((rc = segs_push(log, s))) { seg_destroy(s); return rc; }
     }
     nmq_seg *a = log->segs[log->nsegs - 1];
     if (a->cap < log->cfg.segment_bytes) {
