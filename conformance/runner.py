@@ -145,6 +145,7 @@ def all_cases() -> list[Case]:
         cases_crash,
         cases_durability,
         cases_enums,
+        cases_errors,
         cases_history,
         cases_limits,
         cases_resources,
