@@ -119,7 +119,23 @@ def population(mutants: list[Mutant]) -> dict[str, int]:
     return out
 
 
-def carry_kills(journal: Path, key: str, jobs: list[runner.Job], source_hash: str, cases: set[str]) -> int:
+def earlier_verdicts(journal: Path, source_hash: str, variant: str, key: str) -> dict[str, str]:
+    """{mutant|diff key: the latest verdict} of earlier runs on these sources (other keys)."""
+    out: dict[str, str] = {}
+    if journal.exists():
+        for ln in journal.read_text().splitlines():
+            try:
+                r = json.loads(ln)
+            except ValueError:
+                continue
+            if (r.get("key") != key and r.get("source_hash") == source_hash and r.get("variant", "") == variant
+                    and r.get("verdict") != "error"):
+                out[f"{r.get('id')}|{r.get('diff_key')}"] = str(r.get("verdict"))
+    return out
+
+
+def carry_kills(journal: Path, key: str, jobs: list[runner.Job], source_hash: str, cases: set[str],
+                variant: str = "") -> int:
     """Journal, under ``key``, the kills of an earlier campaign on the same sources (same mutant,
     same diff) whose killing case is still a usable case of the kit: the kit only gains cases, and
     a case that failed against a mutant fails against it again (every run uses the same seed).
@@ -136,6 +152,7 @@ def carry_kills(journal: Path, key: str, jobs: list[runner.Job], source_hash: st
             continue
         k = f"{r.get('id')}|{r.get('diff_key')}"
         if (k in want and r.get("key") != key and r.get("source_hash") == source_hash
+                and r.get("variant", "") == variant
                 and r.get("verdict") == "killed" and r.get("killed_by") in cases):
             old[k] = r
     with open(journal, "a") as f:
@@ -144,11 +161,56 @@ def carry_kills(journal: Path, key: str, jobs: list[runner.Job], source_hash: st
     return len(old)
 
 
+def journal_key(journal: Path, snap: dict[str, str], variant: str = "", prefer: str = "") -> str:
+    """The key of this snapshot's and kit's results for ``variant`` in the journal: ``prefer``
+    (the key the tools give now) if it has records, else that of the latest such record (the
+    tools may have changed since the campaign ran). Empty: none."""
+    if not journal.exists():
+        return ""
+    found = ""
+    for ln in journal.read_text().splitlines():
+        try:
+            r = json.loads(ln)
+        except ValueError:
+            continue
+        if (r.get("source_hash") == snap["source_hash"] and r.get("kit_hash") == snap["kit_hash"]
+                and r.get("variant", "") == variant):
+            if r.get("key") == prefer:
+                return prefer
+            found = str(r.get("key", ""))
+    return found
+
+
+def variant_results(journal: Path, snap: dict[str, str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{variant: results} of the second-chance runs on this snapshot and kit."""
+    out = {}
+    for v in config.VARIANTS:
+        vf = coverage_map.map_file(v)
+        prefer = ""
+        if vf.exists():
+            prefer = f"{json.loads(vf.read_text()).get('key')}|{coverage_map.tools_hash()}"
+        k = journal_key(journal, snap, v, prefer)
+        if k:
+            out[v] = runner.load_journal(journal, k)
+    return out
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     t0 = time.time()
     snap, mutants, c_src, mutmut_version = prepare(args)
     kit_start = snap["kit_hash"]
-    cmap = coverage_map.build(snap["source_hash"], workers=args.workers, log=log)
+    variant = args.variant or ""
+    journal = config.BUILD / "results.jsonl"
+    first_pass: dict[str, dict[str, Any]] = {}
+    if variant:
+        prefer = ""
+        if coverage_map.MAP_FILE.exists():
+            prefer = f"{json.loads(coverage_map.MAP_FILE.read_text()).get('key')}|{coverage_map.tools_hash()}"
+        first_pass = runner.load_journal(journal, journal_key(journal, snap, "", prefer))
+        if not first_pass:
+            raise SystemExit("--variant: no results of the default launch for this snapshot and kit: run without "
+                             "--variant first")
+    cmap = coverage_map.build(snap["source_hash"], workers=args.workers, log=log, variant=variant)
     sel = Selector(cmap)
     failing = [cid for cid, c in cmap["cases"].items() if cid not in sel.cases]
     if failing:
@@ -157,19 +219,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     entries = equivalent.load()
     applied, stale = equivalent.match(mutants, entries)
     chosen = _selected(mutants, args)
+    if variant:
+        # the second chance: only survivors of the default launch (of the same selection)
+        rx = re.compile(args.survivors_matching) if args.survivors_matching else None
+        chosen = [i for i in chosen
+                  if first_pass.get(f"{mutants[i].id}|{mutants[i].diff_key}", {}).get("verdict") in ("survived", "no-coverage")
+                  and (rx is None or rx.search(mutants[i].id) or rx.search(mutants[i].file))]
+        log(f"variant {variant} ({config.VARIANTS[variant]['args']}): {len(chosen)} survivor(s) of the default launch")
     jobs = []
     for i in chosen:
         m = mutants[i]
         cases = sel.cases_for(m)
-        job = runner.Job(m, cases, sel.timeout_for(cases))
+        job = runner.Job(m, cases, sel.timeout_for(cases), variant=variant)
         if m.kind == "python":
-            job.launch = pymutants.launch(m.id)
+            job.launch = pymutants.launch(m.id, variant=variant)
         else:
             src = c_src[i]
 
             def prep(build_dir: Path, src: str = src) -> tuple[str, str]:
                 ok, out = cmutants.build(src, build_dir)
-                return (cmutants.launch(build_dir), "" if ok else out)
+                return (cmutants.launch(build_dir, variant), "" if ok else out)
 
             job.prepare = prep
         jobs.append(job)
@@ -177,14 +246,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     log(f"running {len(jobs)} mutants ({n_py} Python, {len(jobs) - n_py} C) on {args.workers} workers; "
         f"{sum(1 for j in jobs if not j.cases)} have no covering case")
     key = f"{cmap['key']}|{coverage_map.tools_hash()}"
-    journal = config.BUILD / "results.jsonl"
     if args.fresh and journal.exists():
         journal.unlink()
     if not args.no_carry:
-        carried = carry_kills(journal, key, jobs, snap["source_hash"], set(sel.cases))
+        carried = carry_kills(journal, key, jobs, snap["source_hash"], set(sel.cases), variant)
         if carried:
             log(f"{carried} mutant(s) killed under an earlier kit of the same sources by a case the kit still has: "
                 "carried over, not run again (--no-carry to run them)")
+    if args.rerun_survivors:
+        earlier = earlier_verdicts(journal, snap["source_hash"], variant, key)
+        done_now = runner.load_journal(journal, key)
+        jobs = [j for j in jobs if f"{j.mutant.id}|{j.mutant.diff_key}" not in done_now
+                and earlier.get(f"{j.mutant.id}|{j.mutant.diff_key}") in ("survived", "no-coverage")]
+        log(f"--rerun-survivors: {len(jobs)} survivor(s) of an earlier kit run again; mutants never run are left out")
     rng = random.Random(args.sample_seed)
     rng.shuffle(jobs)  # an interrupted run leaves a random part of the selection done, not one file's
     t_run = time.time()
@@ -198,10 +272,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     partial = ""
     try:
         results = runner.run_all(jobs, journal, key, workers=args.workers, progress=progress,
-                                 stamp={"source_hash": snap["source_hash"], "kit_hash": kit_start})
+                                 stamp={"source_hash": snap["source_hash"], "kit_hash": kit_start,
+                                        **({"variant": variant} if variant else {})})
     except KeyboardInterrupt:
         partial = "interrupted; run `make mutation` again to resume from build/mutation/results.jsonl"
         results = runner.load_journal(journal, key)
+    if variant:
+        vmeta = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_s": round(time.time() - t_run, 1),
+                 "duration_s": round(time.time() - t0, 1), "coverage_map_s": cmap.get("build_s"),
+                 "mutants": len(jobs), "args": config.VARIANTS[variant]["args"], "partial": partial,
+                 "survivors_matching": args.survivors_matching or ""}
+        _report_from_journal(args, snap, mutants, mutmut_version, {variant: vmeta})
+        return 0 if not partial else 130
     kit_end = snapshot.kit_hash()  # the checkout's kit now (the campaign ran its copy, kit_start)
     meta = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t0)),
@@ -224,15 +306,49 @@ def _write_report(args: argparse.Namespace, meta: dict[str, Any], mutants: list[
                   results: dict[str, dict[str, Any]], applied: dict[str, equivalent.Entry],
                   stale: list[tuple[equivalent.Entry, str]], cmap: dict[str, Any]) -> None:
     in_run = {mutants[i].id for i in chosen}
-    rep = report.build(meta, [m for m in mutants if m.excluded or m.id in in_run], results, applied, stale, cmap)
+    snap = {"source_hash": meta["source_hash"], "kit_hash": meta["kit_hash"]}
+    merged, first = merge_variants(results, variant_results(config.BUILD / "results.jsonl", snap))
+    meta = dict(meta, first_pass=first)
+    rep = report.build(meta, [m for m in mutants if m.excluded or m.id in in_run], merged, applied, stale, cmap)
     paths = report.write(rep)
     c = rep["scores"]
     log(f"score: Python {report._pct(c['python'])}, C {report._pct(c['c'])}, total {report._pct(c['total'])}; "
-        f"{meta['duration_s'] / 60:.1f} min; reports: {', '.join(str(p) for p in paths)}")
+        f"{meta.get('duration_s', 0) / 60:.1f} min; reports: {', '.join(str(p) for p in paths)}")
     # the whole campaign, or a sample of all of it (its summary says it is one): docs/mutation-report.md
     if not args.filter and not meta.get("partial") and not args.only_c and not args.only_python:
         shutil.copy(paths[2], config.DOCS_REPORT)
         log(f"summary copied to {config.DOCS_REPORT}")
+
+
+def merge_variants(results: dict[str, dict[str, Any]], variants: dict[str, dict[str, dict[str, Any]]]
+                   ) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+    """The default launch's results with each survivor that a second-chance variant killed
+    marked killed (``variant``, ``first_pass``, ``killed_by`` "<variant>: <case>"); survivors a
+    variant ran and did not kill note it (``variants_survived``). Also returns how many of the
+    merged results were killed by the default launch alone and by a variant."""
+    out = dict(results)
+    n = {"first_pass_killed": 0, "variant_killed": 0}
+    for k, r in results.items():
+        if r.get("verdict") in ("killed", "timeout"):
+            n["first_pass_killed"] += 1
+            continue
+        if r.get("verdict") not in ("survived", "no-coverage"):
+            continue
+        tried = []
+        for v, vr in sorted(variants.items()):
+            x = vr.get(k)
+            if x is None:
+                continue
+            if x.get("verdict") in ("killed", "timeout"):
+                out[k] = dict(x, first_pass=r["verdict"], variant=v,
+                              killed_by=f"{v}: {x.get('killed_by') or x.get('verdict')}")
+                n["variant_killed"] += 1
+                break
+            tried.append(f"{v}: {x.get('verdict')}")
+        else:
+            if tried:
+                out[k] = dict(r, variants_survived=tried)
+    return out, n
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -240,12 +356,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     anything: after recording equivalents, or after a run under new kit cases. The timings are
     those of the campaign that produced the journal's latest report (reports/mutation/mutation.json)."""
     snap, mutants, _, mutmut_version = prepare(args, take=False)
+    _report_from_journal(args, snap, mutants, mutmut_version, {})
+    return 0
+
+
+def _report_from_journal(args: argparse.Namespace, snap: dict[str, str], mutants: list[Mutant], mutmut_version: str,
+                         variant_meta: dict[str, Any]) -> None:
     cmap = json.loads(coverage_map.MAP_FILE.read_text())
     if cmap.get("source_hash") != snap["source_hash"]:
         raise SystemExit("the coverage map is not of this snapshot: run `python -m mutation run` first")
     sel = Selector(cmap)
-    key = f"{cmap['key']}|{coverage_map.tools_hash()}"
-    results = runner.load_journal(config.BUILD / "results.jsonl", key)
+    journal = config.BUILD / "results.jsonl"
+    key = journal_key(journal, snap, "", f"{cmap['key']}|{coverage_map.tools_hash()}")
+    results = runner.load_journal(journal, key)
     applied, stale = equivalent.match(mutants, equivalent.load())
     chosen = _selected(mutants, args)
     old: dict[str, Any] = {}
@@ -268,8 +391,8 @@ def cmd_report(args: argparse.Namespace) -> int:
                       "only_python": args.only_python, "only_c": args.only_c},
     })
     meta["kit_changed"] = meta["kit_hash"] != meta["kit_hash_end"]
+    meta["variants"] = dict(old.get("variants", {}), **variant_meta)
     _write_report(args, meta, mutants, chosen, results, applied, stale, cmap)
-    return 0
 
 
 def cmd_coverage(args: argparse.Namespace) -> int:
@@ -364,8 +487,17 @@ def main(argv: list[str] | None = None) -> int:
                            "Python share)")
             p.add_argument("--sample-seed", type=int, default=1)
         if name == "run":
+            p.add_argument("--variant", choices=sorted(config.VARIANTS),
+                           help="the second chance: run the survivors of the default launch (of the same "
+                           "selection) again, the broker launched with this variant's flags (config.VARIANTS)")
+            p.add_argument("--survivors-matching", metavar="REGEX",
+                           help="with --variant: only survivors whose id or file matches")
             p.add_argument("--fresh", action="store_true", help="forget the results journal (no resume)")
             p.add_argument("--no-carry", action="store_true", help="run again mutants an earlier kit killed")
+            p.add_argument("--rerun-survivors", action="store_true",
+                           help="after new kit cases (same sources, e.g. --sources snapshot): carry the earlier "
+                           "kills and run only the mutants that survived an earlier kit; mutants never run "
+                           "stay not run")
         if name == "coverage":
             p.add_argument("--force", action="store_true")
         if name in ("run", "coverage"):

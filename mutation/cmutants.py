@@ -300,8 +300,8 @@ def remove(dest: Path) -> None:
     shutil.rmtree(dest, ignore_errors=True)
 
 
-def launch(tree: Path) -> str:
+def launch(tree: Path, variant: str = "") -> str:
     """The kit's --launch for a C mutant: the reference broker started from its own tree."""
     t = shlex.quote(str(tree))
     # -C: `python -m` puts the working directory first on sys.path, and the kit's is the checkout
-    return f"env -C {t} PYTHONPATH={t} {{python}} -m nanomq.cli.broker " + config.broker_args()
+    return f"env -C {t} PYTHONPATH={t} {{python}} -m nanomq.cli.broker " + config.broker_args(variant)

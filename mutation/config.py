@@ -61,11 +61,57 @@ def reference_target() -> dict[str, Any]:
     return dict(ref)
 
 
-def broker_args() -> str:
-    """The reference broker's command-line flags exactly as the kit's default target uses them."""
+def broker_args(variant: str = "") -> str:
+    """The reference broker's command-line flags exactly as the kit's default target uses them,
+    plus those of a second-chance ``variant`` (VARIANTS)."""
     launch = str(reference_target()["launch"])
     prefix = "{python} -m nanomq.cli.broker "
-    return launch[len(prefix):] if launch.startswith(prefix) else _DEFAULT_BROKER_ARGS
+    args = launch[len(prefix):] if launch.startswith(prefix) else _DEFAULT_BROKER_ARGS
+    if variant:
+        args += " " + VARIANTS[variant]["args"].format(**variant_files())
+    return args
+
+
+def target_declares(variant: str = "") -> dict[str, Any]:
+    """What a mutant's target file declares: the default target's declarations (and a variant's)."""
+    out = dict(reference_target()["declares"])
+    if variant:
+        files = variant_files()
+        out.update({k: v.format(**files) if isinstance(v, str) else v
+                    for k, v in VARIANTS[variant].get("declares", {}).items()})
+    return out
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "python-plane": {
+        "args": "--data-plane python",
+        "why": "the default data plane (--data-plane c) serves PUBLISH with ack none/written, PING and "
+               "DELIVER in C, so the Python handlers of those frames (the documented --data-plane python) "
+               "run in no case of the default launch",
+    },
+    "tls": {
+        "args": "--tls-cert {tls_cert} --tls-key {tls_key}",
+        "declares": {"tls_ca": "{tls_cert}"},
+        "why": "the default target speaks plain TCP, so the broker's TLS code (--tls-cert) runs in no case",
+    },
+}
+"""Second-chance launches: a mutant that survives the default launch is run again with these
+flags (each with a coverage map of its own), because its code serves a documented configuration
+the default target does not use. A kill there counts (the mutant is a broker that breaks a rule
+when so configured); the report gives the score with and without them."""
+
+
+def variant_files() -> dict[str, str]:
+    """Files the variants' flags name: a self-signed certificate for 127.0.0.1 (made once with
+    the openssl command, in BUILD/tls)."""
+    d = BUILD / "tls"
+    cert, key = d / "cert.pem", d / "key.pem"
+    if not (cert.exists() and key.exists()):
+        d.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                        str(cert), "-days", "30", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                       check=True, capture_output=True, timeout=120)
+    return {"tls_cert": str(cert), "tls_key": str(key)}
 
 
 def scratch_root() -> Path:

@@ -61,9 +61,15 @@ def list_cases() -> list[dict[str, Any]]:
     return cases
 
 
-def map_key(source_hash: str, cases: list[dict[str, Any]]) -> str:
+def map_file(variant: str = "") -> Path:
+    """The map of the default launch, or of a second-chance variant (config.VARIANTS)."""
+    return MAP_FILE if not variant else config.BUILD / f"coverage-map-{variant}.json"
+
+
+def map_key(source_hash: str, cases: list[dict[str, Any]], variant: str = "") -> str:
     ids = ",".join(sorted(c["id"] for c in cases))
-    raw = f"{source_hash}|{kit_hash(KIT)}|{tools_hash()}|{config.SEED}|{config.QUICK}|{config.broker_args()}|{ids}"
+    raw = (f"{source_hash}|{kit_hash(KIT)}|{tools_hash()}|{config.SEED}|{config.QUICK}|{config.broker_args(variant)}|"
+           f"{sorted(config.target_declares(variant).items())}|{ids}")
     return hashlib.sha256(raw.encode()).hexdigest()[:20]
 
 
@@ -118,17 +124,19 @@ def _case_dir(case_id: str) -> Path:
     return COV / "cases" / re.sub(r"[^A-Za-z0-9._-]", "_", case_id)
 
 
-def measure_case(case_id: str) -> dict[str, Any]:
+def measure_case(case_id: str, variant: str = "") -> dict[str, Any]:
     """Run one case against the coverage tree; its verdict, duration and the lines it ran."""
     d = _case_dir(case_id)
     shutil.rmtree(d, ignore_errors=True)
     (d / "py").mkdir(parents=True)
     (d / "gcov").mkdir()
     root = config.ROOT
-    launch = (f"env -C {TREE} PYTHONPATH={TREE} {{python}} {root}/mutation/covlaunch.py " + config.broker_args())
+    launch = (f"env -C {TREE} PYTHONPATH={TREE} {{python}} {root}/mutation/covlaunch.py "
+              + config.broker_args(variant))
     kill = f"{{python}} {root}/mutation/covkill.py {{pid}}"
     env = {"NMQ_MUTATION_COV_DIR": str(d / "py"), "GCOV_PREFIX": str(d / "gcov"), "GCOV_PREFIX_STRIP": "64"}
-    run = run_kit(launch, [case_id], d / "kit", timeout=900, env_extra=env, kill=kill, fail_fast=False, jobs=1)
+    run = run_kit(launch, [case_id], d / "kit", timeout=900, env_extra=env, kill=kill, fail_fast=False, jobs=1,
+                  variant=variant)
     res = next((c for c in run.cases if c.get("id") == case_id), None)
     executed, instrumented = _gcov(d / "gcov")
     out = {
@@ -144,18 +152,21 @@ def measure_case(case_id: str) -> dict[str, Any]:
     return out
 
 
-def build(source_hash: str, workers: int = config.WORKERS, force: bool = False, log=print) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Build (or load the cached) coverage map for the current kit and snapshot."""
+def build(source_hash: str, workers: int = config.WORKERS, force: bool = False, log=print,  # type: ignore[no-untyped-def]
+          variant: str = "") -> dict[str, Any]:
+    """Build (or load the cached) coverage map for the current kit and snapshot (and variant)."""
     cases = list_cases()
-    key = map_key(source_hash, cases)
-    if not force and MAP_FILE.exists():
-        m = json.loads(MAP_FILE.read_text())
+    key = map_key(source_hash, cases, variant)
+    out_file = map_file(variant)
+    if not force and out_file.exists():
+        m = json.loads(out_file.read_text())
         if m.get("key") == key:
             return dict(m)
     if not (SNAPSHOT / "nanomq").is_dir():
         raise RuntimeError("no snapshot: take one first (mutation.snapshot.take)")
     build_tree(log)
-    log(f"coverage: measuring {len(cases)} kit cases one at a time against the reference broker")
+    log(f"coverage: measuring {len(cases)} kit cases one at a time against the reference broker"
+        + (f" launched with {config.VARIANTS[variant]['args']} (variant {variant})" if variant else ""))
     t0 = time.monotonic()
     results: dict[str, dict[str, Any]] = {}
     lock = threading.Lock()
@@ -167,7 +178,7 @@ def build(source_hash: str, workers: int = config.WORKERS, force: bool = False, 
                 c = next(todo, None)
             if c is None:
                 return
-            r = measure_case(c["id"])
+            r = measure_case(c["id"], variant)
             r.update(layer=c.get("layer"), rules=c.get("rules", []), title=c.get("title", ""))
             with lock:
                 results[c["id"]] = r
@@ -180,8 +191,9 @@ def build(source_hash: str, workers: int = config.WORKERS, force: bool = False, 
         t.join()
     instrumented = sorted({ln for r in results.values() for ln in r.pop("c_instrumented")})
     m = {"key": key, "source_hash": source_hash, "kit_hash": kit_hash(KIT), "seed": config.SEED, "quick": config.QUICK,
+         "variant": variant,
          "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "build_s": round(time.monotonic() - t0, 1),
          "cases": {c["id"]: results[c["id"]] for c in cases}, "c_instrumented": instrumented}
-    MAP_FILE.write_text(json.dumps(m))
+    out_file.write_text(json.dumps(m))
     shutil.rmtree(COV / "cases", ignore_errors=True)
     return m

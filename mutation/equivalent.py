@@ -8,6 +8,7 @@ context, without line numbers), with a kind and the reason::
     diff_key = "3f2a..."
     kind = "equivalent"      # the mutant behaves exactly like the original
     # kind = "not-a-rule"    # it behaves differently, but in nothing any spec rule constrains
+    # kind = "untestable"    # it differs only under a rule listed untestable over the wire
     reason = "..."
 
 An entry applies while a mutant with that diff key exists. When the code changes so that the diff
@@ -26,7 +27,11 @@ from pathlib import Path
 from mutation import config
 from mutation.common import Mutant
 
-KINDS = ("equivalent", "not-a-rule")
+KINDS = ("equivalent", "not-a-rule", "untestable")
+"""equivalent: behaves exactly like the original. not-a-rule: behaves differently, but only in
+what no spec rule constrains (error texts, resources no rule names). untestable: differs only
+where a rule applies that the kit lists as untestable over the wire (conformance/untestable.py:
+a failing disk, a power loss ...); the report also gives the score counting these as survived."""
 
 
 @dataclass(frozen=True)

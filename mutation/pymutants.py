@@ -236,11 +236,11 @@ def describe(diff: str) -> str:
     return f"`{short(minus)}` -> `{short(plus)}`"
 
 
-def launch(mutant_id: str, tree: Path = MUTANTS) -> str:
+def launch(mutant_id: str, tree: Path = MUTANTS, variant: str = "") -> str:
     """The kit's --launch for a Python mutant: the reference broker's command, started from the
     trampolined tree with the mutant switched on (only in the broker's environment: the kit
     itself keeps importing the unmutated nanomq.protocol)."""
     t = shlex.quote(str(tree))
     # -C: `python -m` puts the working directory first on sys.path, and the kit's is the checkout
     return (f"env -C {t} PYTHONPATH={t} MUTANT_UNDER_TEST={shlex.quote(mutant_id)} "
-            "{python} -m nanomq.cli.broker " + config.broker_args())
+            "{python} -m nanomq.cli.broker " + config.broker_args(variant))

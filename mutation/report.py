@@ -80,7 +80,8 @@ def build(meta: dict[str, Any], mutants: list[Mutant], results: dict[str, dict[s
         row: dict[str, Any] = {"id": m.id, "kind": m.kind, "file": m.file, "function": m.function, "lines": m.lines,
                "operator": m.operator, "description": m.description, "verdict": v, "diff_key": m.diff_key}
         if rec is not None:
-            row.update({k: rec[k] for k in ("cases", "killed_by", "detail", "duration_s") if k in rec})
+            row.update({k: rec[k] for k in ("cases", "killed_by", "detail", "duration_s", "first_pass", "variant",
+                                            "variants_survived", "carried_from") if k in rec})
         if eq is not None:
             row["equivalence"] = {"kind": eq.kind, "reason": eq.reason}
             if v in ("killed", "timeout"):
@@ -90,6 +91,13 @@ def build(meta: dict[str, Any], mutants: list[Mutant], results: dict[str, dict[s
         rows.append(row)
     counts = {k: Counter(r["verdict"] for r in rows if r["kind"] == k) for k in ("python", "c")}
     total = counts["python"] + counts["c"]
+    # the default launch alone: a mutant a second-chance variant killed counts as its first verdict
+    def first_verdict(r: dict[str, Any]) -> str:
+        v = str(r.get("first_pass", r["verdict"]))
+        return "equivalent" if v in ("survived", "no-coverage") and "equivalence" in r else v
+
+    first = {k: Counter(first_verdict(r) for r in rows if r["kind"] == k) for k in ("python", "c")}
+    first_total = first["python"] + first["c"]
     by_func: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
     for r in rows:
         by_func[(r["file"], r["function"])][r["verdict"]] += 1
@@ -118,6 +126,17 @@ def build(meta: dict[str, Any], mutants: list[Mutant], results: dict[str, dict[s
         "skipped_at_baseline": skipped,
         "sample": sample,
         "scores": {"python": score(counts["python"]), "c": score(counts["c"]), "total": score(total)},
+        "scores_untestable_as_survived": {
+            k: score(c + Counter({"survived": sum(1 for r in rows if (k == "total" or r["kind"] == k)
+                                                  and r["verdict"] == "equivalent"
+                                                  and r["equivalence"]["kind"] == "untestable")}))
+            for k, c in (("python", counts["python"]), ("c", counts["c"]), ("total", total))},
+        "equivalence_kinds": {k: dict(Counter(r["equivalence"]["kind"] for r in rows
+                                              if r["kind"] == k and r["verdict"] == "equivalent"))
+                              for k in ("python", "c")},
+        "scores_default_launch": {"python": score(first["python"]), "c": score(first["c"]),
+                                  "total": score(first_total)},
+        "variant_kills": {k: sum(1 for r in rows if r["kind"] == k and r.get("variant")) for k in ("python", "c")},
         "counts": {k: dict(v) for k, v in (("python", counts["python"]), ("c", counts["c"]), ("total", total))},
         "excluded": dict(excluded),
         "baseline_failures": baseline,
@@ -169,6 +188,31 @@ def markdown(rep: dict[str, Any], full: bool) -> str:
                      f"{x['scored']} | {x['killed']} | **{_pct(rep['scores'][k])}** | {_ci(x['ci95'])} |")
         L += ["", "The `total` row mixes two strata of different sampling fractions; read the two kinds apart.", ""]
     L += _table(rep) + [""]
+    ek = rep.get("equivalence_kinds") or {}
+    if any(ek.values()):
+        u = rep["scores_untestable_as_survived"]
+        L += ["Recorded survivors (mutation/equivalent.toml), left out of the score: "
+              + "; ".join(f"{label}: " + (", ".join(f"{n} {kind}" for kind, n in sorted(ek.get(k, {}).items())) or "none")
+                          for k, label in (("python", "Python"), ("c", "C")))
+              + f". Counting the `untestable` ones (a rule applies, but the kit cannot test it over the wire) as "
+              f"survived: Python {_pct(u['python'])}, C {_pct(u['c'])}, total {_pct(u['total'])}.", ""]
+    vk = rep.get("variant_kills") or {}
+    if any(vk.values()) or meta.get("variants"):
+        d = rep["scores_default_launch"]
+        L += ["Second chance: survivors of the default launch were run again with the broker launched with "
+              "the flags of a documented configuration the default target does not use (mutation/config.py "
+              "`VARIANTS`), each under a coverage map of its own; a kill there counts above. "
+              f"Killed only so: {vk.get('python', 0)} Python, {vk.get('c', 0)} C. Scores of the default launch "
+              f"alone: Python {_pct(d['python'])}, C {_pct(d['c'])}, total {_pct(d['total'])}.", ""]
+        for v, x in sorted((meta.get("variants") or {}).items()):
+            L.append(f"- `{v}` (`{x.get('args')}`): {x.get('mutants')} survivor(s) run"
+                     + (f" (those matching `{x['survivors_matching']}`)" if x.get("survivors_matching") else "")
+                     + f", {x.get('run_s', 0) / 60:.1f} min (+ {x.get('coverage_map_s') or 0:.0f} s coverage map)"
+                     + (f"; {x['partial']}" if x.get("partial") else ""))
+        L.append("")
+    if meta.get("carried"):
+        L += [f"{meta['carried']} kill(s) carried over from an earlier kit on the same sources (the killing case "
+              "is still in the kit; `--no-carry` runs them again).", ""]
     if rep["excluded"]:
         L += ["## Out of scope (not run, not in the score)", "", "| mutants | reason |", "| ---: | --- |"]
         L += [f"| {n} | {why} |" for why, n in sorted(rep["excluded"].items(), key=lambda x: -x[1])]
@@ -199,8 +243,10 @@ def markdown(rep: dict[str, Any], full: bool) -> str:
         for r in rs:
             cases = r.get("cases") or []
             where = f"line {r['lines'][0]}" if r["lines"] else ""
+            also = f"; also survived {', '.join(r['variants_survived'])}" if r.get("variants_survived") else ""
             L.append(f"- `{r['id']}` {r['verdict']}, {where}, {r.get('description') or ''} "
-                     f"({len(cases)} case(s) run{': ' + ', '.join(cases[:4]) + (' …' if len(cases) > 4 else '') if cases else ''})")
+                     f"({len(cases)} case(s) run{': ' + ', '.join(cases[:4]) + (' …' if len(cases) > 4 else '') if cases else ''}"
+                     f"{also})")
             if full:
                 L += ["", "  ```diff", *["  " + ln for ln in r.get("diff", "").splitlines()], "  ```", ""]
         L.append("")

@@ -88,7 +88,8 @@ def target_toml(keys: dict[str, Any]) -> str:
 
 def run_kit(launch: str, cases: list[str], workdir: Path, *, timeout: float, env_extra: dict[str, str] | None = None,
             kill: str = "", fail_fast: bool = True, quick: bool = config.QUICK, strict: bool = True,
-            seed: int = config.SEED, jobs: int | None = None, stop_after_report: bool = False) -> KitRun:
+            seed: int = config.SEED, jobs: int | None = None, stop_after_report: bool = False,
+            variant: str = "") -> KitRun:
     """Run the kit's ``cases`` against ``launch`` with ``workdir`` as scratch (emptied first,
     its ``tmp`` removed after). ``stop_after_report``: once the kit has written its report, give
     it 2 s to finish and then stop it and its broker (a mutant broker that does not shut down
@@ -106,7 +107,7 @@ def run_kit(launch: str, cases: list[str], workdir: Path, *, timeout: float, env
     # (on-disk format, connection limit, retention ...), so every case the reference broker runs
     # also runs against the mutant (the storage layer, the connection limit, retention ...)
     target = workdir / "target.toml"
-    keys = {"launch": launch, "kill": kill, **config.reference_target()["declares"],
+    keys = {"launch": launch, "kill": kill, **config.target_declares(variant),
             "ready_timeout": config.READY_TIMEOUT_S}
     target.write_text(target_toml(keys))
     argv = [sys.executable, "-m", "conformance", "--target", str(target), "--report-dir", str(workdir / "report"),
@@ -205,6 +206,8 @@ class Job:
     prepare: Callable[[Path], tuple[str, str]] | None = None
     """For C mutants: build into the given directory; returns (launch, error)."""
     launch: str = ""
+    variant: str = ""
+    """The second-chance launch (config.VARIANTS) the mutant runs under; empty: the default."""
 
 
 def run_one(job: Job, workdir: Path) -> dict[str, Any]:
@@ -212,6 +215,8 @@ def run_one(job: Job, workdir: Path) -> dict[str, Any]:
     m = job.mutant
     t0 = time.monotonic()
     rec: dict[str, Any] = {"id": m.id, "kind": m.kind, "diff_key": m.diff_key, "cases": job.cases}
+    if job.variant:
+        rec["variant"] = job.variant
     if not job.cases:
         rec.update(verdict="no-coverage", detail="no kit case runs the mutated line(s)", duration_s=0.0)
         return rec
@@ -223,7 +228,8 @@ def run_one(job: Job, workdir: Path) -> dict[str, Any]:
             rec.update(verdict="build-error", detail=error[-2000:], duration_s=round(time.monotonic() - t0, 2))
             shutil.rmtree(build_dir, ignore_errors=True)
             return rec
-    run = run_kit(launch, job.cases, workdir / "kit", timeout=job.timeout, stop_after_report=True)
+    run = run_kit(launch, job.cases, workdir / "kit", timeout=job.timeout, stop_after_report=True,
+                  variant=job.variant)
     verdict, case, detail = classify(run)
     rec.update(verdict=verdict, killed_by=case, detail=detail, duration_s=round(time.monotonic() - t0, 2),
                kit_s=round(run.duration_s, 2), cases_run=len(run.cases))
