@@ -31,7 +31,7 @@ from typing import Any
 from nanomq.bench.hist import Histogram
 from nanomq.bench.system import cpu_seconds, start_child, wait_until
 
-__all__ = ["RelayFloor", "fdatasync", "memcpy", "relay_floor", "socket_rtt"]
+__all__ = ["RelayFloor", "fdatasync", "loop_rtt", "memcpy", "python_speed", "relay_floor", "socket_rtt"]
 
 MSG = 64
 
@@ -301,3 +301,150 @@ def memcpy(seconds: float = 0.2, size: int = 16 << 20) -> float:
         if time.perf_counter() >= end:
             break
     return len(src) / best
+
+
+# ---------------------------------------------------------------- a Python event-loop server's round trip
+
+
+def _loop_server(lsock: socket.socket, reply: int) -> int:
+    """An event-loop server that answers every ``size``-byte request with ``reply`` bytes: the
+    cheapest a Python server on asyncio's Protocol API can do (uvloop when installed)."""
+    import asyncio
+
+    try:
+        import uvloop
+
+        new_loop: Any = uvloop.new_event_loop
+    except ImportError:
+        new_loop = asyncio.new_event_loop
+    loop = new_loop()
+    asyncio.set_event_loop(loop)
+    answer = b"\x02" * reply
+    served = [0]
+    done = loop.create_future()
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.t = transport
+            self.pending = 0
+            _nodelay(transport.get_extra_info("socket"))
+
+        def data_received(self, data: bytes) -> None:
+            self.pending += len(data)
+            while self.pending >= _REQ[0]:
+                self.pending -= _REQ[0]
+                served[0] += 1
+                self.t.write(answer)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if not done.done():
+                done.set_result(None)
+
+    async def main() -> None:
+        server = await loop.create_server(Echo, sock=lsock)
+        await done
+        server.close()
+
+    loop.run_until_complete(main())
+    loop.close()
+    return served[0]
+
+
+_REQ = [1024]
+
+
+def loop_rtt(seconds: float, size: int = 1024, reply: int = 24, max_calls: int = 200_000) -> Histogram:
+    """Round trips (ns) of ``size``-byte requests answered with ``reply`` bytes by a forked Python
+    event-loop server (:func:`_loop_server`), back to back from this process over 127.0.0.1 with
+    a blocking socket, for ``seconds``: what one request costs a Python server that does nothing
+    with it. A broker's acked publish round trip is divided by it."""
+    _REQ[0] = size
+    lsock = socket.create_server(("127.0.0.1", 0))
+    port = lsock.getsockname()[1]
+    child = start_child(_loop_server, lsock, reply, name="loop server")
+    lsock.close()
+    s = _nodelay(socket.create_connection(("127.0.0.1", port)))
+    msg = b"\x01" * size
+    buf = bytearray(reply)
+    view = memoryview(buf)
+    now = time.monotonic_ns
+    out: list[int] = []
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        def one() -> None:
+            s.sendall(msg)
+            got = 0
+            while got < reply:
+                n = s.recv_into(view[got:], reply - got)
+                if not n:
+                    raise RuntimeError("the loop server closed the connection")
+                got += n
+
+        for _ in range(200):
+            one()
+        end = now() + int(seconds * 1e9)
+        for _ in range(max_calls):
+            t = now()
+            one()
+            t2 = now()
+            out.append(t2 - t)
+            if t2 >= end:
+                break
+    finally:
+        if gc_was:
+            gc.enable()
+        s.close()
+        child.result(10)
+        child.reap()
+    h = Histogram()
+    h.record_many(out)
+    return h
+
+
+# ---------------------------------------------------------------- the interpreter's own speed
+
+
+def _python_work(n: int) -> int:
+    """A fixed piece of interpreter work of the kind a Python broker does per request: struct
+    packing and unpacking, a CRC, bytes slicing, a dict and a list (stdlib only, never the code
+    under test)."""
+    import struct
+    import zlib
+
+    pack, unpack = struct.Struct("<IqqB").pack, struct.Struct("<IqqB").unpack
+    acc = 0
+    index: dict[int, int] = {}
+    out: list[bytes] = []
+    body = b"\x07" * 1024
+    for i in range(n):
+        head = pack(i, i * 3, -i, i & 0xFF)
+        frame = head + body
+        a, b, c, d = unpack(frame[:21])
+        acc = zlib.crc32(frame[21:], acc)
+        index[a] = b + c + d
+        out.append(frame[:32])
+        if len(out) > 64:
+            out.clear()
+    return acc + len(index)
+
+
+def python_speed(seconds: float = 0.2, n: int = 200) -> Histogram:
+    """Durations (ns) of a fixed piece of interpreter work (:func:`_python_work` of ``n``
+    requests), repeated for ``seconds`` in this process: how fast this machine runs Python code
+    right now. Its low percentiles move with what the neighbours take from the core (steal,
+    shared caches), which the code under test suffers too."""
+    now = time.perf_counter_ns
+    _python_work(n)
+    out: list[int] = []
+    end = now() + int(seconds * 1e9)
+    while True:
+        t = now()
+        _python_work(n)
+        t2 = now()
+        out.append(t2 - t)
+        if t2 >= end:
+            break
+    h = Histogram()
+    h.record_many(out)
+    return h

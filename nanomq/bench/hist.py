@@ -48,16 +48,20 @@ class Summary:
     max: float
     mean: float
     min: float
+    p10: float = 0.0
+    p25: float = 0.0
+    p1: float = 0.0
+    p5: float = 0.0
 
     def as_us(self) -> dict[str, float]:
         """The same figures in microseconds, rounded for printing."""
         return {k: round(getattr(self, k) / 1000, 2) for k in ("p50", "p90", "p99", "p999", "max", "mean")}
 
     def as_dict(self, scale: float = 1.0) -> dict[str, float]:
-        """``{"p50": …, "p90": …, "p99": …, "p99.9": …, "p99.99": …, "max": …, "mean": …, "min": …}``
-        divided by ``scale`` (1000 turns ns into µs), plus ``count``."""
+        """``{"p1": …, "p5": …, "p10": …, "p25": …, "p50": …, "p90": …, "p99": …, "p99.9": …, "p99.99": …, "max": …, "mean": …,
+        "min": …}`` divided by ``scale`` (1000 turns ns into µs), plus ``count``."""
         out = {"count": float(self.count)}
-        for key, name in (("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p999", "p99.9"),
+        for key, name in (("p1", "p1"), ("p5", "p5"), ("p10", "p10"), ("p25", "p25"), ("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p999", "p99.9"),
                           ("p9999", "p99.99"), ("max", "max"), ("mean", "mean"), ("min", "min")):
             out[name] = getattr(self, key) / scale
         return out
@@ -137,10 +141,11 @@ class Histogram:
         return float(self._h.get_value_at_percentile(p))
 
     def summary(self) -> Summary:
-        """p50/p90/p99/p99.9/p99.99/max/mean/min of everything recorded."""
+        """p50/p90/p99/p99.9/p99.99/max/mean/min (and p1, p5, p10, p25) of everything recorded."""
         return Summary(self.count, self.percentile(50), self.percentile(90), self.percentile(99),
                        self.percentile(99.9), self.percentile(99.99), float(self.max), self.mean,
-                       float(self.min))
+                       float(self.min), self.percentile(10), self.percentile(25), self.percentile(1),
+                       self.percentile(5))
 
     def spectrum(self) -> list[tuple[float, float]]:
         """(percentile, value) points for a percentile-spectrum plot: every percentile at which

@@ -108,7 +108,8 @@ def _lat_figure(fid: str, label: str, system: str, workload: str, hists: list[Hi
     rps: list[dict[str, float]] = []
     for h in hists:
         if h is None or h.count == 0:
-            rps.append({k: float("nan") for k in ("p50", "p90", "p99", "p99.9", "p99.99", "max", "mean", "min")}
+            rps.append({k: float("nan") for k in ("p1", "p5", "p10", "p25", "p50", "p90", "p99", "p99.9", "p99.99", "max", "mean",
+                                                  "min")}
                        | {"count": 0.0})
             continue
         merged.merge(h)

@@ -12,7 +12,7 @@ the parent only waits. Every payload starts with 17 bytes the workload writes it
   latency instead of hiding (no coordinated omission). The subscriber records receive time −
   scheduled time. The publisher also records each acked publish call (its round trip), the time
   from schedule to ack (open loop), and how late it was against its own schedule. CPU per record
-  of the server (/proc/<pid>/stat), the publisher and the subscriber over the measured records.
+  of the server (/proc/<pid>/task/*/schedstat, ns resolution), the publisher and the subscriber over the measured records.
 * :func:`stream` — throughput with the consumer running: ``batch`` = 1 is acked one by one
   (the publisher's acked rate), ``batch`` > 1 publishes batches / pipelines of that many (the
   rate delivered to the subscriber: measured records / (last received − publisher start)).
@@ -33,7 +33,7 @@ from typing import Any
 
 from nanomq.bench.hist import Histogram
 from nanomq.bench.peers import Peer, drive
-from nanomq.bench.system import FORK, Window, cpu_seconds, start_child, wait_until
+from nanomq.bench.system import FORK, Window, cpu_seconds, cpu_seconds_fine, start_child, wait_until
 
 __all__ = ["Outcome", "drain", "paced", "payload", "scaling", "stream"]
 
@@ -134,7 +134,7 @@ def _server_cpu(pid: int | None) -> float:
     if pid is None:
         return 0.0
     try:
-        return cpu_seconds(pid)
+        return cpu_seconds_fine(pid)
     except OSError:
         return 0.0
 
@@ -205,11 +205,15 @@ async def _stream_pub(peer: Peer, channel: str, size: int, batch: int, seconds: 
         t0 = now()
         end = t0 + int(seconds * 1e9)
         n = 0
+        calls: list[int] = []
+        note = calls.append
         if batch == 1:
             publish = pub.publish
             while True:
                 for _ in range(16):
+                    t = now()
                     await publish(rec)
+                    note(now() - t)
                 n += 16
                 if now() >= end:
                     break
@@ -217,7 +221,9 @@ async def _stream_pub(peer: Peer, channel: str, size: int, batch: int, seconds: 
             lst = [rec] * batch
             publish_batch = pub.publish_batch
             while True:
+                t = now()
                 await publish_batch(lst)
+                note(now() - t)
                 n += batch
                 if now() >= end:
                     break
@@ -227,7 +233,7 @@ async def _stream_pub(peer: Peer, channel: str, size: int, batch: int, seconds: 
     finally:
         done.set()
         await pub.close()
-    return {"n": n, "warm": warm, "t0": t0, "t1": t1, "server_cpu_s": s1 - s0, "cpu_s": c1 - c0}
+    return {"n": n, "warm": warm, "t0": t0, "t1": t1, "server_cpu_s": s1 - s0, "cpu_s": c1 - c0, "calls": calls}
 
 
 def _stream_pub_main(peer: Peer, *args: Any) -> dict[str, Any]:
@@ -308,7 +314,8 @@ def paced(peer: Peer, size: int, rate: float, seconds: float) -> Outcome:
 def stream(peer: Peer, size: int, batch: int, seconds: float) -> Outcome:
     """Publish ``size``-byte records for ``seconds`` with a subscriber running: one by one
     (``batch`` = 1; headline: the publisher's acked rate) or in batches (headline: the rate
-    delivered to the subscriber)."""
+    delivered to the subscriber). ``call`` holds the duration of every measured publish call
+    (back to back: each one's round trip)."""
     p, s, w = _pair(peer, f"stream{size}x{batch}", "count", _stream_pub_main, (size, batch, seconds),
                     limit_s=seconds * 10 + 60)
     n = int(p["n"])
@@ -320,7 +327,9 @@ def stream(peer: Peer, size: int, batch: int, seconds: float) -> Outcome:
     if peer.server_pid is not None:
         cpu["server"] = p["server_cpu_s"] * 1e6 / max(n, 1)
     rate = pub_rate if batch == 1 else delivered
-    return Outcome(peer.label, n, received, rate=rate, publish_rate=pub_rate, cpu_us=cpu, window=w,
+    call = Histogram()
+    call.record_many(p.get("calls", []))
+    return Outcome(peer.label, n, received, rate=rate, publish_rate=pub_rate, call=call, cpu_us=cpu, window=w,
                    extra={"delivered_rate": delivered, "got_last": s["got_last"],
                           "subscriber_lag_s": max(0.0, (s["t_last"] - p["t1"]) / 1e9)})
 
