@@ -134,6 +134,24 @@ def earlier_verdicts(journal: Path, source_hash: str, variant: str, key: str) ->
     return out
 
 
+def carry_verdicts(journal: Path, key: str, jobs: list[runner.Job], source_hash: str, variant: str) -> None:
+    """Journal under ``key`` the latest earlier verdict of each of ``jobs`` (same sources)."""
+    want = {f"{j.mutant.id}|{j.mutant.diff_key}" for j in jobs}
+    last: dict[str, dict[str, Any]] = {}
+    for ln in journal.read_text().splitlines():
+        try:
+            r = json.loads(ln)
+        except ValueError:
+            continue
+        k = f"{r.get('id')}|{r.get('diff_key')}"
+        if (k in want and r.get("key") != key and r.get("source_hash") == source_hash
+                and r.get("variant", "") == variant and r.get("verdict") != "error"):
+            last[k] = r
+    with open(journal, "a") as f:
+        for r in last.values():
+            f.write(json.dumps(dict(r, key=key, carried_from=r.get("kit_hash"))) + "\n")
+
+
 def carry_kills(journal: Path, key: str, jobs: list[runner.Job], source_hash: str, cases: set[str],
                 variant: str = "") -> int:
     """Journal, under ``key``, the kills of an earlier campaign on the same sources (same mutant,
@@ -224,8 +242,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         rx = re.compile(args.survivors_matching) if args.survivors_matching else None
         chosen = [i for i in chosen
                   if first_pass.get(f"{mutants[i].id}|{mutants[i].diff_key}", {}).get("verdict") in ("survived", "no-coverage")
+                  and mutants[i].id not in applied
                   and (rx is None or rx.search(mutants[i].id) or rx.search(mutants[i].file))]
-        log(f"variant {variant} ({config.VARIANTS[variant]['args']}): {len(chosen)} survivor(s) of the default launch")
+        log(f"variant {variant} ({config.VARIANTS[variant]['args']}): {len(chosen)} survivor(s) of the default launch "
+            "not recorded in mutation/equivalent.toml")
     jobs = []
     for i in chosen:
         m = mutants[i]
@@ -256,9 +276,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.rerun_survivors:
         earlier = earlier_verdicts(journal, snap["source_hash"], variant, key)
         done_now = runner.load_journal(journal, key)
-        jobs = [j for j in jobs if f"{j.mutant.id}|{j.mutant.diff_key}" not in done_now
-                and earlier.get(f"{j.mutant.id}|{j.mutant.diff_key}") in ("survived", "no-coverage")]
-        log(f"--rerun-survivors: {len(jobs)} survivor(s) of an earlier kit run again; mutants never run are left out")
+        rerun: list[runner.Job] = []
+        kept: list[runner.Job] = []
+        for j in jobs:
+            k = f"{j.mutant.id}|{j.mutant.diff_key}"
+            if k in done_now or earlier.get(k) not in ("survived", "no-coverage"):
+                continue
+            (kept if j.mutant.id in applied else rerun).append(j)
+        carry_verdicts(journal, key, kept, snap["source_hash"], variant)
+        jobs = rerun
+        log(f"--rerun-survivors: {len(jobs)} survivor(s) of an earlier kit run again; {len(kept)} recorded in "
+            "mutation/equivalent.toml keep their earlier verdict; mutants never run are left out")
     rng = random.Random(args.sample_seed)
     rng.shuffle(jobs)  # an interrupted run leaves a random part of the selection done, not one file's
     t_run = time.time()
@@ -501,6 +529,9 @@ def main(argv: list[str] | None = None) -> int:
         if name == "coverage":
             p.add_argument("--force", action="store_true")
         if name in ("run", "coverage"):
+            p.add_argument("--kit", choices=("head", "keep"), default="head",
+                           help="the kit of the snapshot's origin (head: HEAD's, worktree: the checkout's), or "
+                           "keep the kit copy there is")
             p.add_argument("--sources", choices=("head", "worktree", "snapshot"), default="head",
                            help="snapshot the committed tree (HEAD, the default: others' uncommitted work is "
                            "never tested) or the working tree as it is, or keep the broker snapshot there is "
@@ -516,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     if getattr(args, "sources", None):
         snapshot.SOURCES = args.sources
+    if getattr(args, "kit", None) == "keep":
+        snapshot.KEEP_KIT = True
     handler = {"run": cmd_run, "report": cmd_report, "coverage": cmd_coverage, "list": cmd_list, "show": cmd_show,
                "equivalent": cmd_equivalent, "ci": cmd_ci, "clean": cmd_clean}[args.cmd]
     if args.cmd in ("run", "coverage", "clean"):

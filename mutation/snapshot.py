@@ -29,6 +29,9 @@ KIT = BUILD / "kit"
 snapshot's (unmutated) package. Every kit run of a campaign runs from here, so cases that other
 engineers add meanwhile do not change a campaign half-way (the next one takes them)."""
 _SOURCE_SUFFIXES = (".py", ".c", ".h", ".typed")
+KEEP_KIT = False
+"""Keep the kit copy there is (``run --kit keep``), e.g. for a second-chance run under the same
+kit as the results it completes."""
 
 SOURCES = os.environ.get("NMQ_MUTATION_SOURCES", "worktree")
 """Where a snapshot comes from: ``head`` (the committed tree, ``git archive HEAD``: what the
@@ -148,7 +151,12 @@ def take(force: bool = False, log=print) -> dict[str, str]:  # type: ignore[no-u
     """Make (or reuse) the snapshot of the current working tree and kit; returns its manifest
     (``source_hash``, ``kit_hash``)."""
     m = _take_sources(force, log)
-    m["kit_hash"] = take_kit(log)
+    if KEEP_KIT and (KIT / "conformance").is_dir():
+        if not (KIT / "nanomq").exists():
+            (KIT / "nanomq").symlink_to(Path("..") / "snapshot" / "nanomq")
+        m["kit_hash"] = kit_hash(KIT)
+    else:
+        m["kit_hash"] = take_kit(log)
     return m
 
 
