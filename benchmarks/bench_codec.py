@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from benchmarks.budgets import load
-from benchmarks.hist import format_table
+from nanomq.bench.results import format_table
 from nanomq.protocol import Ack, Decoder, Publish, RecordBatch, encode
 
 

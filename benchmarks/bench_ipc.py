@@ -37,9 +37,10 @@ if __package__ in (None, ""):
 import contextlib
 
 from benchmarks import budgets
-from benchmarks.hist import Histogram, format_table
 from nanomq import ipc
 from nanomq._c import ring as R
+from nanomq.bench.hist import Histogram
+from nanomq.bench.results import format_table
 
 try:
     import zmq

@@ -34,8 +34,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.hist import Histogram, format_table
 from nanomq._c._core import ffi, lib  # the record scanner itself, over the zero-copy view (as the fuzzers do)
+from nanomq.bench.hist import Histogram
+from nanomq.bench.results import format_table
 from nanomq.protocol import RecordBatch
 from nanomq.storage import TopicLog
 
