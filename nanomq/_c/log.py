@@ -340,6 +340,14 @@ class CLog:
             _raise(rc, "trim")
         return int(out[0])
 
+    @property
+    def unsealed(self) -> int:
+        """Segments rotated out by appends and not sealed yet: the next :meth:`sync` seals them
+        (fdatasync, index, checkpoint) before it syncs the active segment. Rotation itself does no
+        disk flush, so an appender on an event loop never waits for one; when this is non-zero it
+        should have :meth:`sync` run soon in another thread."""
+        return int(lib.nmq_log_unsealed(self._h))
+
     def stats(self) -> LogStats:
         """A snapshot of ids, sizes and the last background sync error."""
         st = ffi.new("nmq_log_stats *")

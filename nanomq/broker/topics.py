@@ -80,11 +80,17 @@ class Topic:
             _log.warning("topic %s: appends accepted again, after %d refused", self.name, self._refused)
             self._refused = 0
         self._unsynced += nbytes
-        if self._unsynced >= SYNC_AHEAD_BYTES and not self._syncing and self.log.sync_policy != "never":
-            # Sync ahead in the worker thread: sealing a full segment fdatasyncs it on the event
-            # loop's thread, and with only `written` acks nothing else would have synced it, so
-            # the seal waited for a whole segment of dirty pages (~50 ms per 100 MiB, every
-            # connection stalled). Syncing early costs nothing in correctness.
+        if self._syncing:
+            return
+        if self.log.unsealed:
+            # The append rotated to a new segment; the old one is sealed (fdatasync, index,
+            # checkpoint) by the next sync, in the sync threads: rotation itself never waits for the
+            # disk on the loop. Whatever the policy: `never` syncs at rotation too.
+            self._start_sync()
+        elif self._unsynced >= SYNC_AHEAD_BYTES and self.log.sync_policy != "never":
+            # Sync ahead: with only `written` acks nothing else would sync the segment before its
+            # seal, which would then flush a whole segment of dirty pages at once (~50 ms per
+            # 100 MiB) and delay every durable ack queued behind it.
             self._start_sync()
 
     def notify(self) -> None:
@@ -156,7 +162,7 @@ class Topic:
         self._waiters = [(last, cb) for last, cb in self._waiters if last > durable]
         for cb in ready:
             cb(None)
-        if self._waiters:
+        if self._waiters or self.log.unsealed:  # a rotation during the sync: seal it now
             self._start_sync()
 
     @property

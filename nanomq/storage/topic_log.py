@@ -157,6 +157,11 @@ class TopicLog:
         """The sync policy the log was opened with (``fsync=`` of :meth:`open`): a policy, not an action."""
         return self._sync_policy
 
+    @property
+    def unsealed(self) -> int:
+        """Segments rotated out and not sealed yet (see :attr:`CLog.unsealed`): sync soon."""
+        return self._c.unsealed
+
     def stats(self) -> LogStats:
         """A consistent snapshot of ids, sizes and the last background sync error."""
         return self._c.stats()

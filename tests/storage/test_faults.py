@@ -235,7 +235,7 @@ def test_fsync_error_is_reported_and_retried(tmp_path, err):
         assert [g[3] for g in read_all(log)] == [b"a", b"b", b"c"]
 
 
-@pytest.mark.parametrize("kind,err", [("fallocate", errno.ENOSPC), ("fsync", errno.EIO), ("write", errno.ENOSPC)])
+@pytest.mark.parametrize("kind,err", [("fallocate", errno.ENOSPC), ("write", errno.ENOSPC)])
 def test_rotation_errors(tmp_path, kind, err):
     """A failed rotation fails the append cleanly; the log continues once the fault is gone."""
     d = tmp_path / "t"
@@ -268,19 +268,63 @@ def test_rotation_errors(tmp_path, kind, err):
         assert [g[3] for g in read_all(log)] == [payload(i, 500) for i in range(n)]
 
 
+def test_rotation_does_not_sync_the_next_sync_seals_and_a_failed_seal_fails_only_the_sync(tmp_path):
+    """Rotation (inside an append, on the broker's event loop) never waits for a disk flush: a
+    failing fsync does not fail it. The next sync seals the old segment first; while the seal
+    fails, sync raises and durable_id stays before the sealed segment's end; once the fault is
+    gone the next sync seals it and covers everything ([NMQ-S9-1])."""
+    d = tmp_path / "t"
+    with TopicLog.open(d, segment_bytes=8192, fsync="never") as log:
+        n = 0
+        while log.stats().segments == 1:
+            log.append_batch(batch([payload(n, 500)]), 1)
+            n += 1
+        fault_set("fsync", 1, 0, errno.EIO)  # every fsync and fdatasync fails until cleared
+        while log.stats().segments == 2:  # a second rotation, under the fault
+            log.append_batch(batch([payload(n, 500)]), 1)
+            n += 1
+        assert log.unsealed == 2
+        with pytest.raises(LogIOError) as e:
+            log.sync()
+        assert e.value.errno == errno.EIO and "sealing segment" in str(e.value)
+        assert log.durable_id < 14 and log.unsealed == 2
+        fault_clear()
+        assert log.sync() == n and log.durable_id == n and log.unsealed == 0
+        assert (d / "00000000000000000001.idx").exists()
+        assert [g[3] for g in read_all(log)] == [payload(i, 500) for i in range(n)]
+    with TopicLog.open(d, segment_bytes=8192, on_corrupt="raise") as log:
+        assert log.report.corruption == "none"
+        assert [g[3] for g in read_all(log)] == [payload(i, 500) for i in range(n)]
+
+
+def test_a_closed_log_with_unsealed_segments_recovers_them(tmp_path):
+    """An unclean close (or a crash) with segments rotated out but not sealed: the next open
+    scans and syncs them (the checkpoint is still before them) and loses nothing."""
+    d = tmp_path / "t"
+    with TopicLog.open(d, segment_bytes=8192, fsync="never") as log:
+        for i in range(60):
+            log.append_batch(batch([payload(i, 500)]), 1)
+        assert log.unsealed >= 3
+        log.close(clean=False)
+    with TopicLog.open(d, segment_bytes=8192, on_corrupt="raise") as log:
+        assert log.report.corruption == "none" and log.unsealed == 0
+        assert log.durable_id == 60
+        assert [g[3] for g in read_all(log)] == [payload(i, 500) for i in range(60)]
+
+
 @pytest.mark.parametrize("kind", ["ftruncate", "write"])
 def test_nonfatal_rotation_steps(tmp_path, kind):
-    """The index/checkpoint writes and the tail truncation at rotation may fail without failing
-    the append: recovery rebuilds what they would have saved."""
+    """The index/checkpoint writes and the tail truncation of a seal may fail without failing the
+    sync: recovery rebuilds what they would have saved."""
     d = tmp_path / "t"
     with TopicLog.open(d, segment_bytes=8192, fsync="never") as log:
         for i in range(40):
-            if i == 14:  # 14 records of 568 bytes fill a segment: append 15 rotates
-                # write: the 1st and 2nd writes are the sealed index and the checkpoint
-                fault_set(kind, 1, 2 if kind == "write" else 1, errno.EIO)
             assert log.append_batch(batch([payload(i, 500)]), 1) == (i + 1, i + 1)
-            if i == 14:
-                assert log.stats().segments == 2
+            if i == 14:  # 14 records of 568 bytes fill a segment: append 15 rotated
+                assert log.stats().segments == 2 and log.unsealed == 1
+                # write: the 1st and 2nd writes of the seal are the index and the checkpoint
+                fault_set(kind, 1, 2 if kind == "write" else 1, errno.EIO)
+                assert log.sync() == 15 and log.unsealed == 0
                 fault_clear()
         log.close(clean=False)
     if kind == "write":

@@ -7,7 +7,13 @@
  *      a zero id word marks the end of the log for any reader of the mapping.
  *  I3  Bytes below `size` never change once published; readers may use them without the mutex.
  *  I4  `durable_size` (per segment) and `durable_id` only grow, and only after a successful
- *      fdatasync covering them. Sealed segments are fully durable (rotation syncs them first).
+ *      fdatasync covering them. Rotation does no I/O beyond creating the new segment: the old one
+ *      becomes *unsealed* (the `unsealed` segments before the active one), and sync() seals them
+ *      in order (fdatasync, index, truncation, directory fsync, checkpoint) before it syncs the
+ *      active segment. So `durable_id` never passes the end of an unsealed segment, and the
+ *      segments before the first unsealed one are fully durable, as are their directory entries
+ *      and that of the segment after each (a seal fsyncs the directory after the next segment was
+ *      created).
  *  I5  A segment's memory and fd live until it is retired (retention/close) *and* unpinned.
  *  Locks: sync_mu orders sync() callers (taken first); mu guards the segment list and the tail
  *  (taken second, never held across an fdatasync of sync()); seg_mu is a leaf guarding each
@@ -74,7 +80,8 @@ struct nmq_log {
     uint8_t *stage_hdrs;      /* stamped headers of the batch being appended (appender only) */
     struct iovec *stage_iov;
     uint32_t stage_cap;
-    uint64_t next_id, last_ts, total_bytes, ckpt_seg;
+    uint64_t next_id, last_ts, total_bytes;
+    uint64_t unsealed;        /* rotated-out segments before the active one not yet sealed (I4; mu) */
     _Atomic uint64_t durable_id;
     int last_sync_errno;
     int closed;
@@ -379,15 +386,18 @@ typedef struct {
     uint64_t seg, off, next_id, last_ts;
 } ckpt_t;
 
-static int ckpt_write(nmq_log *log, int clean, uint64_t seg, uint64_t off) {
+/* The checkpoint vouches that every id below `next_id` is durable and that recovery may start
+ * scanning at segment `seg`, offset `off`. Callers serialize (open, the appender under mu with
+ * no seal possible yet, seals under sync_mu, close under sync_mu). */
+static int ckpt_write(nmq_log *log, int clean, uint64_t seg, uint64_t off, uint64_t next_id, uint64_t last_ts) {
     uint8_t b[FILE_HDR] = {0};
     memcpy(b, CKPT_MAGIC, 8);
     st32(b + 8, 1);
     st32(b + 12, clean ? 1 : 0);
     st64(b + 16, seg);
     st64(b + 24, off);
-    st64(b + 32, log->next_id);
-    st64(b + 40, log->last_ts);
+    st64(b + 32, next_id);
+    st64(b + 40, last_ts);
     st32(b + 48, nmq_crc32c(0, b, FILE_HDR));
     int rc = 0;
     int fd = openat(log->dirfd, "checkpoint.tmp", O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
@@ -423,6 +433,8 @@ static ckpt_t ckpt_read(nmq_log *log) {
 
 /* ------------------------------------------------------------------------------------------ */
 /* sync                                                                                         */
+
+static int seal_next(nmq_log *log, int *sealed);
 
 /* Make s durable up to `upto` bytes. The caller keeps s alive (pin or mu). May run concurrently
  * for the same segment (a sync() leader and a rotation): shared state is under the leaf seg_mu,
@@ -477,11 +489,26 @@ int nmq_log_sync(nmq_log *log, uint64_t *durable_id) {
     pthread_mutex_lock(&log->sync_mu);
     int rc = 0;
     if (atomic_load(&log->durable_id) < target_id) {
-        /* Leader: widen the target to everything published by now, so the appenders that queued
-         * behind the previous fdatasync are all covered by this one (the group). Ids in earlier
-         * segments are durable already: rotation synced them before sealing. */
-        pthread_mutex_lock(&log->mu);
-        if (!log->closed) {
+        /* Leader: first seal the segments rotated out since the last sync (I4), then widen the
+         * target to everything published by now, so the appenders that queued behind the previous
+         * fdatasync are all covered by this one (the group). A rotation between the last seal and
+         * the widening leaves a segment unsealed: seal again, so the active segment is synced only
+         * when every earlier one is durable. */
+        int sealed = 1;
+        for (;;) {
+            while (rc == 0 && sealed) rc = seal_next(log, &sealed); /* each sets its own error */
+            if (rc) break;
+            pthread_mutex_lock(&log->mu);
+            if (log->closed) {
+                pthread_mutex_unlock(&log->mu);
+                rc = NMQ_LOG_ECLOSED;
+                break;
+            }
+            if (log->unsealed == 0) break; /* with mu held */
+            pthread_mutex_unlock(&log->mu);
+            sealed = 1;
+        }
+        if (rc == 0) {
             nmq_seg *a = log->segs[log->nsegs - 1];
             a->pins++;
             log->refs++;
@@ -491,19 +518,20 @@ int nmq_log_sync(nmq_log *log, uint64_t *durable_id) {
             s = a;
             target_id = log->next_id - 1;
             target_size = a->size;
-        }
-        pthread_mutex_unlock(&log->mu);
-        rc = seg_sync(log, s, target_size);
-        atomic_fetch_add(&log->fdatasyncs, 1);
-        if (rc == 0) {
-            uint64_t d = atomic_load(&log->durable_id);
-            while (d < target_id && !atomic_compare_exchange_weak(&log->durable_id, &d, target_id)) {
+            pthread_mutex_unlock(&log->mu);
+            rc = seg_sync(log, s, target_size);
+            atomic_fetch_add(&log->fdatasyncs, 1);
+            if (rc == 0) {
+                uint64_t d = atomic_load(&log->durable_id);
+                while (d < target_id && !atomic_compare_exchange_weak(&log->durable_id, &d, target_id)) {
+                }
+            } else {
+                SETERR("fdatasync of segment %020llu failed: %s", (unsigned long long)s->first_id, strerror(-rc));
             }
         }
     }
     pthread_mutex_unlock(&log->sync_mu);
     if (durable_id) *durable_id = atomic_load(&log->durable_id);
-    if (rc) SETERR("fdatasync of segment %020llu failed: %s", (unsigned long long)s->first_id, strerror(-rc));
     nmq_log_unpin(log, s);
     return rc;
 }
@@ -534,7 +562,9 @@ static void *syncer_main(void *arg) {
 
 /* Create, preallocate and map a new empty segment file; the directory is fsynced so the file
  * itself survives a crash before anything in it is acknowledged. */
-static int seg_create(nmq_log *log, uint64_t first_id, uint64_t cap, nmq_seg **out) {
+/* Create and map a segment file. `sync_dir`: fsync the directory so the file's entry is durable
+ * at once; rotation passes 0 and leaves that to the seal of the segment before it (I4). */
+static int seg_create(nmq_log *log, uint64_t first_id, uint64_t cap, int sync_dir, nmq_seg **out) {
     char name[64];
     seg_name(name, sizeof name, first_id, "log");
     nmq_seg *s = seg_new(first_id);
@@ -544,7 +574,7 @@ static int seg_create(nmq_log *log, uint64_t first_id, uint64_t cap, nmq_seg **o
     if (s->fd < 0) rc = -errno;
     if (!rc && x_fallocate(s->fd, (off_t)cap)) rc = -errno;
     if (!rc) rc = seg_map(s, cap);
-    if (!rc) rc = fsync_dir(log);
+    if (!rc && sync_dir) rc = fsync_dir(log);
     if (rc) {
         SETERR("cannot create segment %s: %s", name, strerror(-rc));
         seg_destroy(s);
@@ -600,37 +630,63 @@ static uint64_t seg_cap_for(const nmq_log *log, uint64_t need) {
     return cap > log->cfg.segment_bytes ? cap : log->cfg.segment_bytes;
 }
 
-/* Seal the active segment and start a new one with room for `need` bytes. Caller holds mu. On
- * failure nothing changed. */
+/* Start a new active segment with room for `need` bytes; the old one becomes unsealed, and the
+ * next sync() seals it (I4): on the appender's thread (the broker's event loop) rotation only
+ * creates and maps a file, it never waits for a disk flush. Caller holds mu. On failure nothing
+ * changed. */
 static int rotate(nmq_log *log, uint64_t need) {
-    nmq_seg *old = log->segs[log->nsegs - 1], *s = NULL;
+    nmq_seg *s = NULL;
     if (log->nsegs == log->segs_cap) {
         int rc = segs_push(log, NULL); /* grow the array first so the final push cannot fail */
         if (rc) return rc;
         log->nsegs--;
     }
-    int rc = seg_create(log, log->next_id, seg_cap_for(log, need), &s);
+    int rc = seg_create(log, log->next_id, seg_cap_for(log, need), 0, &s);
     if (rc) return rc;
-    rc = seg_sync(log, old, old->size); /* under mu only: see the lock order at the top */
-    if (rc) {
-        char name[64];
-        seg_name(name, sizeof name, s->first_id, "log");
-        seg_destroy(s);
-        unlinkat(log->dirfd, name, 0);
-        SETERR("sealing segment %020llu: fdatasync failed: %s", (unsigned long long)old->first_id, strerror(-rc));
-        return rc;
-    }
-    /* Past this point the old segment is durable; the index, the truncation of its preallocated
-     * tail and the checkpoint are optimisations recovery can do without, so their failure does not
-     * fail the append (each is retried/rebuilt at the next opportunity). */
-    idx_write(log, old);
-    x_ftruncate(old->fd, (off_t)old->size);
     (void)segs_push(log, s); /* cannot fail: the array was grown above */
-    uint64_t d = atomic_load(&log->durable_id);
-    while (d < old->last_id && !atomic_compare_exchange_weak(&log->durable_id, &d, old->last_id)) {
-    }
-    if (ckpt_write(log, 0, s->first_id, 0) == 0) log->ckpt_seg = s->first_id;
+    log->unsealed++;
     return 0;
+}
+
+/* Seal the oldest unsealed segment, if there is one (*sealed says): fdatasync it whole, write its
+ * index, cut its preallocated tail, fsync the directory (which makes the entries of the segments
+ * created after it durable too), move durable_id to its last id and the checkpoint past it.
+ * Caller holds sync_mu (seals run one at a time, in order) and not mu: the appender keeps writing
+ * the active segment meanwhile, and an unsealed segment is never written again (I2). */
+static int seal_next(nmq_log *log, int *sealed) {
+    *sealed = 0;
+    pthread_mutex_lock(&log->mu);
+    if (log->closed) { pthread_mutex_unlock(&log->mu); return NMQ_LOG_ECLOSED; }
+    if (log->unsealed == 0) { pthread_mutex_unlock(&log->mu); return 0; }
+    nmq_seg *o = log->segs[log->nsegs - 1 - log->unsealed];
+    o->pins++;
+    log->refs++;
+    pthread_mutex_unlock(&log->mu);
+    int rc = seg_sync(log, o, o->size);
+    if (rc) {
+        SETERR("sealing segment %020llu: fdatasync failed: %s", (unsigned long long)o->first_id, strerror(-rc));
+    } else {
+        /* the index and the truncation are optimisations recovery can do without (an unsealed
+         * segment is scanned): their failure does not fail the seal */
+        idx_write(log, o);
+        x_ftruncate(o->fd, (off_t)o->size);
+        if ((rc = fsync_dir(log)))
+            SETERR("sealing segment %020llu: fsync of the directory failed: %s", (unsigned long long)o->first_id,
+                   strerror(-rc));
+    }
+    if (rc == 0) {
+        pthread_mutex_lock(&log->mu);
+        /* retention may have dropped o meanwhile, and taken it off the queue itself */
+        if (log->unsealed && log->segs[log->nsegs - 1 - log->unsealed] == o) log->unsealed--;
+        pthread_mutex_unlock(&log->mu);
+        uint64_t d = atomic_load(&log->durable_id);
+        while (d < o->last_id && !atomic_compare_exchange_weak(&log->durable_id, &d, o->last_id)) {
+        }
+        (void)ckpt_write(log, 0, o->last_id + 1, 0, o->last_id + 1, o->last_ts); /* retried by the next seal or close */
+        *sealed = 1;
+    }
+    nmq_log_unpin(log, o);
+    return rc;
 }
 
 /* Writes go through pwritev, not memcpy into the mapping: on this VM a first store to each page of
@@ -937,12 +993,15 @@ int nmq_log_retain(nmq_log *log, uint64_t now, uint64_t *deleted) {
     if (log->closed) { pthread_mutex_unlock(&log->mu); return NMQ_LOG_ECLOSED; }
     if (!now) now = now_ns();
     uint64_t n = 0;
-    while (log->nsegs > 1) {
+    while (log->nsegs > 1) { /* never the active segment */
         nmq_seg *s = log->segs[0];
         int old = log->cfg.retention_ms > 0 && s->last_ts + (uint64_t)log->cfg.retention_ms * 1000000ull < now;
         int big = log->cfg.retention_bytes > 0 && log->total_bytes > (uint64_t)log->cfg.retention_bytes;
         int hole = s->last_id < s->first_id; /* a leading hole holds nothing (NMQ-S9-8) */
         if (!old && !big && !hole) break;
+        /* an unsealed segment may go too (nobody may have synced since it was rotated out): it
+         * leaves the queue of seals with it (I4; seal_next checks it is still queued) */
+        if (log->unsealed == log->nsegs - 1) log->unsealed--;
         drop_first(log);
         n++;
     }
@@ -1242,7 +1301,7 @@ static int make_hole(nmq_log *log, uint64_t next) {
         unlinkat(log->dirfd, name, 0);
     }
     nmq_seg *a = NULL;
-    if ((rc = seg_create(log, next, log->cfg.segment_bytes, &a))) return rc; /* fsyncs the directory */
+    if ((rc = seg_create(log, next, log->cfg.segment_bytes, 1, &a))) return rc; /* fsyncs the directory */
     a->durable_size = 0;
     if ((rc = segs_push(log, a))) { seg_destroy(a); return rc; }
     return 0;
@@ -1259,8 +1318,12 @@ static int recover(nmq_log *log, nmq_recovery_report *rep) {
     /* NMQ-S9-9: a file named like a segment that is not one of this log's is set aside, so it cannot
      * take the log with it: a name of id 0, a file other than the last that does not begin with an
      * intact record carrying the id of its name, and such a last file beyond the checkpoint's
-     * segment (a stray after the log; the active segment is the checkpoint's). */
+     * segment that does not continue the log. That last case is decided in the scan below: the
+     * checkpoint moves past a segment only when it is sealed (I4), so after a crash the active
+     * segment may lie beyond it with its first record torn (a write cut by SIGKILL); it is the
+     * log's own when its name is the id after the segment before it. */
     uint64_t m = 0;
+    int tail_suspect = 0; /* the last file, torn at its first record, beyond the checkpoint */
     for (uint64_t i = 0; i < n; i++) {
         int k = probe_segment(log, ids[i]);
         if (k == PROBE_NOMEM) {
@@ -1268,7 +1331,8 @@ static int recover(nmq_log *log, nmq_recovery_report *rep) {
             free(ids);
             return -ENOMEM;
         }
-        int stray = ids[i] == 0 || (k == PROBE_BAD && (i + 1 < n || (m > 0 && ck.valid && ids[i] > ck.seg)));
+        int stray = ids[i] == 0 || (k == PROBE_BAD && i + 1 < n);
+        if (!stray && k == PROBE_BAD && m > 0 && ck.valid && ids[i] > ck.seg) tail_suspect = 1;
         if (!stray) { ids[m++] = ids[i]; continue; }
         if (!quarantine) {
             rep->corruption = 1;
@@ -1295,6 +1359,24 @@ static int recover(nmq_log *log, nmq_recovery_report *rep) {
         int is_last = i == n - 1;
         rc = open_seg_file(log, ids[i], &s, &fsize);
         if (rc) { SETERR("cannot open segment %020llu: %s", (unsigned long long)ids[i], strerror(-rc)); break; }
+        if (is_last && tail_suspect && s->first_id != expect) { /* a stray after the log (NMQ-S9-9) */
+            seg_destroy(s);
+            if (!quarantine) {
+                rep->corruption = 1;
+                rep->corrupt_segment = ids[i];
+                snprintf(rep->message, sizeof rep->message, "segment file %020llu.log is not a segment of this log "
+                         "(its first record is not an intact record with the id of its name)", (unsigned long long)ids[i]);
+                SETERR("%s", rep->message);
+                rc = NMQ_LOG_ECORRUPT;
+                break;
+            }
+            if (quarantine_file(log, ids[i]) == 0) {
+                rep->quarantined_files++;
+                rep->stray_files++;
+            }
+            fsync_dir(log);
+            continue;
+        }
         if (i > 0 && s->first_id != expect && !(prev_hole && s->first_id > expect)) {
             /* a later file with the expected id makes the ones before it strays (NMQ-S9-9) */
             uint64_t j = i + 1;
@@ -1460,7 +1542,7 @@ static int recover(nmq_log *log, nmq_recovery_report *rep) {
         /* empty directory, or every segment gone: ids never go back (the checkpoint remembers) */
         uint64_t start = ck.valid && ck.next_id > 1 ? ck.next_id : 1;
         nmq_seg *s = NULL;
-        if ((rc = seg_create(log, start, log->cfg.segment_bytes, &s))) return rc;
+        if ((rc = seg_create(log, start, log->cfg.segment_bytes, 1, &s))) return rc;
         s->durable_size = 0;
         if ((rc = segs_push(log, s))) { seg_destroy(s); return rc; }
     }
@@ -1500,13 +1582,12 @@ static int recover(nmq_log *log, nmq_recovery_report *rep) {
         log->pend_ckpt = 1;
         return 0;
     }
-    rc = ckpt_write(log, 0, a->first_id, a->size);
+    rc = ckpt_write(log, 0, a->first_id, a->size, log->next_id, log->last_ts);
     if (rc == -ENOSPC || rc == -EDQUOT) {
         log->pend_ckpt = 1;
         log->pend_errno = -rc;
         return 0;
     }
-    if (rc == 0) log->ckpt_seg = a->first_id;
     return rc;
 }
 
@@ -1525,8 +1606,7 @@ static int finish_pending(nmq_log *log) {
         log->pend_alloc = 0;
     }
     if (log->pend_ckpt) {
-        if ((rc = ckpt_write(log, 0, a->first_id, a->size))) return rc;
-        log->ckpt_seg = a->first_id;
+        if ((rc = ckpt_write(log, 0, a->first_id, a->size, log->next_id, log->last_ts))) return rc;
         log->pend_ckpt = 0;
     }
     log->pend_errno = 0;
@@ -1598,15 +1678,20 @@ int nmq_log_close(nmq_log *log, int clean) {
     pthread_mutex_unlock(&log->tmu);
     if (join) pthread_join(log->syncer, NULL);
     int rc = 0;
-    if (clean) rc = nmq_log_sync(log, NULL);
+    if (clean) rc = nmq_log_sync(log, NULL); /* seals every rotated-out segment too (I4) */
+    pthread_mutex_lock(&log->sync_mu); /* no seal of another thread's sync() writes the checkpoint now */
     pthread_mutex_lock(&log->mu);
-    if (log->closed) { pthread_mutex_unlock(&log->mu); return rc == NMQ_LOG_ECLOSED ? 0 : rc; }
+    if (log->closed) {
+        pthread_mutex_unlock(&log->mu);
+        pthread_mutex_unlock(&log->sync_mu);
+        return rc == NMQ_LOG_ECLOSED ? 0 : rc;
+    }
     /* torn bytes not yet copied to a quarantine file must be found again by the next recovery:
-     * no clean checkpoint then (NMQ-S10-8) */
-    if (clean && rc == 0 && !log->pend_q_to) {
+     * no clean checkpoint then (NMQ-S10-8); nor while a segment is unsealed */
+    if (clean && rc == 0 && !log->pend_q_to && log->unsealed == 0) {
         nmq_seg *a = log->segs[log->nsegs - 1];
         rc = idx_write(log, a);
-        if (rc == 0) rc = ckpt_write(log, 1, a->first_id, a->size);
+        if (rc == 0) rc = ckpt_write(log, 1, a->first_id, a->size, log->next_id, log->last_ts);
     }
     log->closed = 1;
     for (uint64_t i = 0; i < log->nsegs; i++) {
@@ -1619,7 +1704,15 @@ int nmq_log_close(nmq_log *log, int clean) {
     if (log->dirfd >= 0) close(log->dirfd);
     log->lockfd = log->dirfd = -1;
     pthread_mutex_unlock(&log->mu);
+    pthread_mutex_unlock(&log->sync_mu);
     return rc;
+}
+
+uint64_t nmq_log_unsealed(nmq_log *log) {
+    pthread_mutex_lock(&log->mu);
+    uint64_t n = log->unsealed;
+    pthread_mutex_unlock(&log->mu);
+    return n;
 }
 
 void nmq_log_free(nmq_log *log) {

@@ -128,6 +128,12 @@ int nmq_log_trim(nmq_log *log, uint64_t *trimmed_bytes);
 int nmq_log_stats_get(nmq_log *log, nmq_log_stats *st);
 /* Close: with clean = 1 sync, write the active index and a clean-shutdown checkpoint. Idempotent. */
 int nmq_log_close(nmq_log *log, int clean);
+/* Segments rotated out by appends and not sealed yet. Rotation (inside an append) does no I/O
+ * beyond creating the next segment file; the next sync() seals the old one (fdatasync, index,
+ * truncation, directory fsync, checkpoint) before it syncs the active segment, so durable_id
+ * never passes an unsealed segment. An appender that sees this non-zero should have sync() run
+ * soon, off its own thread. */
+uint64_t nmq_log_unsealed(nmq_log *log);
 /* Release the handle (closing uncleanly first if still open); memory goes when the last pin goes. */
 void nmq_log_free(nmq_log *log);
 const char *nmq_log_last_error(void);
