@@ -337,7 +337,9 @@ def gate_html(res: GateResult, history: list[tuple[str, Run]]) -> str:
     runs = [(f"pass {i}", p) for i, p in enumerate(res.passes, 1)]
     if res.baseline is not None:
         runs.append(("baseline", res.baseline))
-    plots = _plots(runs, history, res.options.metrics)
+    from nanomq.bench.gate import CANDIDATES
+
+    plots = _plots(runs, history, CANDIDATES)
     intro = (f"{'PASSED' if res.passed else 'FAILED'}; load " + "; ".join(_load(p) for p in res.passes)
              + (f"; baseline {res.baseline.meta.get('date_utc')}" if res.baseline else ""))
     secs = ["<h2>Regressions</h2>" + _html_checks(res.checks, "regression"),
@@ -348,9 +350,9 @@ def gate_html(res: GateResult, history: list[tuple[str, Run]]) -> str:
 
 def compare_html(checks: Sequence[Check], a: Run, b: Run, names: tuple[str, str]) -> str:
     """``compare``'s page."""
-    from nanomq.bench.gate import GATED
+    from nanomq.bench.gate import CANDIDATES
 
-    plots = _plots([(names[1], b), (names[0], a)], [], GATED)
+    plots = _plots([(names[1], b), (names[0], a)], [], CANDIDATES)
     return _page("NanoMQ bench comparison", f"{names[1]} vs {names[0]}", [_html_checks(checks, "reported")], plots)
 
 

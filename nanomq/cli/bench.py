@@ -2,7 +2,7 @@
 
     nanomq-bench run     [target] [--profile run|gate|budgets] [--rounds N] [--quick] [outputs]
     nanomq-bench gate    [target] --baseline base.json [--rounds N] [--confidence C] [--tolerance T]
-                         [--absolute] [--no-confirm] [--strict-budgets] [--no-budgets] [--history H.json ...]
+                         [--normalize] [--no-confirm] [--strict-budgets] [--no-budgets] [--history H.json ...]
                          [--save-run run.json] [outputs]
     nanomq-bench compare a.json b.json [--confidence C] [--normalize] [outputs]
 
@@ -114,9 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--confidence", type=_fraction, default=0.95, help="confidence of the intervals (default 0.95)")
     g.add_argument("--tolerance", type=_non_negative, default=None,
                    help="a gated metric fails when worse than 1 + this (default: each metric's own, 0.10)")
-    g.add_argument("--absolute", action="store_true",
-                   help="compare the gated metrics' raw figures instead of their ratios to the calibrations of the "
-                        "same run (only for a baseline recorded on the same machine)")
+    g.add_argument("--normalize", action="store_true",
+                   help="compare the gated metrics as ratios to their calibrations of the same run (for a baseline "
+                        "recorded on another kind of machine; noisier, see docs/gate.md)")
     g.add_argument("--no-confirm", action="store_true", help="fail on a suspect without measuring again")
     g.add_argument("--strict-budgets", action="store_true", help="also fail on budgets the baseline missed too")
     g.add_argument("--history", type=Path, action="append", default=[],
@@ -242,7 +242,7 @@ def _cmd_gate(args: argparse.Namespace, ap: argparse.ArgumentParser, command: st
         bp = base.meta.get("profile", {})
         if bp and [w.get("kind") for w in bp.get("works", [])] != [w.kind for w in profile.works]:
             _log("note: the baseline was measured with another profile; figures are compared by id")
-    opts = gate.GateOptions(confidence=args.confidence, tolerance=args.tolerance, normalize=not args.absolute,
+    opts = gate.GateOptions(confidence=args.confidence, tolerance=args.tolerance, normalize=args.normalize,
                             confirm=not args.no_confirm, strict_budgets=args.strict_budgets,
                             check_budgets=not args.no_budgets)
     try:
