@@ -1170,6 +1170,54 @@ def storage_index_checkpoint_damage(ctx: Context) -> None:
     checks.done()
 
 
+@case("storage.vouched-damage", "records the checkpoint vouched for, damaged in their header at the end of the "
+      "log (an unexpected id; a zeroed id word; a zeroed header) with the index gone, so recovery walks the headers: bad-record "
+      "corruption, neither a torn tail nor the end of the log — the records before are served, the damaged bytes "
+      "are kept in a .quarantine file, and the log continues from the damaged record's id",
+      layer="storage", rules=("NMQ-S5-2", "NMQ-S9-1", "NMQ-S9-2", "NMQ-S9-3"))
+def storage_vouched_damage(ctx: Context) -> None:
+    _need(ctx)
+    checks = Checks()
+    damage = {"id": lambda r: struct.pack("<Q", r.id + 1000), "zero-id": lambda r: bytes(8),
+              "zero-header": lambda r: bytes(HEADER)}
+    topics = {k: ctx.topic(f"vd{k}") for k in damage}
+    got = {k: Filled() for k in damage}
+    last = {}
+    with running_at_exit(ctx):
+        with ctx.client() as w:
+            for k, t in topics.items():
+                gen = Payloads(t, ctx.rng)
+                for _ in range(4):
+                    ps = [gen.make(200) for _ in range(10)]
+                    got[k].add(publish(w, t, ps), ps)
+        ctx.target.stop()  # clean: the checkpoint vouches for every record
+        for k, t in topics.items():
+            segs = segments(ctx.target.topic_dir(t))
+            last[k] = segs[-1].records[-1]
+            for sg in segs:
+                sg.path.with_suffix(".idx").unlink(missing_ok=True)
+            # the last record's header: the header walk up to the checkpoint stops there
+            write_at(segs[-1].path, last[k].offset, damage[k](last[k]))
+        if not restart(ctx, checks, list(topics.values()), "damage to records the checkpoint vouched for", "NMQ-S9-2"):
+            checks.done()
+        with ctx.client() as w:
+            for k, t in topics.items():
+                bad = last[k].id
+                with checks.scenario(f"vouched damage ({k})", "NMQ-S9-1", "NMQ-S9-2", "NMQ-S9-3"):
+                    kept = [i for i in sorted(got[k].payloads) if i < bad]
+                    r = read(w, t, count=len(kept), linger=0.2)
+                    compare(checks, f"{t} (record {bad}, vouched for, damaged: {k})", r, got[k].payloads, kept,
+                            "NMQ-S9-1")
+                    checks.check(quarantine_files(ctx.target.topic_dir(t)), f"{t}: the damaged record's bytes were "
+                                 "not kept in a .quarantine file", "NMQ-S9-2")
+                    a = publish(w, t, [b"next"])
+                    checks.check(a.first_id == bad, f"{t}: after the vouched-for record {bad} was found damaged ({k}) "
+                                 f"at open, the next id is {a.first_id}: the damage was taken for a torn tail, the "
+                                 "end of the log or lost segments (the log continues from the bad record's id, "
+                                 "NMQ-S9-2; bad-record, NMQ-S9-3)", "NMQ-S9-2", "NMQ-S9-3", "NMQ-S5-2")
+    checks.done()
+
+
 @case("storage.missing-segments", "segments deleted: the oldest (reads below the first retained id start there), "
       "the newest or a truncated tail after a clean stop (ids of the lost records are never handed out again, the "
       "records before them stay readable and a read across the lost ids skips them), every segment (the checkpoint "
