@@ -85,7 +85,7 @@ PROFILE = Profile(works=(
     Work("e2e", 64, "written", rate=1000, seconds=2.0),
     Work("batch", 64, "written", seconds=0.5), Work("batch", 1024, "written", seconds=0.5),
     Work("batch", 1024, "durable", seconds=0.5),
-), rounds=3, rtt_seconds=1.0, rtt_back_to_back=2_000, fsync_seconds=0.2, idle_seconds=1.0)
+), rounds=3, rtt_seconds=1.0, rtt_back_to_back=2_000, fsync_seconds=0.2, idle_seconds=3.0)
 """What the conformance kit's budget layer measures: the workloads behind :data:`BROKER`."""
 
 
