@@ -1068,14 +1068,15 @@ def _lookups(checks: Checks, w: WireClient, label: str, topic: str, segs: list[S
 
 
 @case("storage.index-checkpoint-damage", "index files that are missing, fail their CRC, carry a first id or a "
-      "length their segment does not have, or (CRC intact) entries whose ids stop increasing are ignored and rebuilt (every record delivered, lookups by id and "
+      "length their segment does not have, or (CRC intact) entries whose ids or offsets stop increasing are ignored and rebuilt (every record delivered, lookups by id and "
       "timestamp right, nothing quarantined); a garbage, missing or bad-CRC checkpoint is ignored and every "
       "segment verified at open (damage found then, not later), ids continuing",
       layer="storage", rules=("NMQ-S4-2", "NMQ-S4-3", "NMQ-S5-4", "NMQ-S8-1", "NMQ-S9-2", "NMQ-S9-5"))
 def storage_index_checkpoint_damage(ctx: Context) -> None:
     _need(ctx)
     checks = Checks()
-    variants = ["bit-flip", "length", "order"] if ctx.quick else ["deleted", "bit-flip", "first-id", "length", "order"]
+    variants = (["bit-flip", "length", "order", "offsets"] if ctx.quick
+                else ["deleted", "bit-flip", "first-id", "length", "order", "offsets"])
     it = ctx.topic("ixd")
     cks = {k: ctx.topic(f"ck{k}") for k in ("garbage", "missing", "badcrc")}
     got = {t: Filled() for t in (it, *cks.values())}
@@ -1111,6 +1112,11 @@ def storage_index_checkpoint_damage(ctx: Context) -> None:
                 first = struct.unpack_from("<Q", data, 64)[0]
                 for e in range(1, count - 1):  # every entry but the first and the last claims the first id
                     struct.pack_into("<Q", data, 64 + 24 * e, first)
+                p.write_bytes(fixed_index(data))
+            elif v == "offsets":  # a CRC-valid index whose offsets stop increasing (ids and timestamps still do)
+                count = struct.unpack_from("<Q", data, 48)[0]
+                for e in range(2, count - 1, 2):  # every second entry claims the offset of the one before it
+                    struct.pack_into("<Q", data, 64 + 24 * e + 16, struct.unpack_from("<Q", data, 64 + 24 * (e - 1) + 16)[0])
                 p.write_bytes(fixed_index(data))
             elif v == "length":  # a consistent index of the segment without its last record
                 struct.pack_into("<Q", data, 24, s.last_id - 1)
