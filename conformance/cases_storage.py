@@ -1225,20 +1225,20 @@ def storage_vouched_damage(ctx: Context) -> None:
 
 
 @case("storage.missing-segments", "segments deleted: the oldest (reads below the first retained id start there), "
-      "the newest or a truncated tail after a clean stop (ids of the lost records are never handed out again, the "
+      "the newest or a truncated tail (three records, or only the last) after a clean stop (ids of the lost records are never handed out again, the "
       "records before them stay readable and a read across the lost ids skips them), every segment (the checkpoint "
       "remembers the next id), a middle one (a gap is corruption: what follows is quarantined, never delivered)",
       layer="storage", rules=("NMQ-S2-3", "NMQ-S3-4", "NMQ-S9-1", "NMQ-S9-2", "NMQ-S9-3", "NMQ-S9-8", "NMQ-S11-4"))
 def storage_missing_segments(ctx: Context) -> None:
     _need(ctx)
     checks = Checks()
-    names = {k: ctx.topic(f"ms{k}") for k in ("ends", "trunc", "all", "middle")}
+    names = {k: ctx.topic(f"ms{k}") for k in ("ends", "trunc", "trunc1", "all", "middle")}
     got = {k: Filled() for k in names}
     with running_at_exit(ctx):
         with ctx.client() as w:
             for k in ("ends", "middle"):
                 fill_until_segments(ctx, w, names[k], Payloads(names[k], ctx.rng), got[k], 3)
-            for k in ("trunc", "all"):
+            for k in ("trunc", "trunc1", "all"):
                 gen = Payloads(names[k], ctx.rng)
                 for _ in range(5):
                     ps = [gen.make(400) for _ in range(6)]
@@ -1249,10 +1249,12 @@ def storage_missing_segments(ctx: Context) -> None:
         e = segs["ends"]
         remove_segment(e[0].path)
         remove_segment(e[-1].path)
-        tr = segs["trunc"][-1]
-        cut_at = tr.records[-3]
-        with open(tr.path, "r+b") as f:
-            f.truncate(cut_at.offset)
+        cuts = {}
+        for k, n_cut in (("trunc", 3), ("trunc1", 1)):  # three records lost, and exactly one (the last)
+            tr = segs[k][-1]
+            cuts[k] = tr.records[-n_cut]
+            with open(tr.path, "r+b") as f:
+                f.truncate(cuts[k].offset)
         for s in segs["all"]:
             remove_segment(s.path)
         m = segs["middle"]
@@ -1288,17 +1290,18 @@ def storage_missing_segments(ctx: Context) -> None:
                 checks.check(isinstance(r.sub, Subscribed) and r.sub.next_id == a.first_id,
                              f"{t}: SUBSCRIBE at the lost id {e[-1].first_id} answered {r.sub!r}: next_id must be "
                              f"the first record it delivers, {a.first_id}", "NMQ-4.4-5", "NMQ-S9-8")
-            t = names["trunc"]
-            with checks.scenario("tail truncated at a record boundary", "NMQ-S9-3", "NMQ-S9-8"):
-                kept = [i for i in sorted(got["trunc"].payloads) if i < cut_at.id]
-                r = read(w, t)
-                compare(checks, f"{t} truncated before record {cut_at.id}", r, got["trunc"].payloads, kept, "NMQ-S9-8")
-                a = publish(w, t, [b"after-the-cut"])
-                checks.check(a.first_id >= got["trunc"].next_id, f"{t}: records {cut_at.id}..{got['trunc'].next_id - 1}"
-                             f" were cut off and the next publish got id {a.first_id}: ids handed out twice",
-                             "NMQ-S9-3")
-                checks.check(a.first_id == got["trunc"].next_id, f"{t}: next id {a.first_id}, not the checkpoint's "
-                             f"{got['trunc'].next_id}", "NMQ-S9-8")
+            for k, cut_at in cuts.items():
+                t = names[k]
+                with checks.scenario(f"tail truncated at a record boundary ({k})", "NMQ-S9-3", "NMQ-S9-8"):
+                    kept = [i for i in sorted(got[k].payloads) if i < cut_at.id]
+                    r = read(w, t)
+                    compare(checks, f"{t} truncated before record {cut_at.id}", r, got[k].payloads, kept, "NMQ-S9-8")
+                    a = publish(w, t, [b"after-the-cut"])
+                    checks.check(a.first_id >= got[k].next_id, f"{t}: records {cut_at.id}..{got[k].next_id - 1}"
+                                 f" were cut off and the next publish got id {a.first_id}: ids handed out twice",
+                                 "NMQ-S9-3")
+                    checks.check(a.first_id == got[k].next_id, f"{t}: next id {a.first_id}, not the checkpoint's "
+                                 f"{got[k].next_id}", "NMQ-S9-8")
             t = names["all"]
             with checks.scenario("every segment deleted", "NMQ-S3-4"):
                 a = publish(w, t, [b"fresh"])
