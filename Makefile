@@ -12,7 +12,7 @@ DATA_DIR ?= ./data
 SEGMENT_SIZE ?= 8MB
 RUN_STAMP := $(VENV)/.installed-runtime
 
-.PHONY: help install build test test-fast lint fuzz fuzz-smoke benchmark conformance mutation run clean sanitize
+.PHONY: help install build test test-fast lint fuzz fuzz-smoke benchmark gate conformance mutation run clean sanitize
 
 help:
 	@echo "make install      create .venv and install nanomq (with its C core) and the dev tools"
@@ -20,6 +20,7 @@ help:
 	@echo "make lint         ruff + mypy"
 	@echo "make fuzz         every atheris target for FUZZ_SECONDS (default 60) each"
 	@echo "make benchmark    the benchmark tables; NanoMQ vs Redis/NATS ratios, JSON and plots in reports/bench/"
+	@echo "make gate         the CI latency gate against the reference broker and its committed baseline"
 	@echo "make conformance  the conformance kit against the reference broker (KIT_ARGS=... for another)"
 	@echo "make mutation     mutants of the broker (Python: mutmut; C: log.c) under the kit; reports/mutation/"
 	@echo "make run          the runtime package only, then the broker on PORT=$(PORT), DATA_DIR=$(DATA_DIR),"
@@ -67,6 +68,13 @@ fuzz-smoke: $(STAMP)
 BENCH_ARGS ?=
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
+
+# The CI latency gate (docs/gate.md): the reference broker against the committed baseline, exit 1 on a
+# confirmed regression or a newly missed budget; GATE_ARGS=... passes options (e.g. --launch, --html).
+GATE_BASELINE := $(wildcard benchmarks/baselines/reference-*.json)
+GATE_ARGS ?=
+gate: $(STAMP)
+	$(BIN)/nanomq-bench gate $(addprefix --baseline ,$(GATE_BASELINE)) $(GATE_ARGS)
 
 # The conformance kit against the reference broker (or: make conformance KIT_ARGS="--target t.toml").
 KIT_ARGS ?=
