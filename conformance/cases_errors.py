@@ -11,7 +11,7 @@ import struct
 
 from conformance.helpers import alive, expect_error, is_error, raw_frame, responses
 from conformance.registry import Context, case, check
-from nanomq.protocol import ErrorCode
+from nanomq.protocol import Ack, ErrorCode, Metadata, MetadataOk, RecordBatch, Start
 
 _HELLO_OP = 0x01
 
@@ -35,10 +35,81 @@ def hello_body_length(ctx: Context) -> None:
     with ctx.client() as w:
         rids = [0x4E11_0000 + k for k in range(len(bad))]
         w.send_raw(b"".join(raw_frame(_HELLO_OP, rid, body) for rid, (_, body) in zip(rids, bad, strict=True)))
-        got = responses(w, len(bad))
+        with ctx.step("NMQ-3.1-6", "NMQ-8-1"):  # non-fatal: every one answered, the connection open
+            got = responses(w, len(bad))
         for (label, _), rid, f in zip(bad, rids, got, strict=True):
             with ctx.step("NMQ-3.1-2", "NMQ-3.1-6", "NMQ-8-1"):
                 check(is_error(f, ErrorCode.MALFORMED), f"HELLO with its {label}: expected ERROR MALFORMED, got {f!r}")
                 expect_error(f, ErrorCode.MALFORMED, request_id=rid)
         with ctx.step("NMQ-3.1-6", "NMQ-8-2"):
+            alive(w)
+
+
+_FIXED = {"HELLO": (0x01, 8), "PUBLISH": (0x02, 8), "SUBSCRIBE": (0x03, 20), "UNSUBSCRIBE": (0x04, 8),
+          "CREDIT": (0x05, 8), "COMMIT": (0x06, 8), "SEEK": (0x07, 16), "METADATA": (0x08, 8), "PING": (0x09, 8)}
+"""Every request: its opcode and the size of its body's fixed part (spec/protocol.md §4)."""
+
+
+@case("errors.short-bodies", "every request type with an empty body and with a body one byte shorter than its fixed "
+      "part is MALFORMED, answered with its own request_id, in order, and the connection goes on",
+      layer="wire", rules=("NMQ-3.1-2", "NMQ-3.1-6", "NMQ-3.3-2", "NMQ-8-1", "NMQ-8-2"))
+def short_bodies(ctx: Context) -> None:
+    bad = [(f"{name} body of {n} bytes", op, bytes(n)) for name, (op, fixed) in _FIXED.items() for n in (0, fixed - 1)]
+    with ctx.client() as w:
+        rids = [0x5B0D_0000 + k for k in range(len(bad))]
+        w.send_raw(b"".join(raw_frame(op, rid, body) for rid, (_, op, body) in zip(rids, bad, strict=True)))
+        with ctx.step("NMQ-3.1-6", "NMQ-8-1"):  # non-fatal: every one answered, the connection open
+            got = responses(w, len(bad))
+        for (label, _, _), rid, f in zip(bad, rids, got, strict=True):
+            with ctx.step("NMQ-3.1-2", "NMQ-3.1-6", "NMQ-8-1", "NMQ-3.3-2"):
+                check(is_error(f, ErrorCode.MALFORMED), f"{label}: expected ERROR MALFORMED, got {f!r}")
+                expect_error(f, ErrorCode.MALFORMED, request_id=rid)
+        with ctx.step("NMQ-3.1-6", "NMQ-8-2"):
+            alive(w)
+
+
+def _reserved_bodies(topic: bytes) -> list[tuple[str, int, bytes]]:
+    """Every reserved field of every request that has one, set (each alone) to a non-zero value."""
+    one = RecordBatch.from_payloads([b"r"]).data
+    out: list[tuple[str, int, bytes]] = [
+        ("HELLO reserved", 0x01, struct.pack("<HHHH", 1, 1, 0, 1) + b"x"),
+        ("PUBLISH reserved byte", 0x02, struct.pack("<BBHHH", int(Ack.WRITTEN), 1, len(topic), 1, 0) + topic + one),
+        ("PUBLISH reserved u16", 0x02, struct.pack("<BBHHH", int(Ack.WRITTEN), 0, len(topic), 1, 0x8000) + topic + one),
+        ("SUBSCRIBE reserved byte", 0x03, struct.pack("<QIBBHHH", 0, 1, int(Start.EARLIEST), 0x80, len(topic), 0, 0)
+         + topic),
+        ("SUBSCRIBE reserved u16", 0x03, struct.pack("<QIBBHHH", 0, 1, int(Start.EARLIEST), 0, len(topic), 0, 1)
+         + topic),
+        ("UNSUBSCRIBE reserved", 0x04, struct.pack("<II", 1, 1)),
+        ("COMMIT reserved", 0x06, struct.pack("<IHH", 1, 1, 1) + struct.pack("<Q", 1)),
+        ("SEEK reserved byte", 0x07, struct.pack("<IBBHQ", 1, int(Start.EARLIEST), 1, 0, 0)),
+        ("SEEK reserved u16", 0x07, struct.pack("<IBBHQ", 1, int(Start.EARLIEST), 0, 1, 0)),
+        ("METADATA reserved u16", 0x08, struct.pack("<HHI", len(topic), 1, 0) + topic),
+        ("METADATA reserved u32", 0x08, struct.pack("<HHI", len(topic), 0, 1 << 31) + topic),
+    ]
+    return out
+
+
+@case("errors.reserved-fields", "each reserved field of every request (HELLO, PUBLISH, SUBSCRIBE, UNSUBSCRIBE, "
+      "COMMIT, SEEK, METADATA), set alone, is RESERVED_NONZERO with the request's own request_id, in order; nothing of "
+      "such a request is applied and the connection goes on",
+      layer="wire", rules=("NMQ-3.1-4", "NMQ-3.1-6", "NMQ-3.3-2", "NMQ-8-1", "NMQ-8-2"))
+def reserved_fields(ctx: Context) -> None:
+    t = ctx.topic("resv")
+    tb = t.encode()
+    bad = _reserved_bodies(tb)
+    with ctx.client() as w:
+        rids = [0x7E5E_0000 + k for k in range(len(bad))]
+        w.send_raw(b"".join(raw_frame(op, rid, body) for rid, (_, op, body) in zip(rids, bad, strict=True)))
+        with ctx.step("NMQ-3.1-6", "NMQ-8-1"):  # non-fatal: every one answered, the connection open
+            got = responses(w, len(bad))
+        for (label, _, _), rid, f in zip(bad, rids, got, strict=True):
+            with ctx.step("NMQ-3.1-4", "NMQ-8-1", "NMQ-3.3-2"):
+                check(is_error(f, ErrorCode.RESERVED_NONZERO), f"{label}: expected ERROR RESERVED_NONZERO, got {f!r}")
+                expect_error(f, ErrorCode.RESERVED_NONZERO, request_id=rid)
+        with ctx.step("NMQ-3.1-4", "NMQ-3.1-6", "NMQ-8-2"):
+            w.send(Metadata(w.next_id(), t))
+            f = w.recv_response()
+            check(is_error(f, ErrorCode.UNKNOWN_TOPIC) or (isinstance(f, MetadataOk) and all(
+                x.next_id == 1 for x in f.topics)), f"a PUBLISH refused for a reserved field was applied: {f!r}",
+                "NMQ-3.1-4")
             alive(w)
