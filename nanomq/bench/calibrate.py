@@ -10,7 +10,7 @@ absolute figures move several-fold from one minute to the next:
   publisher, the delivery to the subscriber). The CPU time of each call is measured per call
   (``CLOCK_THREAD_CPUTIME_ID`` around it, the clock's own cost subtracted); the floor is
   p50(recv) + p50(send ack) + p50(send delivery). The same run gives the relay process's whole
-  CPU per record (/proc/<pid>/stat, as the broker's is measured) and the one-way latency
+  CPU per record (/proc/<pid>/task/*/schedstat, as the broker's is measured) and the one-way latency
   publisher → relay → subscriber with the schedule in the payload (open loop);
 * :func:`fdatasync` — ``pwrite`` of 4 KiB at the append position of a preallocated
   (``posix_fallocate``: unwritten extents, as the log's segments) file plus ``fdatasync``, on the
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nanomq.bench.hist import Histogram
-from nanomq.bench.system import cpu_seconds, start_child, wait_until
+from nanomq.bench.system import cpu_seconds_fine, start_child, wait_until
 
 __all__ = ["RelayFloor", "fdatasync", "loop_rtt", "memcpy", "python_speed", "relay_floor", "socket_rtt"]
 
@@ -130,7 +130,7 @@ class RelayFloor:
     deliver_cpu: Histogram
     """CPU ns of the relay's send() of the 64 B delivery to the blocked subscriber"""
     relay_cpu_per_record_ns: float
-    """the relay process's utime+stime (/proc/<pid>/stat) over the run / records"""
+    """the relay process's CPU time (/proc/<pid>/task/*/schedstat, ns) over the run / records"""
     one_way: Histogram
     """subscriber receive - scheduled send (publisher -> relay -> subscriber), ns, open loop"""
     round_trip: Histogram
@@ -165,7 +165,7 @@ def _relay(lpub: socket.socket, lsub: socket.socket, total: int, warm: int) -> d
     pid = os.getpid()
     for i in range(total):
         if i == warm:
-            c0 = cpu_seconds(pid)
+            c0 = cpu_seconds_fine(pid)
         t0 = tt()
         got = recv_into(buf, MSG)
         t1 = tt()
@@ -182,7 +182,7 @@ def _relay(lpub: socket.socket, lsub: socket.socket, total: int, warm: int) -> d
             rc.append(t1 - t0 - clock)
             ac.append(t3 - t2 - clock)
             dc.append(t4 - t3 - clock)
-    cpu = cpu_seconds(pid) - c0
+    cpu = cpu_seconds_fine(pid) - c0
     cpub.close()
     csub.close()
     return {"recv": rc, "ack": ac, "deliver": dc, "cpu_s": cpu, "records": len(rc), "clock": clock}

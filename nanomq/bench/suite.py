@@ -393,7 +393,7 @@ def _build(run: Run, out: dict[tuple[str, str], list[workloads.Outcome | None]],
                           send_ack_us=[x.ack_cpu.percentile(50) / 1000 for x in relay],
                           send_deliver_us=[x.deliver_cpu.percentile(50) / 1000 for x in relay],
                           clock_pair_ns=[x.clock_ns for x in relay], rate=opts.cpu_rate)
-    rcpu = _value_figure("calib/relay_cpu", "raw relay process CPU per record (/proc/<pid>/stat)", "raw relay",
+    rcpu = _value_figure("calib/relay_cpu", "raw relay process CPU per record (schedstat)", "raw relay",
                          "calibration", "us/record", [x.relay_cpu_per_record_ns / 1000 for x in relay], False,
                          "blocking sockets", windows=cw)
     fs = _lat_figure("calib/fdatasync", "raw pwrite 4 KiB + fdatasync, preallocated file, data dir's disk",

@@ -68,7 +68,7 @@ class Outcome:
     late: Histogram | None = None
     """publisher's actual send - scheduled send, ns"""
     cpu_us: dict[str, float] = field(default_factory=dict)
-    """CPU µs per measured record: "server" (/proc/<pid>/stat), "publisher", "subscriber" (process CPU)"""
+    """CPU µs per measured record: "server" (/proc/<pid>/task/*/schedstat), "publisher", "subscriber" (process CPU)"""
     window: Window | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
