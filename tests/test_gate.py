@@ -342,3 +342,34 @@ def test_cli_compare_writes_every_output(tmp_path: Path, capsys: pytest.CaptureF
     assert doc["schema"] == "nanomq-compare/1" and doc["checks"]
     assert (tmp_path / "c.md").read_text().startswith("## NanoMQ bench")
     assert "data:image/png" in (tmp_path / "c.html").read_text()
+
+
+# ---------------------------------------------------------------- targets and the slowed broker
+
+
+def test_targets_are_read_as_the_kit_reads_them(tmp_path: Path) -> None:
+    from nanomq.bench.target import REFERENCE_LAUNCH, TargetProblem, describe
+
+    assert describe(None, "", "").launch == REFERENCE_LAUNCH
+    t = tmp_path / "t.toml"
+    t.write_text('[target]\nlaunch = "mybroker --port {port}"\nready_timeout = 7\n')
+    spec = describe(t, "", "")
+    assert spec.launch == "mybroker --port {port}" and spec.ready_timeout == 7
+    assert describe(t, "127.0.0.1:5", "").address == "127.0.0.1:5"
+    assert describe(t, "", "other {port}", 3.0).launch == "other {port}"
+    t.write_text('[target]\nlaunchh = "x"\n')
+    with pytest.raises(TargetProblem, match="unknown keys"):
+        describe(t, "", "")
+
+
+def test_slow_broker_arguments() -> None:
+    from tests import slow_broker
+
+    assert slow_broker.main([]) == 2
+    assert slow_broker.main(["--delay-us", "abc"]) == 2
+    assert slow_broker.main(["--delay-us", "-1"]) == 2
+    from nanomq.broker import connection
+
+    before = connection.Connection._dispatch
+    slow_broker._patch(0)
+    assert connection.Connection._dispatch is before  # delay 0: the broker as it is
