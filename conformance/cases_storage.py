@@ -1068,9 +1068,10 @@ def _lookups(checks: Checks, w: WireClient, label: str, topic: str, segs: list[S
 
 
 @case("storage.index-checkpoint-damage", "index files that are missing, fail their CRC, carry a first id or a "
-      "length their segment does not have, or (CRC intact) a first entry that is not the first record or entries whose ids or offsets stop increasing are ignored and rebuilt (every record delivered, lookups by id and "
-      "timestamp right, nothing quarantined); a garbage, missing or bad-CRC checkpoint is ignored and every "
-      "segment verified at open (damage found then, not later), ids continuing",
+      "length their segment does not have, or (CRC intact) a first entry that is not the segment's first record or "
+      "entries whose ids or offsets stop increasing are ignored and rebuilt (every record delivered, lookups by id "
+      "and timestamp right, nothing quarantined); a garbage, missing, bad-CRC or cut-short checkpoint is ignored "
+      "and every segment verified at open (damage found then, not later), ids continuing",
       layer="storage", rules=("NMQ-S4-2", "NMQ-S4-3", "NMQ-S5-4", "NMQ-S8-1", "NMQ-S9-2", "NMQ-S9-5"))
 def storage_index_checkpoint_damage(ctx: Context) -> None:
     _need(ctx)
@@ -1080,7 +1081,7 @@ def storage_index_checkpoint_damage(ctx: Context) -> None:
     groups = ([["bit-flip", "first-id", "length"], ["order", "offsets", "first-entry"]] if ctx.quick
               else [["deleted", "bit-flip", "first-id"], ["length", "order"], ["offsets", "first-entry"]])
     ixs = {ctx.topic(f"ixd{n}"): g for n, g in enumerate(groups)}
-    cks = {k: ctx.topic(f"ck{k}") for k in ("garbage", "missing", "badcrc")}
+    cks = {k: ctx.topic(f"ck{k}") for k in ("garbage", "missing", "badcrc", "short")}
     got = {t: Filled() for t in (*ixs, *cks.values())}
     with running_at_exit(ctx):
         with ctx.client() as w:
@@ -1137,18 +1138,25 @@ def storage_index_checkpoint_damage(ctx: Context) -> None:
         rng = random.Random(ctx.rng.getrandbits(32))
         (ctx.target.topic_dir(cks["garbage"]) / "checkpoint").write_bytes(rng.randbytes(64))
         (ctx.target.topic_dir(cks["missing"]) / "checkpoint").unlink()
-        dbad = ctx.target.topic_dir(cks["badcrc"])
-        flip_bit(dbad / "checkpoint", 24, 2)  # the offset field: the CRC fails
-        sb = segments(dbad)[-1]
-        bad = sb.records[len(sb.records) // 2]
-        flip_bit(sb.path, bad.offset + HEADER + 5, 4)
+        # a checkpoint that fails its CRC, and one cut short (its CRC intact, 8 of its zero bytes gone): both
+        # are ignored, so every segment is verified at open and the damaged record is found there
+        dbad = {k: ctx.target.topic_dir(cks[k]) for k in ("badcrc", "short")}
+        flip_bit(dbad["badcrc"] / "checkpoint", 24, 2)  # the offset field: the CRC fails
+        ckp = dbad["short"] / "checkpoint"
+        ckp.write_bytes(ckp.read_bytes()[:56])
+        sbs = {k: segments(d)[-1] for k, d in dbad.items()}
+        bads = {k: sb.records[len(sb.records) // 2] for k, sb in sbs.items()}
+        for k, sb in sbs.items():
+            flip_bit(sb.path, bads[k].offset + HEADER + 5, 4)
         if not restart(ctx, checks, [*ixs, *cks.values()], "index and checkpoint damage", "NMQ-S9-5", "NMQ-S4-3"):
             checks.done()
-        with checks.scenario("verified at open", "NMQ-S5-4"):
-            qs = quarantine_files(dbad)
-            checks.check(f"{sb.path.name}.{bad.offset}.quarantine" in qs,
-                         f"{cks['badcrc']}: with a checkpoint that fails its CRC, the damaged record at offset "
-                         f"{bad.offset} was not found at open (quarantine files: {sorted(qs)})", "NMQ-S5-4", "NMQ-S8-1")
+        for k, how in (("badcrc", "fails its CRC"), ("short", "is cut short")):
+            with checks.scenario(f"verified at open ({k})", "NMQ-S5-4"):
+                qs = quarantine_files(dbad[k])
+                checks.check(f"{sbs[k].path.name}.{bads[k].offset}.quarantine" in qs,
+                             f"{cks[k]}: with a checkpoint that {how}, the damaged record at offset "
+                             f"{bads[k].offset} was not found at open (quarantine files: {sorted(qs)})",
+                             "NMQ-S5-4", "NMQ-S8-1", *(("NMQ-S9-5",) if k == "short" else ()))
         for it, variants in ixs.items():  # a connection each: the lookups take many subscriptions
             segs = all_segs[it]
             d = ctx.target.topic_dir(it)
@@ -1175,21 +1183,22 @@ def storage_index_checkpoint_damage(ctx: Context) -> None:
                     a = publish(w, t, [b"next"])
                     checks.check(a.first_id == got[t].next_id, f"{t} ({k} checkpoint): next id {a.first_id}, "
                                  f"expected {got[t].next_id}", "NMQ-S9-5", "NMQ-S5-4")
-            t = cks["badcrc"]
-            with checks.scenario("checkpoint with a bad CRC", "NMQ-S9-1", "NMQ-S9-2"):
-                kept = [i for i in sorted(got[t].payloads) if i < bad.id]
-                r = read(w, t, count=len(kept), linger=0.2)
-                compare(checks, f"{t} (bad-CRC checkpoint, damaged record {bad.id})", r, got[t].payloads, kept,
-                        "NMQ-S9-1")
-                a = publish(w, t, [b"next"])
-                checks.check(a.first_id == bad.id, f"{t}: after the damage at {bad.id} was cut at open, the next id "
-                             f"is {a.first_id}", "NMQ-S9-2")
+            for k, label in (("badcrc", "bad-CRC"), ("short", "short")):
+                t, bad = cks[k], bads[k]
+                with checks.scenario(f"checkpoint {label}", "NMQ-S9-1", "NMQ-S9-2"):
+                    kept = [i for i in sorted(got[t].payloads) if i < bad.id]
+                    r = read(w, t, count=len(kept), linger=0.2)
+                    compare(checks, f"{t} ({label} checkpoint, damaged record {bad.id})", r, got[t].payloads, kept,
+                            "NMQ-S9-1")
+                    a = publish(w, t, [b"next"])
+                    checks.check(a.first_id == bad.id, f"{t}: after the damage at {bad.id} was cut at open, the next "
+                                 f"id is {a.first_id}", "NMQ-S9-2")
     checks.done()
 
 
 @case("storage.vouched-damage", "records the checkpoint vouched for, damaged in their header at the end of the "
-      "log (an unexpected id; a zeroed id word; a zeroed header) with the index gone, so recovery walks the headers: bad-record "
-      "corruption, neither a torn tail nor the end of the log — the records before are served, the damaged bytes "
+      "log (an unexpected id; a zeroed id word; a zeroed header) with the index gone, so recovery walks the "
+      "headers: bad-record corruption, neither a torn tail nor the end of the log — the records before are served, the damaged bytes "
       "are kept in a .quarantine file, and the log continues from the damaged record's id",
       layer="storage", rules=("NMQ-S5-2", "NMQ-S9-1", "NMQ-S9-2", "NMQ-S9-3"))
 def storage_vouched_damage(ctx: Context) -> None:
