@@ -9,10 +9,12 @@ shifts, the load average, the time it took) plus a summary::
         --clean-baseline benchmarks/gate/reference-baseline.json \\
         --slow-baseline reports/gate-error-rates/slow0.json --delay-us 30
 
-The unchanged target is the reference broker (the default target, as in .ci/run); the slowed one
-is ``tests/slow_broker.py --delay-us D`` (the Python data plane with D µs of busy work before every
+The unchanged target is the reference broker (the default target, as in .ci/run), or with
+``--clean-delay-us 0`` the slow broker without its delay; the slowed one is
+``tests/slow_broker.py --delay-us D`` (the Python data plane with D µs of busy work before every
 request), compared with a baseline of the same wrapper at ``--delay-us 0``. Each gate run is a
-separate process, exactly as CI runs it.
+separate process, exactly as CI runs it. ``--reference-delay-us 0`` adds a same-run reference
+target (``--reference-launch``) to every gate run, compared with baselines recorded the same way.
 """
 
 from __future__ import annotations
@@ -33,7 +35,11 @@ SLOW = ("{python} -m tests.slow_broker --delay-us %s --port {port} --data-dir {d
 def one(kind: str, i: int, args: argparse.Namespace) -> dict[str, object]:
     out = args.out / f"{kind}-{i:02d}.json"
     cmd = [sys.executable, "-m", "nanomq.cli.bench", "gate", "--json", str(out)]
+    if args.reference_delay_us is not None:
+        cmd += ["--reference-launch", SLOW % args.reference_delay_us]
     if kind == "clean":
+        if args.clean_delay_us is not None:
+            cmd += ["--launch", SLOW % args.clean_delay_us]
         cmd += [a for b in args.clean_baseline for a in ("--baseline", str(b))]
     else:
         cmd += ["--launch", SLOW % args.delay_us] + [a for b in args.slow_baseline for a in ("--baseline", str(b))]
@@ -65,6 +71,10 @@ def main() -> int:
     ap.add_argument("--slow-baseline", type=Path, action="append", required=True)
     ap.add_argument("--delay-us", type=float, required=True, help="the slowed target's busy work per request")
     ap.add_argument("--kinds", default="clean,slow", help="which kinds to run (default clean,slow)")
+    ap.add_argument("--clean-delay-us", type=float, default=None,
+                    help="the unchanged target is tests/slow_broker.py with this delay (default: the reference broker)")
+    ap.add_argument("--reference-delay-us", type=float, default=None,
+                    help="also measure a reference target, tests/slow_broker.py with this delay, in the same rounds")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     kinds = [k for k in args.kinds.split(",") if k]

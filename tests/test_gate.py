@@ -373,3 +373,27 @@ def test_slow_broker_arguments() -> None:
     before = connection.Connection._dispatch
     slow_broker._patch(0)
     assert connection.Connection._dispatch is before  # delay 0: the broker as it is
+
+
+def test_a_reference_target_in_the_same_rounds_is_divided_by_round_by_round() -> None:
+    def ab(cand: float, ref: float, seed: int, drift: list[float]) -> Run:
+        run = _run(call=cand, seed=seed, spread=0.0, rounds=len(drift))
+        f = _lat("ref/acked1024/written/call", [ref * d for d in drift])
+        run.add(f)
+        g = run.figures["acked1024/written/call"]
+        g.round_percentiles = [{k: v * d for k, v in rp.items()} for rp, d in zip(g.round_percentiles or [], drift,
+                                                                                   strict=True)]
+        return run
+
+    noisy = [1.0, 1.4, 0.8, 1.2, 0.9, 1.3]  # the machine moves both targets together
+    base = ab(100.0, 100.0, 1, noisy)
+    (m,) = gate.GATED
+    num, den = m.samples(base, False)
+    assert den is None and num == pytest.approx([1.0] * 6)
+    same = {c.id: c for c in gate.evaluate(ab(100.0, 100.0, 2, noisy[::-1]), base, None, _opts())}
+    assert same["publish_rtt_1k_p10"].status == "ok" and "reference target" in same["publish_rtt_1k_p10"].label
+    slow = {c.id: c for c in gate.evaluate(ab(125.0, 100.0, 3, noisy[::-1]), base, None, _opts())}
+    assert slow["publish_rtt_1k_p10"].status == "suspect"
+    assert slow["publish_rtt_1k_p10"].worse_shift == pytest.approx(1.25)
+    plain = {c.id: c for c in gate.evaluate(_run(seed=4), base, None, _opts())}
+    assert plain["publish_rtt_1k_p10"].status == "not measured" and "reference" in plain["publish_rtt_1k_p10"].note

@@ -35,6 +35,7 @@ from typing import Any
 
 from nanomq.bench import budgets as _budgets
 from nanomq.bench.budgets import BudgetResult, rounds_of
+from nanomq.bench.measure import REFERENCE_PREFIX
 from nanomq.bench.results import Run
 from nanomq.bench.stats import Interval, finite, headline, mann_whitney, shift_ci
 
@@ -59,8 +60,13 @@ class Metric:
     """a shift worse than 1 + tolerance (with an interval that excludes 1) is suspect"""
 
     def samples(self, run: Run, normalize: bool) -> tuple[list[float], list[float] | None]:
-        """The per-round values, and the calibration's when normalised."""
+        """The per-round values, and the calibration's when normalised. A run with a reference
+        target (its figures under ``ref/``) gives each round's figure / the reference's same
+        figure of that round instead (paired, no calibration)."""
         num = rounds_of(run, self.figure, self.stat)
+        ref = rounds_of(run, REFERENCE_PREFIX + self.figure, self.stat)
+        if ref:
+            return [a / b if b else float("nan") for a, b in zip(num, ref, strict=False)], None
         if normalize and self.calibration:
             return num, rounds_of(run, self.calibration, self.cal_stat)
         return num, None
@@ -159,9 +165,15 @@ def _compare(m: Metric, cur: Run, base: Run, opts: GateOptions, kind: str) -> Ch
     num_c, den_c = m.samples(cur, opts.normalize)
     num_b, den_b = m.samples(base, opts.normalize)
     tol = opts.tolerance if opts.tolerance is not None and kind == "regression" else m.tolerance
-    label = m.label + (f" / {m.calibration} {m.cal_stat}" if den_c is not None else "")
-    c = Check(kind, m.id, label, "not measured", tolerance=tol, unit="x" if den_c is not None else m.unit,
-              higher_is_better=m.higher_is_better)
+    paired = cur.get(REFERENCE_PREFIX + m.figure) is not None
+    label = m.label + (f" / {m.calibration} {m.cal_stat}" if den_c is not None else "") + (
+        " / the reference target's, same round" if paired else "")
+    c = Check(kind, m.id, label, "not measured", tolerance=tol,
+              unit="x" if den_c is not None or paired else m.unit, higher_is_better=m.higher_is_better)
+    if paired != (base.get(REFERENCE_PREFIX + m.figure) is not None):
+        c.note = ("the current run has a reference target and the baseline has none" if paired else
+                  "the baseline was measured against a reference target and this run was not")
+        return c
     if not finite(num_c) or not finite(num_b) or (den_c is not None and (not finite(den_c) or not finite(den_b or []))):
         c.note = "missing in " + ("the current run" if not finite(num_c) else "the baseline")
         return c
@@ -208,7 +220,7 @@ def evaluate(cur: Run, base: Run | None, budget_table: dict[str, Any] | None, op
     if base is not None:
         gated = {m.figure for m in opts.metrics}
         for m in reported_metrics(cur):
-            if m.figure in gated and m.stat == "value":
+            if m.figure in gated and m.stat == "value" or m.figure.startswith(REFERENCE_PREFIX):
                 continue
             checks.append(_compare(m, cur, base, opts, "reported"))
     return checks

@@ -199,9 +199,19 @@ def _calibrations(cal: _Cal, p: Profile, data_dir: str) -> None:
     cal.win.append(w.close().as_dict())
 
 
+REFERENCE_PREFIX = "ref/"
+"""Figures of the reference target of a run carry this prefix (``ref/acked1024/written/call``)."""
+
+
 def measure(target: BenchTarget, profile: Profile, *, command: str = "",
-            log: Callable[[str], None] = lambda s: None) -> Run:
-    """Run ``profile`` against the started ``target``; every figure of every round."""
+            log: Callable[[str], None] = lambda s: None, reference: BenchTarget | None = None,
+            reference_works: tuple[str, ...] = ()) -> Run:
+    """Run ``profile`` against the started ``target``; every figure of every round.
+
+    With a started ``reference`` target, the workloads whose ids are in ``reference_works`` are
+    also run against it in every round, each right next to the same workload on ``target`` (which
+    of the two goes first alternates by round), and its figures are kept with the
+    :data:`REFERENCE_PREFIX`: a same-run, same-minute reference that the gate can divide by."""
     import nanomq
 
     t0 = time.monotonic()
@@ -214,6 +224,7 @@ def measure(target: BenchTarget, profile: Profile, *, command: str = "",
     failures: list[dict[str, str]] = []
     cal = _Cal()
     outs: dict[str, list[workloads.Outcome | None]] = {w.id: [None] * profile.rounds for w in profile.works}
+    ref_outs: dict[str, list[workloads.Outcome | None]] = {}
     data_dir = target.data_dir
     if not data_dir:
         run.skipped.append({"system": "calib/fdatasync", "reason": "the broker's data directory is not known to be "
@@ -227,16 +238,29 @@ def measure(target: BenchTarget, profile: Profile, *, command: str = "",
         _calibrations(cal, profile, data_dir)
         k = r % len(works)
         for w in works[k:] + works[:k]:
-            log(f"round {r + 1}/{profile.rounds}: {w.id}")
-            try:
-                outs[w.id][r] = _one(target, w)
-            except Exception as e:
-                if not target.alive():
-                    raise RuntimeError(f"the broker died during {w.id}; its log:\n{target.log_tail()}") from e
-                log(f"  !! {w.id} failed: {e!r}")
-                failures.append({"workload": w.id, "round": str(r + 1), "error": repr(e)[:2000]})
+            pair: list[tuple[str, BenchTarget]] = [("", target)]
+            if reference is not None and w.id in reference_works:
+                pair = pair + [(REFERENCE_PREFIX, reference)] if r % 2 == 0 else [(REFERENCE_PREFIX, reference), *pair]
+            for prefix, t in pair:
+                log(f"round {r + 1}/{profile.rounds}: {prefix}{w.id}")
+                into = outs
+                if prefix:
+                    into = ref_outs
+                    into.setdefault(w.id, [None] * profile.rounds)
+                try:
+                    into[w.id][r] = _one(t, w)
+                except Exception as e:
+                    if not t.alive():
+                        raise RuntimeError(f"the {'reference ' if prefix else ''}broker died during {w.id}; its log:\n"
+                                           f"{t.log_tail()}") from e
+                    log(f"  !! {prefix}{w.id} failed: {e!r}")
+                    failures.append({"workload": prefix + w.id, "round": str(r + 1), "error": repr(e)[:2000]})
         loads.append(loadavg())
     _build(run, profile, cal, outs)
+    if reference is not None and ref_outs:
+        run.meta["reference"] = reference.description()
+        refp = replace(profile, works=tuple(w for w in profile.works if w.id in ref_outs))
+        _build(run, refp, cal, ref_outs, prefix=REFERENCE_PREFIX)
     if target.pid is not None and profile.idle_seconds > 0:
         _idle(run, target.pid, profile.idle_seconds)
     loads.append(loadavg())
@@ -248,15 +272,23 @@ def measure(target: BenchTarget, profile: Profile, *, command: str = "",
 
 
 def run_profile(spec: Any, profile: Profile, *, pid: int | None = None, data_dir: str = "", command: str = "",
-                log: Callable[[str], None] = lambda s: None) -> Run:
-    """Start the target of ``spec`` (the kit's TargetSpec), :func:`measure` it, stop it."""
+                log: Callable[[str], None] = lambda s: None, reference: Any = None,
+                reference_works: tuple[str, ...] = ()) -> Run:
+    """Start the target of ``spec`` (the kit's TargetSpec) and the ``reference`` target's (a
+    TargetSpec too, or None), :func:`measure` them, stop them."""
     target = BenchTarget(spec, pid=pid, data_dir=data_dir)
+    ref = BenchTarget(reference) if reference is not None else None
     try:
         target.start()
-        log(f"target {target.address} (pid {target.pid}); {profile.rounds} rounds of {len(profile.works)} workloads")
-        return measure(target, profile, command=command, log=log)
+        if ref is not None:
+            ref.start()
+        log(f"target {target.address} (pid {target.pid}); {profile.rounds} rounds of {len(profile.works)} workloads"
+            + (f"; reference {ref.address} for {', '.join(reference_works)}" if ref is not None else ""))
+        return measure(target, profile, command=command, log=log, reference=ref, reference_works=reference_works)
     finally:
         target.stop()
+        if ref is not None:
+            ref.stop()
 
 
 def _idle(run: Run, pid: int, seconds: float) -> None:
@@ -280,8 +312,15 @@ def _wins(outs: list[workloads.Outcome | None]) -> list[dict[str, float]]:
     return [o.window.as_dict() if o is not None and o.window is not None else {} for o in outs]
 
 
-def _build(run: Run, p: Profile, cal: _Cal, outs: dict[str, list[workloads.Outcome | None]]) -> None:
+def _build(run: Run, p: Profile, cal: _Cal, outs: dict[str, list[workloads.Outcome | None]], prefix: str = "") -> None:
     nan = float("nan")
+    if prefix:  # a reference target's figures, made as the target's and renamed
+        part = Run()
+        _build(part, p, cal, outs)
+        for fid, f in part.figures.items():
+            f.id, f.label, f.system = prefix + fid, f"reference target: {f.label}", "reference"
+            run.add(f)
+        return
     rtt_p = run.add(_lat_figure("calib/rtt_paced", f"raw socket RTT 64 B, paced {p.calib_rate:,.0f}/s", "raw socket",
                                 "calibration", list(cal.rtt_paced), "blocking sockets", windows=cal.win),
                     calibration=True)

@@ -9,6 +9,9 @@
 target: ``--target t.toml`` (the conformance kit's file format), ``--address host:port`` (a running
 broker; ``--pid`` and ``--data-dir`` say what of it is on this machine) or ``--launch CMD``
 (placeholders ``{port}``, ``{data_dir}``, ``{python}``); none: the reference broker is launched.
+A reference target (``--reference-target``, ``--reference-address``, ``--reference-launch``) is
+measured in the same rounds as the target, on the gated metrics' workloads, and the gated metrics
+become target / reference, round by round (record the baseline the same way).
 outputs: ``--json``, ``--markdown``, ``--junit`` (gate), ``--html`` (each a path; ``-`` for stdout,
 Markdown and JUnit only); the terminal table always goes to stdout, progress to stderr.
 
@@ -77,6 +80,11 @@ def _target_args(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--data-dir", default="",
                    help="with --address: the broker's data directory on this machine (raw fdatasync is calibrated there)")
     g.add_argument("--ready-timeout", type=_non_negative, default=None, help="seconds to wait for start-up (default 20)")
+    r = ap.add_argument_group("reference target (optional): measured in the same rounds, each workload of the gated "
+                              "metrics right next to the target's, and divided by, round by round")
+    r.add_argument("--reference-target", type=Path, help="target.toml of the reference broker")
+    r.add_argument("--reference-address", default="", help="host:port of a running reference broker")
+    r.add_argument("--reference-launch", default="", help="command that starts the reference broker")
 
 
 def _output_args(ap: argparse.ArgumentParser, junit: bool) -> None:
@@ -181,14 +189,34 @@ def _command(argv: list[str] | None) -> str:
     return "nanomq-bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
 
 
-def _measure(spec: Any, args: argparse.Namespace, profile: Any, command: str) -> Callable[[int], Any]:
+def _reference(args: argparse.Namespace, ap: argparse.ArgumentParser) -> Any:
+    """The reference target's TargetSpec, or None."""
+    from nanomq.bench.target import TargetProblem, describe
+
+    if not (args.reference_target or args.reference_address or args.reference_launch):
+        return None
+    try:
+        return describe(args.reference_target, args.reference_address, args.reference_launch, args.ready_timeout)
+    except TargetProblem as e:
+        ap.error(f"reference target: {e}")
+
+
+def _measure(spec: Any, args: argparse.Namespace, profile: Any, command: str, reference: Any = None,
+             reference_works: tuple[str, ...] = ()) -> Callable[[int], Any]:
     from nanomq.bench.measure import run_profile
 
     def one(n: int) -> Any:
         _log(f"== pass {n}")
-        return run_profile(spec, profile, pid=args.pid, data_dir=args.data_dir, command=command, log=_log)
+        return run_profile(spec, profile, pid=args.pid, data_dir=args.data_dir, command=command, log=_log,
+                           reference=reference, reference_works=reference_works)
 
     return one
+
+
+def _gated_works() -> tuple[str, ...]:
+    from nanomq.bench.gate import GATED
+
+    return tuple(dict.fromkeys(m.figure.rsplit("/", 1)[0] for m in GATED))
 
 
 def _cmd_run(args: argparse.Namespace, ap: argparse.ArgumentParser, command: str) -> int:
@@ -200,8 +228,10 @@ def _cmd_run(args: argparse.Namespace, ap: argparse.ArgumentParser, command: str
         profile = measure.quick(profile)
     if args.rounds:
         profile = replace(profile, rounds=args.rounds)
+    ref = _reference(args, ap)
+    works = _gated_works() if args.profile == "gate" else tuple(w.id for w in profile.works)
     try:
-        run = _measure(spec, args, profile, command)(1)
+        run = _measure(spec, args, profile, command, ref, works)(1)
     except Exception as e:  # the target would not start, or died
         print(f"nanomq-bench: the run failed: {e}", file=sys.stderr)
         return 1
@@ -245,8 +275,9 @@ def _cmd_gate(args: argparse.Namespace, ap: argparse.ArgumentParser, command: st
     opts = gate.GateOptions(confidence=args.confidence, tolerance=args.tolerance, normalize=args.normalize,
                             confirm=not args.no_confirm, strict_budgets=args.strict_budgets,
                             check_budgets=not args.no_budgets)
+    ref = _reference(args, ap)
     try:
-        res = gate.run_gate(_measure(spec, args, profile, command), base, table, opts, log=_log)
+        res = gate.run_gate(_measure(spec, args, profile, command, ref, _gated_works()), base, table, opts, log=_log)
     except Exception as e:
         print(f"nanomq-bench gate: FAILED: the measurement failed: {e}", file=sys.stderr)
         return 1
