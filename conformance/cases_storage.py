@@ -1196,6 +1196,36 @@ def storage_index_checkpoint_damage(ctx: Context) -> None:
     checks.done()
 
 
+@case("storage.index-after-restart", "appends after a clean restart continue the index of the segment they go to: "
+      "once it is sealed (and the new active one closed cleanly) each index holds exactly the sparse entries of its "
+      "records, as if no restart had happened",
+      layer="storage", rules=("NMQ-S4-1", "NMQ-S4-2", "NMQ-S4-3"))
+def storage_index_after_restart(ctx: Context) -> None:
+    _need(ctx)
+    checks = Checks()
+    t = ctx.topic("ixr")
+    got = Filled()
+    with running_at_exit(ctx):
+        with ctx.client() as w:
+            gen = Payloads(t, ctx.rng)
+            for _ in range(3):  # a few index intervals before the restart
+                ps = [gen.make(1500) for _ in range(4)]
+                got.add(publish(w, t, ps), ps)
+        ctx.target.stop()
+        if not restart(ctx, checks, [t], "a clean stop", "NMQ-S4-3"):
+            checks.done()
+        with ctx.client() as w:
+            fill_until_segments(ctx, w, t, Payloads(t + "b", ctx.rng), got, 2)
+            fill(w, t, Payloads(t + "c", ctx.rng), got, 20_000, 1000, 10)
+        ctx.target.stop()
+        segs = segments(ctx.target.topic_dir(t))
+        with checks.scenario("indexes after a restart", "NMQ-S4-2"):
+            for sg in segs:
+                _check_index(checks, f"{t} (appended to after a clean restart)", sg, sg.path.with_suffix(".idx"))
+        restart(ctx, checks, [t], "a clean stop")
+    checks.done()
+
+
 @case("storage.vouched-damage", "records the checkpoint vouched for, damaged in their header at the end of the "
       "log (an unexpected id; a zeroed id word; a zeroed header) with the index gone, so recovery walks the "
       "headers: bad-record corruption, neither a torn tail nor the end of the log — the records before are served, the damaged bytes "
