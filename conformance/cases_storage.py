@@ -1068,8 +1068,8 @@ def _lookups(checks: Checks, w: WireClient, label: str, topic: str, segs: list[S
 
 
 @case("storage.index-checkpoint-damage", "index files that are missing, fail their CRC, carry a first id or a "
-      "length their segment does not have, or (CRC intact) a first entry that is not the segment's first record or "
-      "entries whose ids or offsets stop increasing are ignored and rebuilt (every record delivered, lookups by id "
+      "length their segment does not have, or (CRC intact) no entries with a last id, a first entry that is not "
+      "the segment's first record, or entries whose ids or offsets stop increasing are ignored and rebuilt (every record delivered, lookups by id "
       "and timestamp right, nothing quarantined); a garbage, missing, bad-CRC or cut-short checkpoint is ignored "
       "and every segment verified at open (damage found then, not later), ids continuing",
       layer="storage", rules=("NMQ-S4-2", "NMQ-S4-3", "NMQ-S5-4", "NMQ-S8-1", "NMQ-S9-2", "NMQ-S9-5"))
@@ -1078,8 +1078,8 @@ def storage_index_checkpoint_damage(ctx: Context) -> None:
     checks = Checks()
     # at most three damaged indexes per topic: a topic of more full segments would pass the default
     # target's retention (32 MiB) and lose its oldest ones during the case
-    groups = ([["bit-flip", "first-id", "length"], ["order", "offsets", "first-entry"]] if ctx.quick
-              else [["deleted", "bit-flip", "first-id"], ["length", "order"], ["offsets", "first-entry"]])
+    groups = ([["bit-flip", "first-id", "length"], ["order", "offsets", "first-entry"], ["empty"]] if ctx.quick
+              else [["deleted", "bit-flip", "first-id"], ["length", "order"], ["offsets", "first-entry", "empty"]])
     ixs = {ctx.topic(f"ixd{n}"): g for n, g in enumerate(groups)}
     cks = {k: ctx.topic(f"ck{k}") for k in ("garbage", "missing", "badcrc", "short")}
     got = {t: Filled() for t in (*ixs, *cks.values())}
@@ -1123,6 +1123,12 @@ def storage_index_checkpoint_damage(ctx: Context) -> None:
                     for e in range(2, count - 1, 2):  # every second entry claims the offset of the one before it
                         o = 64 + 24 * e + 16
                         struct.pack_into("<Q", data, o, struct.unpack_from("<Q", data, o - 24)[0])
+                    p.write_bytes(fixed_index(data))
+                elif v == "empty":  # a CRC-valid index of no entries and length 0 that still names the last id
+                    data = data[:64]
+                    struct.pack_into("<Q", data, 32, 0)
+                    struct.pack_into("<Q", data, 40, 0)
+                    struct.pack_into("<Q", data, 48, 0)
                     p.write_bytes(fixed_index(data))
                 elif v == "first-entry":  # a CRC-valid index whose first entry is not the segment's first record
                     struct.pack_into("<Q", data, 64, struct.unpack_from("<Q", data, 64)[0] + 1)
