@@ -226,6 +226,70 @@ def test_selection_by_statement_first_lines(tmp_path: Path) -> None:
     assert sel.timeout_for(["fast", "slow"]) > 60
 
 
+def test_wilson_interval() -> None:
+    lo, hi = report.wilson(90, 100) or (0.0, 0.0)
+    assert lo == pytest.approx(0.8256, abs=1e-3) and hi == pytest.approx(0.9448, abs=1e-3)
+    assert report.wilson(0, 0) is None
+    lo, hi = report.wilson(10, 10) or (0.0, 0.0)
+    assert hi == pytest.approx(1.0) and 0.6 < lo < 0.75
+
+
+def _pop() -> list[Mutant]:
+    ms = [Mutant(f"p{i}", "python", "a.py" if i < 60 else "b.py", "f" if i % 3 else "g", [1], "") for i in range(100)]
+    return ms + [Mutant(f"c{i}", "c", "log.c", f"h{i % 7}", [1], "") for i in range(50)]
+
+
+def test_stratified_sample_is_proportional_and_nested() -> None:
+    from mutation.__main__ import stratified_sample
+
+    ms = _pop()
+    idx = list(range(len(ms)))
+    s30 = stratified_sample(ms, idx, 30, None, 1)
+    kinds = Counter(ms[i].kind for i in s30)
+    assert len(s30) == 30 and kinds == {"python": 20, "c": 10}  # 100:50
+    strata = Counter((ms[i].file, ms[i].function) for i in s30 if ms[i].kind == "python")
+    assert strata[("a.py", "f")] == 8 and strata[("b.py", "g")] == 3  # 40 and 13 of 100
+    assert stratified_sample(ms, idx, 30, None, 1) == s30  # seeded
+    assert set(s30) <= set(stratified_sample(ms, idx, 60, None, 1))  # a larger sample holds a smaller one
+    s = stratified_sample(ms, idx, 12, 5, 1)  # --sample-c gives the C share, --sample the Python one
+    assert Counter(ms[i].kind for i in s) == {"python": 12, "c": 5}
+
+
+def test_second_chance_merge() -> None:
+    from mutation.__main__ import merge_variants
+
+    base = {"a|1": {"verdict": "killed"}, "b|1": {"verdict": "survived"}, "c|1": {"verdict": "no-coverage"},
+            "d|1": {"verdict": "survived"}}
+    var = {"python-plane": {"b|1": {"verdict": "killed", "killed_by": "wire.credit"}, "d|1": {"verdict": "survived"}},
+           "tls": {"c|1": {"verdict": "timeout"}}}
+    out, n = merge_variants(base, var)
+    assert out["b|1"]["verdict"] == "killed" and out["b|1"]["variant"] == "python-plane"
+    assert out["b|1"]["killed_by"] == "python-plane: wire.credit" and out["b|1"]["first_pass"] == "survived"
+    assert out["c|1"]["verdict"] == "timeout" and out["c|1"]["first_pass"] == "no-coverage"
+    assert out["d|1"]["verdict"] == "survived" and out["d|1"]["variants_survived"] == ["python-plane: survived"]
+    assert n == {"first_pass_killed": 1, "variant_killed": 2}
+
+
+def test_variants_add_flags_and_declarations() -> None:
+    from mutation import config
+
+    assert config.broker_args("python-plane") == config.broker_args() + " --data-plane python"
+    assert "tls_ca" not in config.target_declares()
+    assert "--tls-cert" in config.VARIANTS["tls"]["args"] and "tls_ca" in config.VARIANTS["tls"]["declares"]
+    assert all(v.get("why") for v in config.VARIANTS.values())
+
+
+def test_report_of_a_sample_says_so() -> None:
+    ms = [Mutant(f"p{i}", "python", "a.py", "f", [1], "-a\n+b") for i in range(4)]
+    res = {f"p{i}|{ms[i].diff_key}": {"verdict": v} for i, v in enumerate(["killed", "killed", "survived", "killed"])}
+    meta = {"selection": {"sample": 4, "sample_seed": 1}, "population": {"python": 40, "c": 0}}
+    rep = report.build(meta, ms, res, {}, [], None)
+    assert rep["sample"]["python"]["scored"] == 4 and rep["sample"]["python"]["killed"] == 3
+    assert rep["sample"]["python"]["population"] == 40
+    md = report.markdown(rep, full=False)
+    assert "This is a sample, not the full campaign" in md and "Wilson" in md
+
+
 # ------------------------------------------------------------------------------------------------
 # the CI sample: real brokers, real kit
 
