@@ -1283,7 +1283,8 @@ def storage_vouched_damage(ctx: Context) -> None:
 @case("storage.missing-segments", "segments deleted: the oldest (reads below the first retained id start there), "
       "the newest or a truncated tail (three records, or only the last) after a clean stop (ids of the lost records are never handed out again, the "
       "records before them stay readable and a read across the lost ids skips them), every segment (the checkpoint "
-      "remembers the next id), a middle one (a gap is corruption: what follows is quarantined, never delivered)",
+      "remembers the next id), a middle one (a gap is corruption: what follows is quarantined, never delivered); "
+      "the marker of lost ids outlives a restart",
       layer="storage", rules=("NMQ-S2-3", "NMQ-S3-4", "NMQ-S9-1", "NMQ-S9-2", "NMQ-S9-3", "NMQ-S9-8", "NMQ-S11-4"))
 def storage_missing_segments(ctx: Context) -> None:
     _need(ctx)
@@ -1317,6 +1318,7 @@ def storage_missing_segments(ctx: Context) -> None:
         remove_segment(m[1].path)
         if not restart(ctx, checks, list(names.values()), "segments were deleted", "NMQ-S9-2", "NMQ-S9-3"):
             checks.done()
+        ends_after: tuple[dict[int, bytes], list[int]] | None = None
         with ctx.client() as w:
             t = names["ends"]
             kept = [r.id for r in e[1].records]
@@ -1343,6 +1345,7 @@ def storage_missing_segments(ctx: Context) -> None:
                 compare(checks, f"{t} read across the lost ids", r, want, [*kept, a.first_id], "NMQ-S9-8")
                 r = read(w, t, Start.ID, e[-1].first_id, count=1)
                 compare(checks, f"{t} read from a lost id", r, want, [a.first_id], "NMQ-S9-8")
+                ends_after = (want, [*kept, a.first_id])
                 checks.check(isinstance(r.sub, Subscribed) and r.sub.next_id == a.first_id,
                              f"{t}: SUBSCRIBE at the lost id {e[-1].first_id} answered {r.sub!r}: next_id must be "
                              f"the first record it delivers, {a.first_id}", "NMQ-4.4-5", "NMQ-S9-8")
@@ -1379,6 +1382,20 @@ def storage_missing_segments(ctx: Context) -> None:
                 a = publish(w, t, [b"after-gap"])
                 checks.check(a.first_id == m[1].first_id, f"{t}: after the gap at {m[1].first_id} the log continues "
                              f"at {a.first_id}", "NMQ-S9-2")
+        if ends_after is not None:
+            # the lost-ids marker outlives a restart: the records after it are still part of the log
+            ctx.target.stop()
+            if restart(ctx, checks, list(names.values()), "a clean stop after lost ids", "NMQ-S9-8"):
+                t = names["ends"]
+                want, ids = ends_after
+                with ctx.client() as w, checks.scenario("lost ids, then a restart", "NMQ-S9-8", "NMQ-S2-3"):
+                    checks.check(not quarantine_files(d["ends"]), f"{t}: after a restart the log past its lost ids was "
+                                 f"set aside: {sorted(quarantine_files(d['ends']))}", "NMQ-S9-8", "NMQ-S2-3")
+                    r = read(w, t, count=len(ids))
+                    compare(checks, f"{t} across its lost ids, after a restart", r, want, ids, "NMQ-S9-8")
+                    a = publish(w, t, [b"after-the-restart"])
+                    checks.check(a.first_id == ids[-1] + 1, f"{t}: after a restart the next id is {a.first_id}, "
+                                 f"expected {ids[-1] + 1}", "NMQ-S9-8", "NMQ-S3-4")
     checks.done()
 
 
