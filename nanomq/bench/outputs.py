@@ -231,8 +231,9 @@ def _png(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _plots(runs: list[tuple[str, Run]], history: list[tuple[str, Run]], metrics: Sequence[Any]) -> list[tuple[str, str]]:
-    """(title, data URI) of: latency percentile spectra, throughput bars, history of the metrics."""
+def _plots(runs: list[tuple[str, Run]], seq: list[tuple[str, Run]], metrics: Sequence[Any]) -> list[tuple[str, str]]:
+    """(title, data URI) of: latency percentile spectra and throughput bars of ``runs``, and the
+    metrics' history over ``seq`` (oldest first)."""
     from nanomq.bench.hist import spectrum_points
     from nanomq.bench.plots import _nines, _plt
 
@@ -282,7 +283,6 @@ def _plots(runs: list[tuple[str, Run]], history: list[tuple[str, Run]], metrics:
         ax.legend(fontsize=7)
         fig.tight_layout()
         out.append(("Throughput", _png(fig)))
-    seq = history + runs[::-1]
     if len(seq) >= 2 and metrics:
         fig, axes = plt.subplots(len(metrics), 1, figsize=(8, 2.6 * len(metrics)), squeeze=False)
         for ax, m in zip([r[0] for r in axes], metrics, strict=True):
@@ -339,7 +339,9 @@ def gate_html(res: GateResult, history: list[tuple[str, Run]]) -> str:
         runs.append(("baseline", res.baseline))
     from nanomq.bench.gate import CANDIDATES
 
-    plots = _plots(runs, history, CANDIDATES)
+    seq = [*history, *([("baseline", res.baseline)] if res.baseline is not None else []),
+           *[(f"pass {i}", p) for i, p in enumerate(res.passes, 1)]]
+    plots = _plots(runs, seq, CANDIDATES)
     intro = (f"{'PASSED' if res.passed else 'FAILED'}; load " + "; ".join(_load(p) for p in res.passes)
              + (f"; baseline {res.baseline.meta.get('date_utc')}" if res.baseline else ""))
     secs = ["<h2>Regressions</h2>" + _html_checks(res.checks, "regression"),
@@ -352,7 +354,7 @@ def compare_html(checks: Sequence[Check], a: Run, b: Run, names: tuple[str, str]
     """``compare``'s page."""
     from nanomq.bench.gate import CANDIDATES
 
-    plots = _plots([(names[1], b), (names[0], a)], [], CANDIDATES)
+    plots = _plots([(names[1], b), (names[0], a)], [(names[0], a), (names[1], b)], CANDIDATES)
     return _page("NanoMQ bench comparison", f"{names[1]} vs {names[0]}", [_html_checks(checks, "reported")], plots)
 
 
