@@ -305,6 +305,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         partial = "interrupted; run `make mutation` again to resume from build/mutation/results.jsonl"
         results = runner.load_journal(journal, key)
+    if args.rerun_survivors and not variant:
+        rmeta = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_s": round(time.time() - t_run, 1),
+                 "duration_s": round(time.time() - t0, 1), "coverage_map_s": cmap.get("build_s"),
+                 "mutants": len(jobs), "kit_hash": kit_start, "partial": partial}
+        _report_from_journal(args, snap, mutants, mutmut_version, {}, {"rerun": rmeta})
+        return 0 if not partial else 130
     if variant:
         vmeta = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_s": round(time.time() - t_run, 1),
                  "duration_s": round(time.time() - t0, 1), "coverage_map_s": cmap.get("build_s"),
@@ -333,6 +339,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _write_report(args: argparse.Namespace, meta: dict[str, Any], mutants: list[Mutant], chosen: list[int],
                   results: dict[str, dict[str, Any]], applied: dict[str, equivalent.Entry],
                   stale: list[tuple[equivalent.Entry, str]], cmap: dict[str, Any]) -> None:
+    sample = bool(args.sample or args.sample_c)
+    done = [i for i in chosen if f"{mutants[i].id}|{mutants[i].diff_key}" in results]
+    if sample and len(done) < len(chosen):
+        # jobs run in a seeded random order: the part of a sample that was run is a simple random
+        # subsample of it, reported as such (the others are not listed as not-run)
+        meta = dict(meta, drawn=len(chosen), run_of_drawn=len(done), partial="")
+        chosen = done
     in_run = {mutants[i].id for i in chosen}
     snap = {"source_hash": meta["source_hash"], "kit_hash": meta["kit_hash"]}
     merged, first = merge_variants(results, variant_results(config.BUILD / "results.jsonl", snap))
@@ -389,7 +402,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _report_from_journal(args: argparse.Namespace, snap: dict[str, str], mutants: list[Mutant], mutmut_version: str,
-                         variant_meta: dict[str, Any]) -> None:
+                         variant_meta: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
     cmap = json.loads(coverage_map.MAP_FILE.read_text())
     if cmap.get("source_hash") != snap["source_hash"]:
         raise SystemExit("the coverage map is not of this snapshot: run `python -m mutation run` first")
@@ -420,6 +433,9 @@ def _report_from_journal(args: argparse.Namespace, snap: dict[str, str], mutants
     })
     meta["kit_changed"] = meta["kit_hash"] != meta["kit_hash_end"]
     meta["variants"] = dict(old.get("variants", {}), **variant_meta)
+    if old.get("kit_hash") and old.get("kit_hash") != snap["kit_hash"]:
+        meta.setdefault("campaign_kit_hash", old.get("campaign_kit_hash") or old["kit_hash"])
+    meta.update(extra or {})
     _write_report(args, meta, mutants, chosen, results, applied, stale, cmap)
 
 

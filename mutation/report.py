@@ -165,6 +165,12 @@ def markdown(rep: dict[str, Any], full: bool) -> str:
           f"{meta.get('duration_s', 0) / 60:.1f} min on {meta.get('cpus', '?')} CPU(s), {meta.get('workers')} workers. "
           f"Sources {meta.get('source_hash')}, kit {meta.get('kit_hash')} ({meta.get('cases_usable')} usable kit "
           f"cases), kit seed {meta.get('seed')}, `--quick`: {meta.get('quick')}, mutmut {meta.get('mutmut')}.", ""]
+    if meta.get("campaign_kit_hash"):
+        rr = meta.get("rerun") or {}
+        L += [f"The campaign ran with kit {meta['campaign_kit_hash']}; kit cases were added against its survivors, "
+              f"and with the kit {meta.get('kit_hash')} every earlier kill whose killing case the kit still has was "
+              f"carried over and the {rr.get('mutants', '?')} unrecorded survivors were run again "
+              f"(`--rerun-survivors`, {rr.get('duration_s', 0) / 60:.1f} min with the coverage map).", ""]
     if meta.get("kit_changed"):
         L += [f"The campaign ran its copy of the kit as of its start ({meta.get('kit_hash')}); the checkout's "
               f"kit has changed since ({meta.get('kit_hash_end')}): the next campaign takes the new cases.", ""]
@@ -179,7 +185,12 @@ def markdown(rep: dict[str, Any], full: bool) -> str:
               f"{sel.get('sample_seed')}) stratified by kind and, within each, by file and function with "
               "proportional allocation, so each kind's kill ratio estimates its score; the intervals are 95 % "
               "Wilson intervals of that ratio (they ignore the gain from stratifying and the finite "
-              "population: conservative). The whole campaign is `make mutation` (no `--sample`).", "",
+              "population: conservative). The whole campaign is `make mutation` (no `--sample`).", ""]
+        if meta.get("drawn"):
+            L += [f"Of the {meta['drawn']} mutants drawn, {meta['run_of_drawn']} were run before the campaign was "
+                  "stopped. Jobs run in a seeded random order, so those are a simple random subsample of the "
+                  "stratified sample; the counts and intervals below are of them.", ""]
+        L += [
               "| | population (in scope) | sampled | scored (− equivalent, build errors) | killed | score | 95 % CI |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for k, label in (("python", "Python"), ("c", "C (log.c)"), ("total", "total")):
