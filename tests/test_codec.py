@@ -30,10 +30,12 @@ from nanomq.protocol import (
     Subscribe,
     TopicInfo,
     encode,
+    encode_publish,
     frame_header,
     record_span,
     valid_topic,
 )
+from nanomq.protocol.records import record_into
 from tests.strategies import requests, responses
 
 
@@ -366,3 +368,47 @@ def test_pending_and_skip_let_a_fast_path_take_whole_frames() -> None:
     assert d.next_frame() == Ping(2, 2)
     with pytest.raises(ValueError):
         d.skip(1)
+
+
+# -- the one-record PUBLISH encoder (a publisher's hot path) ---------------------------------
+
+_TOPIC = st.text(alphabet="abcXYZ019._-", min_size=1, max_size=255).filter(valid_topic)
+
+
+@given(st.integers(0, (1 << 64) - 1), _TOPIC, st.sampled_from(list(Ack)), st.binary(max_size=3000))
+@settings(max_examples=300, deadline=None)
+def test_encode_publish_gives_the_bytes_of_the_general_encoder(rid: int, topic: str, ack: Ack, payload: bytes) -> None:
+    want = encode(Publish(rid, topic, ack, RecordBatch.from_payloads([payload])))
+    assert encode_publish(rid, topic, ack, payload) == want
+    frame = _decode_one(want)
+    assert isinstance(frame, Publish) and frame.records.count == 1 and frame.records[0].payload == payload
+
+
+def _decode_one(data: bytes) -> object:
+    d = Decoder()
+    d.feed(data)
+    frame = d.next_frame()
+    assert frame is not None and d.next_frame() is None
+    return frame
+
+
+def test_encode_publish_refuses_what_the_general_encoder_refuses() -> None:
+    with pytest.raises(ValueError, match="request_id"):
+        encode_publish(1 << 64, "t", Ack.WRITTEN, b"x")
+    with pytest.raises(ValueError, match="max_payload"):
+        encode_publish(1, "t", Ack.WRITTEN, b"x" * 11, max_payload=10)
+    with pytest.raises(ValueError, match="invalid topic"):
+        encode_publish(1, "bad topic", Ack.WRITTEN, b"x")
+    with pytest.raises(ValueError):
+        encode_publish(1, "t", 7, b"x")  # type: ignore[arg-type]  # no such ack mode
+    assert encode_publish(2, "t", Ack.NONE, b"", max_payload=0) == encode(
+        Publish(2, "t", Ack.NONE, RecordBatch.from_payloads([b""], max_payload=0)))
+
+
+def test_record_into_needs_room_for_the_whole_record() -> None:
+    out = bytearray(record_span(5) + 3)
+    record_into(out, 3, b"hello")
+    assert bytes(out[3:]) == RecordBatch.from_payloads([b"hello"]).data
+    for offset in (-1, 4):
+        with pytest.raises(ValueError, match="no room"):
+            record_into(out, offset, b"hello")

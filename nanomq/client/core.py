@@ -66,10 +66,19 @@ from nanomq.protocol import (
     Unsubscribe,
     Unsubscribed,
     encode,
+    encode_publish,
+    record_span,
 )
 from nanomq.protocol import ProtocolError as CodecError
 
 __all__ = ["ClientCore", "Request", "SubState"]
+
+
+def _fits_frame(overhead: int, span: int, max_frame: int) -> None:
+    """Refuse a record of ``span`` bytes that no PUBLISH of ``overhead`` bytes can carry."""
+    if overhead + span > max_frame:
+        raise InvalidArgumentError(f"a record of {span - 64} bytes does not fit the broker's max_frame "
+                                   f"of {max_frame} bytes")
 
 log = logging.getLogger("nanomq.client")
 
@@ -255,12 +264,15 @@ class ClientCore:
         if too_big > server.max_payload:
             raise InvalidArgumentError(f"payload of {too_big} bytes is larger than the broker's max_payload "
                                        f"of {server.max_payload} bytes")
+        if len(payloads) == 1 and (compress_above is None or too_big <= compress_above):
+            # one record, not compressed: the same frame built in one buffer (a publisher's hot path)
+            _fits_frame(PUBLISH_OVERHEAD + len(topic.encode()), record_span(too_big), server.max_frame)
+            rid = self._request(None if ack == Ack.NONE else _Pending(PublishAck))
+            return [(Request(rid, encode_publish(rid, topic, ack, payloads[0], server.max_payload), PublishAck), 1)]
         data, flags, raw_sizes = self._compress(payloads, compress_above)
         overhead = PUBLISH_OVERHEAD + len(topic.encode())
         spans = frame_spans(list(map(len, data)))
-        if overhead + max(spans) > server.max_frame:
-            raise InvalidArgumentError(f"a record of {max(spans) - 64} bytes does not fit the broker's max_frame "
-                                       f"of {server.max_frame} bytes")
+        _fits_frame(overhead, max(spans), server.max_frame)
         out = []
         for part in plan_batches(spans, overhead, server.max_batch, server.max_frame):
             batch = RecordBatch.from_payloads(

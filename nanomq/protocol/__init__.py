@@ -8,7 +8,7 @@ conformance kit all parse through this one package.
 Ping(request_id=7, token=42)
 """
 
-from nanomq.protocol.codec import REQUESTS, RESPONSES, Decoder, encode, frame_header
+from nanomq.protocol.codec import REQUESTS, RESPONSES, Decoder, encode, encode_publish, frame_header
 from nanomq.protocol.constants import (
     DEFAULT_MAX_FRAME,
     DEFAULT_MAX_PAYLOAD,
@@ -57,5 +57,5 @@ __all__ = [
     "Limits", "MAX_BATCH", "Metadata", "MetadataOk", "Opcode", "PROTOCOL_VERSION", "Ping", "Pong",
     "ProtocolError", "Publish", "PublishAck", "RECORD_HEADER_SIZE", "Record", "RecordBatch",
     "RecordFlag", "REQUESTS", "RESPONSES", "Seek", "SeekOk", "Start", "Subscribe", "Subscribed",
-    "TopicInfo", "Unsubscribe", "Unsubscribed", "encode", "frame_header", "record_span", "valid_topic",
+    "TopicInfo", "Unsubscribe", "Unsubscribed", "encode", "encode_publish", "frame_header", "record_span", "valid_topic",
 ]

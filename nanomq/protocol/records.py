@@ -23,7 +23,7 @@ from nanomq.protocol.constants import (
 )
 from nanomq.protocol.errors import ProtocolError
 
-__all__ = ["Record", "RecordBatch", "record_span"]
+__all__ = ["Record", "RecordBatch", "record_into", "record_span"]
 
 _U32_ARRAY, _U32_PTR = realize_all(ffi, lib, "uint32_t[]", "uint32_t *")
 
@@ -49,6 +49,19 @@ _SCAN_ERRORS = {
 def record_span(size: int) -> int:
     """Bytes one record with a ``size``-byte payload occupies: align8(64 + size)."""
     return (RECORD_HEADER_SIZE + size + 7) & ~7
+
+
+def record_into(out: bytearray, offset: int, payload: bytes) -> None:
+    """Encode ``payload`` as one record, as a publisher sends it (id, timestamp and topic id 0,
+    no flags), at ``out[offset : offset + record_span(len(payload))]``, which must be zeros: the
+    bytes :meth:`RecordBatch.from_payloads` gives for ``[payload]``, without its arrays and copies
+    (a publisher's one-record path, :func:`nanomq.protocol.codec.encode_publish`)."""
+    span = record_span(len(payload))
+    if offset < 0 or len(out) - offset < span:
+        raise ValueError(f"no room for a record of {span} bytes at offset {offset} of {len(out)}")
+    lengths = ffi.new(_U32_ARRAY, [len(payload)])
+    lib.nmq_records_encode(ffi.from_buffer("uint8_t[]", out, require_writable=True) + offset, span, payload,
+                           lengths, ffi.NULL, ffi.NULL, 1, 0, 0, 0, 0, 0, ffi.NULL)
 
 
 class Record(NamedTuple):
