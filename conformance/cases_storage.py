@@ -1068,7 +1068,7 @@ def _lookups(checks: Checks, w: WireClient, label: str, topic: str, segs: list[S
 
 
 @case("storage.index-checkpoint-damage", "index files that are missing, fail their CRC, carry a first id or a "
-      "length their segment does not have, or (CRC intact) no entries with a last id, a first entry that is not "
+      "length their segment does not have, or (CRC intact) no entries but a record, a first entry that is not "
       "the segment's first record, or entries whose ids or offsets stop increasing are ignored and rebuilt (every record delivered, lookups by id "
       "and timestamp right, nothing quarantined); a garbage, missing, bad-CRC or cut-short checkpoint is ignored "
       "and every segment verified at open (damage found then, not later), ids continuing",
@@ -1124,8 +1124,9 @@ def storage_index_checkpoint_damage(ctx: Context) -> None:
                         o = 64 + 24 * e + 16
                         struct.pack_into("<Q", data, o, struct.unpack_from("<Q", data, o - 24)[0])
                     p.write_bytes(fixed_index(data))
-                elif v == "empty":  # a CRC-valid index of no entries and length 0 that still names the last id
+                elif v == "empty":  # a CRC-valid index of no entries and length 0 that names one record
                     data = data[:64]
+                    struct.pack_into("<Q", data, 24, s.first_id)
                     struct.pack_into("<Q", data, 32, 0)
                     struct.pack_into("<Q", data, 40, 0)
                     struct.pack_into("<Q", data, 48, 0)
