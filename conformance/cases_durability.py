@@ -208,3 +208,56 @@ def durable_after_sync(ctx: Context) -> None:
                      + "; ".join(bad_seal[:3]), ("NMQ-S3-7",))
     if bad_recovery:
         raise Failed("; ".join(bad_recovery), ("NMQ-S8-4",))
+
+
+@case("crash.checkpoint-replace", "every replacement of a topic's checkpoint (at open, at a clean stop) is atomic "
+      "and durable: checkpoint.tmp synced after its last write and before the rename, and the directory synced "
+      "after the rename", layer="crash", rules=("NMQ-S5-2", "NMQ-S5-3"))
+def checkpoint_replace(ctx: Context) -> None:
+    if not ctx.target.can_crash:
+        raise Skipped("no launch command: the kit cannot restart the target under strace")
+    if shutil.which("strace") is None:
+        raise Skipped("strace is not installed (the check observes sync calls with it)")
+    target = ctx.target
+    if target.spec.storage_format != "nanomq-v1":
+        raise Skipped("the target does not declare the reference on-disk format (storage_format = \"nanomq-v1\")")
+    topic = ctx.topic("ckpt")
+    with ctx.client() as w:  # the topic exists before the traced start, so that start replaces its checkpoint
+        f = w.publish(topic, [b"before"], Ack.DURABLE)
+        if not isinstance(f, PublishAck):
+            raise Failed(f"a durable publish answered {f!r}", ("NMQ-S5-2",))
+    target.stop()
+    target.spec.trace_syncs = True
+    Path(target.trace_path).unlink(missing_ok=True)
+    try:
+        target.start()
+        with ctx.client() as w:
+            f = w.publish(topic, [b"after"], Ack.DURABLE)
+            if not isinstance(f, PublishAck):
+                raise Failed(f"a durable publish answered {f!r}", ("NMQ-S5-2",))
+    finally:
+        target.stop()  # a clean stop: writes the clean checkpoint, and ends the trace
+        target.spec.trace_syncs = False
+        text = Path(target.trace_path).read_text(errors="replace") if Path(target.trace_path).exists() else ""
+        target.start()
+    trace = Trace.from_text(text)
+    d = os.path.realpath(target.topic_dir(topic))
+    ckpt, tmp = os.path.join(d, "checkpoint"), os.path.join(d, "checkpoint.tmp")
+    renames = trace.renames_to(ckpt)
+    if not renames:
+        raise Failed(f"{topic}: no rename onto {ckpt} in the trace of a start and a clean stop: the checkpoint is "
+                     "not replaced by writing checkpoint.tmp and renaming it", ("NMQ-S5-2", "NMQ-S5-3"))
+    end = max((c.end for c in trace.calls), default=0.0)
+    bad = []
+    for k, r in enumerate(renames):
+        last = trace.last_write(tmp, r.start)
+        if last is None:
+            bad.append(f"rename {k + 1}: no write of checkpoint.tmp before it")
+        elif not trace.data_syncs(tmp, last, r.start):
+            bad.append(f"rename {k + 1}: checkpoint.tmp was not synced between its last write and the rename")
+        nxt = renames[k + 1].start if k + 1 < len(renames) else end
+        if not trace.dir_syncs(d, r.end, nxt):
+            bad.append(f"rename {k + 1}: the topic directory was not synced after the rename")
+    if bad:
+        raise Failed(f"{topic}: the checkpoint was not replaced atomically and durably ({len(renames)} replacement(s)): "
+                     + "; ".join(bad), ("NMQ-S5-2",))
