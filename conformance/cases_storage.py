@@ -1215,8 +1215,9 @@ def storage_index_after_restart(ctx: Context) -> None:
     with running_at_exit(ctx):
         with ctx.client() as w:
             gen = Payloads(t, ctx.rng)
+            size = min(1500, ctx.max_payload)
             for _ in range(3):  # a few index intervals before the restart
-                ps = [gen.make(1500) for _ in range(4)]
+                ps = [gen.make(size) for _ in range(4)]
                 got.add(publish(w, t, ps), ps)
         ctx.target.stop()
         if not restart(ctx, checks, [t], "a clean stop", "NMQ-S4-3"):

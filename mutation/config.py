@@ -89,6 +89,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
                "DELIVER in C, so the Python handlers of those frames (the documented --data-plane python) "
                "run in no case of the default launch",
     },
+    "max-payload": {
+        "args": "--max-payload 1000",
+        "why": "the default target runs with the default limits, so code that uses a default where it should "
+               "use the configured --max-payload (which HELLO_OK announces) behaves the same there",
+    },
     "tls": {
         "args": "--tls-cert {tls_cert} --tls-key {tls_key}",
         "declares": {"tls_ca": "{tls_cert}"},
