@@ -1403,8 +1403,8 @@ def storage_missing_segments(ctx: Context) -> None:
 
 @case("storage.stray-files", "files a topic directory may hold that are not the log's: other names are ignored and "
       "left alone, files named like segments that are not part of the log (random bytes before, inside and after "
-      "its id range) are set aside without taking intact records with them, a damaged topic_id file does not "
-      "hide the topic or change its id, and a directory left by an unfinished topic creation is removed",
+      "its id range) are set aside without taking intact records with them, a damaged topic_id file (with a short "
+      "stray before the log) does not hide the topic or change its id, and a directory left by an unfinished topic creation is removed",
       layer="storage", rules=("NMQ-S2-1", "NMQ-S2-5", "NMQ-S9-9"))
 def storage_stray_files(ctx: Context) -> None:
     _need(ctx)
@@ -1438,6 +1438,9 @@ def storage_stray_files(ctx: Context) -> None:
         for n, data in strays.items():
             (d["segs"] / n).write_bytes(data)
         (d["tid"] / "topic_id").write_bytes(b"\x00garbage\xff")
+        # and a stray named like a segment before the log, too short to hold a record header: the id must
+        # still come from the log's first record
+        (d["tid"] / f"{0:020d}.log").write_bytes(b"\x01" + rng.randbytes(23))
         du = ctx.target.topic_dir(unfinished)
         du.mkdir(parents=True)
         (du / "topic_id.tmp").write_bytes(b"")
