@@ -155,8 +155,9 @@ def carry_verdicts(journal: Path, key: str, jobs: list[runner.Job], source_hash:
 def carry_kills(journal: Path, key: str, jobs: list[runner.Job], source_hash: str, cases: set[str],
                 variant: str = "") -> int:
     """Journal, under ``key``, the kills of an earlier campaign on the same sources (same mutant,
-    same diff) whose killing case is still a usable case of the kit: the kit only gains cases, and
-    a case that failed against a mutant fails against it again (every run uses the same seed).
+    same diff) whose killing case is still a usable case of the kit, or whose broker did not start:
+    the kit only gains cases, and a case that failed against a mutant fails against it again
+    (every run uses the same seed).
     Timeouts are not carried (they are run again). Returns how many were carried."""
     if not journal.exists():
         return 0
@@ -169,9 +170,11 @@ def carry_kills(journal: Path, key: str, jobs: list[runner.Job], source_hash: st
         except ValueError:
             continue
         k = f"{r.get('id')}|{r.get('diff_key')}"
+        # a kill by a case the kit still has, or a broker that did not even start (no case needed)
         if (k in want and r.get("key") != key and r.get("source_hash") == source_hash
-                and r.get("variant", "") == variant
-                and r.get("verdict") == "killed" and r.get("killed_by") in cases):
+                and r.get("variant", "") == variant and r.get("verdict") == "killed"
+                and (r.get("killed_by") in cases
+                     or (not r.get("killed_by") and str(r.get("detail", "")).startswith("the broker did not start")))):
             old[k] = r
     with open(journal, "a") as f:
         for r in old.values():
