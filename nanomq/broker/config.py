@@ -24,6 +24,10 @@ MAX_TIMEOUT_S = 86_400.0
 MAX_RETENTION_MS = 1_000_000 * 86_400_000
 """A million days: the log keeps retention in a u64 of milliseconds."""
 MAX_RETENTION_BYTES = 1 << 60
+MAX_COMMIT_GAPS = 1 << 20
+MIN_FRAME_BUFFER = 1024 * 1024
+MAX_TOPICS = 1_000_000
+MAX_TOPIC_RATE = 100_000.0
 
 
 def default_data_dir() -> Path:
@@ -55,12 +59,33 @@ class BrokerConfig:
     max_subscriptions: int = 1024
     """Per connection."""
     max_topics: int = 10_000
+    """Topics the broker holds at most; creating one more is RESOURCE_LIMIT ([NMQ-6.2-5])."""
+    topic_create_rate: float = 100.0
+    """Topics created per second at most, broker-wide, on average ([NMQ-6.2-5]): each new topic
+    preallocates a segment, so a client subscribing to names it makes up fills the disk as fast as
+    it is allowed to. 0: no rate limit."""
+    topic_create_burst: int = 1000
+    """Topics that may be created at once (the token bucket's size) before ``topic_create_rate``
+    applies: a deployment that creates its topics together at start is not slowed."""
+    max_commit_gaps: int = 4096
+    """Per connection: the runs of committed ids above a subscription's committed position (ids
+    committed out of order, past a gap) it keeps, over all its subscriptions ([NMQ-4.7-5])."""
+    frame_buffer_bytes: int = 64 * 1024 * 1024
+    """Bytes of frames still arriving that the broker holds, all connections together: a large
+    frame (over 64 KiB) is read only once its whole size fits, else its connection waits
+    unread for room ([NMQ-6.2-6]). One frame is always let in, however large."""
     write_buffer_bytes: int = 4 * 1024 * 1024
     """Per connection: above this much unsent output the broker stops delivering to it and stops
     reading its requests until the client drains its socket (bounded memory per slow client)."""
     hello_timeout_s: float = 10.0
     frame_timeout_s: float = 30.0
     """A connection holding a partial frame this long is closed (slow-loris defence)."""
+    idle_timeout_s: float = 600.0
+    """A connection without subscriptions that has sent no frame for this long is closed
+    ([NMQ-2-5]); 0: never."""
+    write_timeout_s: float = 60.0
+    """A connection whose unsent output has stayed above ``write_buffer_bytes`` this long (the
+    client does not read) is dropped ([NMQ-6.2-7])."""
     retention_check_s: float = 60.0
     trim_interval_s: float = 1.0
     """How often the logs' mapped pages are dropped from the broker's resident set."""
@@ -132,9 +157,24 @@ class BrokerConfig:
             raise ValueError(f"--max-connections must be 1 .. {MAX_CONNECTIONS}, not {self.max_connections}")
         if self.tls_key is not None and self.tls_cert is None:
             raise ValueError("--tls-key needs --tls-cert")
-        for flag, value in (("--handshake-timeout", self.hello_timeout_s), ("--frame-timeout", self.frame_timeout_s)):
+        for flag, value in (("--handshake-timeout", self.hello_timeout_s), ("--frame-timeout", self.frame_timeout_s),
+                            ("--write-timeout", self.write_timeout_s)):
             if not MIN_TIMEOUT_S <= value <= MAX_TIMEOUT_S:
                 raise ValueError(f"{flag} must be {MIN_TIMEOUT_S} .. {MAX_TIMEOUT_S:.0f} seconds, not {value}")
+        if not (self.idle_timeout_s == 0 or MIN_TIMEOUT_S <= self.idle_timeout_s <= MAX_TIMEOUT_S):
+            raise ValueError(f"--idle-timeout must be 0 (never) or {MIN_TIMEOUT_S} .. {MAX_TIMEOUT_S:.0f} seconds, "
+                             f"not {self.idle_timeout_s}")
+        if not 1 <= self.max_topics <= MAX_TOPICS:
+            raise ValueError(f"--max-topics must be 1 .. {MAX_TOPICS}, not {self.max_topics}")
+        if not 0 <= self.topic_create_rate <= MAX_TOPIC_RATE:
+            raise ValueError(f"--topic-create-rate must be 0 (no limit) .. {MAX_TOPIC_RATE:.0f} per second, "
+                             f"not {self.topic_create_rate}")
+        if not 1 <= self.topic_create_burst <= MAX_TOPICS:
+            raise ValueError(f"--topic-create-burst must be 1 .. {MAX_TOPICS}, not {self.topic_create_burst}")
+        if not 1 <= self.max_commit_gaps <= MAX_COMMIT_GAPS:
+            raise ValueError(f"--max-commit-gaps must be 1 .. {MAX_COMMIT_GAPS}, not {self.max_commit_gaps}")
+        if not MIN_FRAME_BUFFER <= self.frame_buffer_bytes <= MAX_RETENTION_BYTES:
+            raise ValueError(f"--max-frame-buffer must be 1MiB .. 1EiB, not {format_size(self.frame_buffer_bytes)}")
         if self.retention_ms is not None and not 1 <= self.retention_ms <= MAX_RETENTION_MS:
             raise ValueError(f"--retention-days must be at least 1 ms (1.2e-8 days) and at most "
                              f"{MAX_RETENTION_MS // 86_400_000} days")
@@ -145,8 +185,7 @@ class BrokerConfig:
                              f"not {self.retention_check_s}")
         if not 0 < self.trim_interval_s <= MAX_TIMEOUT_S:
             raise ValueError(f"trim interval must be > 0 and at most {MAX_TIMEOUT_S:.0f} seconds")
-        for name, v in (("max subscriptions", self.max_subscriptions), ("max topics", self.max_topics),
-                        ("write buffer bytes", self.write_buffer_bytes)):
+        for name, v in (("max subscriptions", self.max_subscriptions), ("write buffer bytes", self.write_buffer_bytes)):
             if v < 1:
                 raise ValueError(f"{name} must be at least 1, not {v}")
 

@@ -23,7 +23,14 @@ from pathlib import Path
 
 from nanomq._c.plane import CAP_LZ4, Plane
 from nanomq.broker.config import BrokerConfig
-from nanomq.broker.connection import Announcement, Connection, ConnectionContext
+from nanomq.broker.connection import (
+    Announcement,
+    Connection,
+    ConnectionContext,
+    FrameBudget,
+    TopicQuota,
+    Turns,
+)
 from nanomq.broker.loop import run_loop
 from nanomq.broker.tls import TlsAcceptor, load_server_context
 from nanomq.broker.topics import TopicRegistry
@@ -144,6 +151,10 @@ class Broker:
             forget=self.forget,
             plane=self.topics.plane,
             topic_at=self.topics.at if self.topics.plane is not None else None,
+            turns=Turns(),
+            frame_budget=FrameBudget(cfg.frame_buffer_bytes),
+            max_commit_gaps=cfg.max_commit_gaps,
+            topic_quota=TopicQuota(cfg.topic_create_rate, cfg.topic_create_burst) if cfg.topic_create_rate else None,
         )
 
     def admit(self, conn: Connection) -> bool:
@@ -160,16 +171,24 @@ class Broker:
     # ------------------------------------------------------------------ timers
 
     async def _watchdog(self) -> None:
-        """Close connections that never say HELLO or dribble a frame (slow-loris) [NMQ-2-3]."""
+        """Close connections that never say HELLO or dribble a frame (slow-loris) [NMQ-2-3], that
+        stay idle [NMQ-2-5], or whose output stays stuck because they do not read [NMQ-6.2-7]."""
         cfg = self.config
+        idle = cfg.idle_timeout_s or float("inf")
         while True:
-            await asyncio.sleep(min(1.0, cfg.hello_timeout_s / 2, cfg.frame_timeout_s / 2))
+            await asyncio.sleep(min(1.0, cfg.hello_timeout_s / 2, cfg.frame_timeout_s / 2, idle / 2,
+                                    cfg.write_timeout_s / 2))
             now = time.monotonic()
             for conn in tuple(self.connections):
                 if conn.awaiting_hello and now - conn.opened_at > cfg.hello_timeout_s:
                     conn.close(ErrorCode.BAD_STATE, "no HELLO within the handshake timeout", "NMQ-2-3")
                 elif conn.partial_since is not None and now - conn.partial_since > cfg.frame_timeout_s:
                     conn.close(ErrorCode.MALFORMED, "a frame took too long to arrive", "NMQ-2-3")
+                elif (stalled := conn.stalled_since) is not None and now - stalled > cfg.write_timeout_s:
+                    conn.drop(f"it has not read its output for {cfg.write_timeout_s:g} s")
+                elif (since := conn.idle_since) is not None and now - since > idle:
+                    conn.close(ErrorCode.RESOURCE_LIMIT, f"idle for {cfg.idle_timeout_s:g} s: no request and no "
+                               "subscription", "NMQ-2-5")
 
     async def _retention(self) -> None:
         loop = asyncio.get_running_loop()

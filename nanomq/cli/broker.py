@@ -92,6 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-subscriptions", type=int, default=1024, metavar="N",
                     help="subscriptions one connection may hold at once, at least 1 (default 1024); a SUBSCRIBE "
                     "beyond it is answered RESOURCE_LIMIT")
+    ap.add_argument("--max-topics", type=int, default=10_000, metavar="N",
+                    help="topics the broker holds at most, 1 .. 1000000 (default 10000); creating one more is "
+                    "answered RESOURCE_LIMIT. Each topic preallocates one --log-segment-size on disk")
+    ap.add_argument("--topic-create-rate", type=_number, default=100.0, metavar="N",
+                    help="topics created per second at most, on average, broker-wide (default 100; 0 = no "
+                    "limit, up to 100000); a SUBSCRIBE or PUBLISH that would create one more is answered "
+                    "RESOURCE_LIMIT and may be retried later")
+    ap.add_argument("--topic-create-burst", type=int, default=1000, metavar="N",
+                    help="topics that may be created at once before --topic-create-rate applies, 1 .. 1000000 "
+                    "(default 1000)")
+    ap.add_argument("--max-commit-gaps", type=int, default=4096, metavar="N",
+                    help="per connection, the runs of ids committed out of order (past a gap) its "
+                    "subscriptions keep, 1 .. 1048576 (default 4096); a COMMIT that would leave more is "
+                    "answered RESOURCE_LIMIT")
+    ap.add_argument("--max-frame-buffer", type=parse_size, default=64 * 1024 * 1024, metavar="SIZE",
+                    help="memory for large frames still arriving, all connections together (default 64MiB, "
+                    "at least 1MiB): a frame over 64 KiB is read once its whole size fits, its connection "
+                    "waits unread until then; one frame is always let in")
     ap.add_argument("--max-payload", type=parse_size, default=65536, metavar="SIZE",
                     help="largest record payload accepted, 1B .. 16MiB (default 64KiB)")
     ap.add_argument("--handshake-timeout", type=_number, default=10.0, metavar="S",
@@ -100,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--frame-timeout", type=_number, default=30.0, metavar="S",
                     help="close connections that take longer than this to send one frame (default 30; "
                     "0.01 .. 86400)")
+    ap.add_argument("--idle-timeout", type=_number, default=600.0, metavar="S",
+                    help="close connections that hold no subscription and have sent nothing for this many "
+                    "seconds (default 600; 0 = never, else 0.01 .. 86400)")
+    ap.add_argument("--write-timeout", type=_number, default=60.0, metavar="S",
+                    help="drop connections that have not read their output for this many seconds while "
+                    "more than 4 MiB of it waits (default 60; 0.01 .. 86400)")
     ap.add_argument("--tls-cert", type=Path, metavar="PEM",
                     help="serve TLS only (1.2+), with this PEM certificate chain; announces capability TLS. "
                     "Plaintext clients are answered with an ERROR saying TLS is expected")
@@ -139,6 +163,13 @@ def config_from_args(args: argparse.Namespace) -> BrokerConfig:
         max_payload=max_payload,
         hello_timeout_s=args.handshake_timeout,
         frame_timeout_s=args.frame_timeout,
+        idle_timeout_s=args.idle_timeout,
+        write_timeout_s=args.write_timeout,
+        max_topics=args.max_topics,
+        topic_create_rate=args.topic_create_rate,
+        topic_create_burst=args.topic_create_burst,
+        max_commit_gaps=args.max_commit_gaps,
+        frame_buffer_bytes=args.max_frame_buffer,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         verify_on_start=args.verify_on_start,
