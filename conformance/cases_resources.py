@@ -1,13 +1,21 @@
-"""Layer (b), resources: the connection limit, retention, and what a slow consumer may cost.
+"""Layer (b), resources: the connection limit, retention, and what a slow consumer may cost; and
+what misbehaving clients may cost (issue 10): fairness under a flood, idle and never-reading
+connections, runs of out-of-order commits, large frames still arriving, topic creation.
 
-These need facts HELLO_OK does not announce. The target declares them (``max_connections``,
-``retention_bytes``, ``retention_check_s`` in target.toml; the reference launch sets them); a
-target that declares nothing skips these cases. The memory bound is read from the broker process
-(``/proc/<pid>/status``), so it runs only for a target the kit launched on this host.
+Most need facts HELLO_OK does not announce. The target declares them (``max_connections``,
+``retention_bytes``, ``retention_check_s``, ``idle_timeout_s``, ``write_timeout_s``,
+``max_commit_gaps``, ``frame_buffer_bytes``, ``topic_create_rate`` / ``topic_create_burst`` in
+target.toml; the reference launch sets them); a target that declares nothing skips those cases.
+Fairness needs no declaration. The memory bounds are read from the broker process
+(``/proc/<pid>/status``), so they run only for a target the kit launched on this host.
 """
 
 from __future__ import annotations
 
+import contextlib
+import select
+import ssl
+import threading
 import time
 from pathlib import Path
 
@@ -16,13 +24,19 @@ from conformance.registry import Context, Failed, Skipped, case, check
 from conformance.wire import Closed, WireClient
 from nanomq.protocol import (
     Ack,
+    Commit,
+    Committed,
     ErrorCode,
+    Frame,
     Hello,
     HelloOk,
     Metadata,
     MetadataOk,
+    Ping,
+    Pong,
     ProtocolError,
     Publish,
+    PublishAck,
     RecordBatch,
     Seek,
     SeekOk,
@@ -265,3 +279,322 @@ def slow_consumer(ctx: Context) -> None:
         finally:
             lazy.close()
     ctx.note(f"broker anonymous memory +{grown} MiB with a {mb} MiB backlog to a subscriber that does not read")
+
+
+# ---------------------------------------------------------------- issue 10: clients that misbehave
+
+def _pings(n: int, base: int = 1000) -> bytes:
+    return b"".join(encode(Ping(base + i, i)) for i in range(n))
+
+
+def _median_rtt(w: WireClient, n: int, token: int, budget_s: float = 5.0) -> float:
+    """Median PING round trip of ``n`` (one at a time, fewer if they take more than ``budget_s``
+    together), in seconds."""
+    rtts: list[float] = []
+    end = time.monotonic() + budget_s
+    for k in range(n):
+        if rtts and time.monotonic() > end:
+            break
+        t0 = time.perf_counter()
+        w.send(Ping(w.next_id(), token + k))
+        while True:
+            f = w.recv_response(10.0)
+            if isinstance(f, Pong) and f.token == token + k:
+                break
+        rtts.append(time.perf_counter() - t0)
+        time.sleep(0.002)
+    return sorted(rtts)[len(rtts) // 2]
+
+
+@case("resources.fairness", "while several clients pipeline PINGs as fast as they can, another client's PING "
+      "round trip stays within a small multiple of its quiet one (not the time their backlogs take)",
+      layer="wire", exclusive=True, rules=("NMQ-6.2-4", "NMQ-8-4"))
+def fairness(ctx: Context) -> None:
+    n_flood = 4 if ctx.quick else 8
+    chunk = _pings(64 * 1024 // 24)  # 64 KiB of pipelined PINGs per send
+    with ctx.client() as probe:
+        quiet = _median_rtt(probe, 40, 1)
+        flooders = [ctx.client() for _ in range(n_flood)]
+        stop = threading.Event()
+
+        def flood() -> None:
+            socks = [f.sock for f in flooders]
+            for s in socks:
+                s.setblocking(False)
+            while not stop.is_set():
+                r, w, _ = select.select(socks, socks, [], 0.05)
+                for s in w:
+                    with contextlib.suppress(BlockingIOError, InterruptedError, ssl.SSLWantWriteError, OSError):
+                        s.send(chunk)
+                for s in r:
+                    with contextlib.suppress(BlockingIOError, InterruptedError, ssl.SSLWantReadError, OSError):
+                        s.recv(1 << 20)  # the PONGs, unread
+
+        th = threading.Thread(target=flood, daemon=True)
+        th.start()
+        try:
+            time.sleep(0.3)  # the floods are under way: backlogs on the server
+            flooded = _median_rtt(probe, 40, 1000)
+        finally:
+            stop.set()
+            th.join(5)
+            for f in flooders:
+                f.close()
+        bound = max(0.02, 10 * quiet)
+        with ctx.step("NMQ-6.2-4", "NMQ-8-4"):
+            check(flooded <= bound, f"with {n_flood} clients pipelining PINGs, another client's median PING round trip "
+                  f"was {flooded * 1e3:.1f} ms (quiet: {quiet * 1e3:.2f} ms; bound: {bound * 1e3:.1f} ms): one "
+                  "client's backlog is handled before the others are served")
+    ctx.note(f"median PING round trip {quiet * 1e3:.2f} ms quiet, {flooded * 1e3:.2f} ms with {n_flood} flooding clients")
+
+
+@case("resources.frame-buffer", "several clients each sending most of a large frame make the broker hold at most "
+      "about the declared bound for frames still arriving; every frame then completes and is acked, and the "
+      "memory goes back", layer="wire", exclusive=True, rules=("NMQ-6.2-6", "NMQ-6.2-2", "NMQ-8-4"))
+def frame_buffer(ctx: Context) -> None:
+    limit = ctx.target.spec.frame_buffer_bytes
+    if limit <= 0:
+        raise Skipped("the target declares no frame_buffer_bytes")
+    pid = ctx.target.broker_pid()
+    if pid is None or not Path(f"/proc/{pid}/status").exists():
+        raise Skipped("the broker's memory can be read only for a target the kit launched on this host")
+    per = max(1, min(ctx.max_batch, 256))
+    size = min(ctx.max_payload, ((ctx.max_frame or 1 << 24) - 1024) // per - 64)
+    t = ctx.topic("bigframes")
+    frame = encode(Publish(7, t, Ack.WRITTEN, RecordBatch.from_payloads([bytes(size)] * per)))
+    if len(frame) < 4 << 20:
+        raise Skipped(f"the largest frame the target allows is {len(frame) >> 20} MiB: too small to tell")
+    k = 5 if ctx.quick else 8
+    if limit > (k * len(frame)) // 2:
+        raise Skipped(f"frame_buffer_bytes {limit >> 20} MiB: the kit holds at most {k} frames of "
+                      f"{len(frame) >> 20} MiB, not enough to tell")
+    hold = len(frame) - (1 << 20)  # all but the last MiB of each frame
+    with ctx.client() as w:
+        publish(w, t, [b"first"])  # the topic exists
+        time.sleep(0.3)
+        before = _rss_anon_kb(pid)
+        senders = [ctx.client() for _ in range(k)]
+        sent = [0] * k
+        answers: list[Frame | BaseException | None] = [None] * k
+        try:
+            # All at once and quickly: a target's frame timeout runs on every frame it is reading.
+            for c in senders:
+                c.sock.setblocking(False)
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline and any(n < hold for n in sent):
+                progress = False
+                for i, c in enumerate(senders):
+                    if sent[i] < hold:
+                        with contextlib.suppress(BlockingIOError, ssl.SSLWantWriteError):
+                            sent[i] += c.sock.send(memoryview(frame)[sent[i] : hold])
+                            progress = True
+                if not progress:
+                    time.sleep(0.002)
+            time.sleep(0.3)
+            grown = (_rss_anon_kb(pid) - before) >> 10
+            bound = (limit >> 20) + 2 * k + 16
+            with ctx.step("NMQ-6.2-6", "NMQ-6.2-2"):
+                check(grown <= bound, f"{k} clients each sending up to {hold >> 20} MiB of a {len(frame) >> 20} MiB frame "
+                      f"({sum(sent) >> 20} MiB sent) made the broker's anonymous memory grow by {grown} MiB (declared "
+                      f"bound {limit >> 20} MiB; allowed {bound} MiB with a read per connection and slack)")
+            with ctx.step("NMQ-8-4"):
+                alive(w, "NMQ-8-4")
+
+            def finish(i: int) -> None:  # each frame completes, all in parallel: none may be refused or stall
+                c = senders[i]
+                try:
+                    c.sock.setblocking(True)
+                    c.sock.settimeout(60)
+                    c.sock.sendall(memoryview(frame)[sent[i] :])
+                    answers[i] = c.recv_response(60)
+                except BaseException as e:  # noqa: BLE001 - reported below
+                    answers[i] = e
+
+            threads = [threading.Thread(target=finish, args=(i,), daemon=True) for i in range(k)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join(90)
+            with ctx.step("NMQ-6.2-6"):
+                for i, f in enumerate(answers):
+                    check(isinstance(f, PublishAck) and f.count == per, f"frame {i + 1} of {k}, once complete, "
+                          f"answered {f!r}")
+        finally:
+            for c in senders:
+                c.close()
+        time.sleep(1.0)
+        kept = (_rss_anon_kb(pid) - before) >> 10
+        with ctx.step("NMQ-6.2-6"):
+            check(kept <= 32, f"after the {k} frames were handled and their connections closed the broker kept "
+                  f"{kept} MiB more anonymous memory than before (bound: 32 MiB)")
+    ctx.note(f"{k} x {hold >> 20} MiB of partial frames: broker anonymous memory +{grown} MiB (declared bound "
+             f"{limit >> 20} MiB), +{kept} MiB after")
+
+
+@case("resources.topic-rate", "topics created as fast as a client can: beyond the declared burst and rate a new "
+      "topic is RESOURCE_LIMIT, is not created, the connection goes on, and the same PUBLISH succeeds later",
+      layer="wire", exclusive=True, rules=("NMQ-6.2-5", "NMQ-8-2"))
+def topic_rate(ctx: Context) -> None:
+    rate, burst = ctx.target.spec.topic_create_rate, ctx.target.spec.topic_create_burst
+    if rate <= 0 or burst <= 0:
+        raise Skipped("the target declares no topic_create_rate and topic_create_burst")
+    if burst > 500:
+        raise Skipped(f"topic_create_burst {burst}: the kit creates at most 500 topics to test it")
+    if not ctx.target.can_crash:
+        raise Skipped("the allowance other cases used up cannot be known: needs a target the kit launched "
+                      "(it starts it afresh)")
+    ctx.target.fresh_start()  # a full allowance, whatever the cases before used
+    try:
+        base = ctx.topic("rate")
+        with ctx.client() as w:
+            t0 = time.monotonic()
+            made, refused = 0, None
+            while refused is None:  # PUBLISH creates them (SUBSCRIBEs would meet the subscription limit)
+                w.send(Publish(w.next_id(), f"{base}-{made}", Ack.WRITTEN, RecordBatch.from_payloads([b"r"])))
+                f = w.recv_response()
+                elapsed = time.monotonic() - t0
+                if isinstance(f, PublishAck):
+                    made += 1
+                    with ctx.step("NMQ-6.2-5"):
+                        check(made <= burst + rate * elapsed + 1, f"{made} topics created in {elapsed:.2f} s, over "
+                              f"the declared burst {burst} and rate {rate:g}/s")
+                    if elapsed > 15:
+                        raise Skipped(f"the target created {made} topics in {elapsed:.0f} s without reaching its "
+                                      f"declared rate {rate:g}/s: creating topics is slower than the limit")
+                    continue
+                refused = f
+            with ctx.step("NMQ-6.2-5", "NMQ-8-2"):
+                expect_error(refused, ErrorCode.RESOURCE_LIMIT, "NMQ-6.2-5")
+                check(made >= burst, f"only {made} topics were created before a refusal; the declared burst is {burst}")
+                alive(w)
+                w.send(Metadata(w.next_id(), ""))
+                md = w.recv_response()
+                check(isinstance(md, MetadataOk) and not any(x.name == f"{base}-{made}" for x in md.topics),
+                      "the refused topic was created")
+            time.sleep(1.5 / rate + 0.2)
+            with ctx.step("NMQ-6.2-5"):
+                w.send(Publish(w.next_id(), f"{base}-{made}", Ack.WRITTEN, RecordBatch.from_payloads([b"r"])))
+                f = w.recv_response()
+                check(isinstance(f, PublishAck), f"{1.5 / rate + 0.2:.1f} s later the same PUBLISH answered {f!r}")
+        ctx.note(f"{made} topics created before the first refusal (declared burst {burst}, rate {rate:g}/s)")
+    finally:
+        ctx.target.fresh_start()  # a full allowance again for the cases after this one
+
+
+# The cases below are not exclusive: last in this module, they run alongside the wire cases of the
+# modules after it (the runner batches consecutive non-exclusive cases), so their waits cost no time.
+
+@case("resources.commit-gaps", "with the declared bound N on runs of ids committed out of order, N runs are "
+      "accepted, a COMMIT making one more is RESOURCE_LIMIT without effect, and once lower commits join runs it "
+      "succeeds; ids within a run never count", layer="wire", rules=("NMQ-4.7-5", "NMQ-6.2-3", "NMQ-4.7-4"))
+def commit_gaps(ctx: Context) -> None:
+    n = ctx.target.spec.max_commit_gaps
+    if n <= 0:
+        raise Skipped("the target declares no max_commit_gaps")
+    if n > 2000:
+        raise Skipped(f"max_commit_gaps {n}: the kit makes at most 2000 runs")
+    t = ctx.topic("gaps")
+    total = 2 * n + 2 + 256
+    with ctx.client() as w:
+        for i in range(0, total, 256):
+            publish(w, t, [b"g"] * min(256, total - i))
+        s = subscribe(w, t, Start.EARLIEST, credit=total)
+        got = collect_all(w, s.sub_id, total)
+        check(len(got) == total and got[0].id == 1, f"delivered {len(got)} of {total} records")
+
+        def commit(ids: list[int]) -> Frame:
+            out: Frame | None = None
+            for i in range(0, len(ids), ctx.max_batch):  # one COMMIT per max_batch ids
+                w.send(Commit(w.next_id(), s.sub_id, tuple(ids[i : i + ctx.max_batch])))
+                out = w.recv_response()
+                if not isinstance(out, Committed):
+                    return out
+            assert out is not None
+            return out
+
+        with ctx.step("NMQ-4.7-5", "NMQ-4.7-4"):
+            f = commit(list(range(2, 2 * n + 1, 2)))  # 2, 4, ..., 2n: n runs above position 1
+            check(isinstance(f, Committed) and f.position == 1, f"committing {n} runs (the declared bound) answered {f!r}")
+        with ctx.step("NMQ-4.7-5", "NMQ-6.2-3"):
+            f = commit([2 * n + 2])  # run n + 1
+            expect_error(f, ErrorCode.RESOURCE_LIMIT)
+            f = commit([3])  # joins the runs [2] and [4]: allowed at the bound, and 1 is still not committed
+            check(isinstance(f, Committed) and f.position == 1, f"a COMMIT joining two runs at the bound answered {f!r}")
+            f = commit([1])  # 1..4 committed: the first run joins the position
+            check(isinstance(f, Committed) and f.position == 5, f"after committing 1, the position is {f!r}, expected 5")
+            f = commit([2 * n + 2])  # room again
+            check(isinstance(f, Committed), f"under the bound again, the same COMMIT answered {f!r}")
+        with ctx.step("NMQ-4.7-5"):
+            f = commit(list(range(2 * n + 3, total + 1)))  # 256 ids: one run, whatever their number
+            check(isinstance(f, Committed) and f.position == 5, f"a COMMIT of {total - 2 * n - 2} consecutive ids answered {f!r}")
+
+
+@case("resources.idle-timeout", "a connection with no subscription that sends nothing is closed after the "
+      "declared idle timeout, with RESOURCE_LIMIT citing NMQ-2-5; a subscribed one and a talking one stay open",
+      layer="wire", rules=("NMQ-2-5", "NMQ-8-2"))
+def idle_timeout(ctx: Context) -> None:
+    idle_s = ctx.target.spec.idle_timeout_s
+    if idle_s <= 0:
+        raise Skipped("the target declares no idle_timeout_s")
+    if idle_s > 30:
+        raise Skipped(f"idle_timeout_s {idle_s}: the kit waits at most 30 s for it")
+    t = ctx.topic("idle")
+    with ctx.client() as idle, ctx.client() as talker, ctx.client() as subscriber:
+        subscribe(subscriber, t, Start.LATEST, credit=10)
+        deadline = time.monotonic() + 1.5 * idle_s + 2
+        closed_frames: list | None = None
+        idle.sock.settimeout(0.05)
+        while time.monotonic() < deadline and closed_frames is None:
+            alive(talker, "NMQ-2-5")
+            with contextlib.suppress(TimeoutError):
+                closed_frames = idle.expect_closed(min(0.25, idle_s / 4))
+        with ctx.step("NMQ-2-5"):
+            check(closed_frames is not None, f"a connection idle for {1.5 * idle_s + 2:.0f} s (declared idle timeout "
+                  f"{idle_s:g} s) was not closed")
+            assert closed_frames is not None
+            check(any(is_error(f, ErrorCode.RESOURCE_LIMIT) and f.rule == "NMQ-2-5" for f in closed_frames),
+                  f"the idle connection was closed with {closed_frames!r}, not ERROR RESOURCE_LIMIT citing NMQ-2-5")
+        with ctx.step("NMQ-2-5", "NMQ-8-2"):
+            alive(subscriber, "NMQ-2-5")  # holds a subscription: never idle
+            alive(talker, "NMQ-2-5")
+
+
+@case("resources.write-timeout", "a subscriber with a large backlog that never reads its socket is dropped after "
+      "the declared write timeout; the others are served", layer="wire", rules=("NMQ-6.2-7", "NMQ-6.2-2", "NMQ-8-4"))
+def write_timeout(ctx: Context) -> None:
+    write_s = ctx.target.spec.write_timeout_s
+    if write_s <= 0:
+        raise Skipped("the target declares no write_timeout_s")
+    if write_s > 30:
+        raise Skipped(f"write_timeout_s {write_s}: the kit waits at most 30 s for it")
+    t = ctx.topic("stuck")
+    with ctx.client() as w:
+        chunk = [bytes(4096)] * 64
+        for _ in range(96):  # 24 MiB of backlog
+            publish(w, t, chunk)
+        lazy = WireClient(ctx.target.host, ctx.target.port, rcvbuf=4096, ssl_context=ctx.target.ssl)
+        try:
+            lazy.hello()
+            lazy.send(Subscribe(lazy.next_id(), t, Start.EARLIEST, 0, 0xFFFF_FFFF, ""))
+            time.sleep(write_s + 1.5)  # it never reads: its output is stuck on the server
+            with ctx.step("NMQ-6.2-7", "NMQ-6.2-2"):
+                # now read: what the kernel holds, then the end of the connection, unless it was kept
+                lazy.sock.settimeout(1.0)
+                deadline = time.monotonic() + 2 * write_s + 3
+                dropped = False
+                while time.monotonic() < deadline:
+                    try:
+                        if not lazy.sock.recv(1 << 20):
+                            dropped = True
+                            break
+                    except TimeoutError:
+                        continue
+                    except OSError:  # reset
+                        dropped = True
+                        break
+                check(dropped, f"a subscriber that read nothing for {write_s + 1.5:.1f} s (declared write timeout "
+                      f"{write_s:g} s) was still connected and being served")
+            with ctx.step("NMQ-8-4"):
+                alive(w, "NMQ-8-4")
+        finally:
+            lazy.close()

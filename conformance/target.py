@@ -56,14 +56,19 @@ file descriptor is printed with its path and a sync can be attributed to the fil
 
 REFERENCE_LAUNCH = ("{python} -m nanomq.cli.broker --port {port} --data-dir {data_dir} --log-level warning "
                     "--log-segment-size 8MB --handshake-timeout 2 --frame-timeout 2 --max-connections 64 --max-subscriptions 32 "
-                    "--retention-bytes 32MB --retention-check-interval 0.2")
+                    "--retention-bytes 32MB --retention-check-interval 0.2 --idle-timeout 6 --write-timeout 3 "
+                    "--max-commit-gaps 64 --max-frame-buffer 32MiB --topic-create-rate 10 --topic-create-burst 50")
 """The default target: the reference broker, started through its CLI like any other broker.
 Small segments: every topic preallocates one, the kit makes dozens of topics, and rotation gets
-exercised by the larger cases. Short handshake and frame timeouts, a connection limit and retention, so
-the cases of those rules can run (declared in :data:`REFERENCE_DECLARES`)."""
+exercised by the larger cases. Short handshake, frame, idle and write timeouts, a connection limit,
+retention and the resource limits of issue 10 (commit runs, frames still arriving, topic creation:
+a burst of 50 is more than the kit's wire layer creates in any 5 s), so the cases of those rules
+can run (declared in :data:`REFERENCE_DECLARES`)."""
 
 REFERENCE_DECLARES = {"storage_format": "nanomq-v1", "max_connections": 64, "retention_bytes": 32 << 20,
                       "retention_check_s": 0.2, "segment_bytes": 8 << 20, "max_subscriptions": 32,
+                      "idle_timeout_s": 6.0, "write_timeout_s": 3.0, "max_commit_gaps": 64,
+                      "frame_buffer_bytes": 32 << 20, "topic_create_rate": 10.0, "topic_create_burst": 50,
                       "capabilities": {"COMPRESSION_LZ4": True, "SEEK_TIME": True}}
 """What the kit knows of its default target beyond HELLO_OK (the keys of a target.toml)."""
 
@@ -105,6 +110,20 @@ class TargetSpec:
     max_subscriptions: int = 0
     """The subscriptions one connection may hold: the next SUBSCRIBE must be RESOURCE_LIMIT
     ([NMQ-6.2-3]). 0: unknown, that case is skipped."""
+    idle_timeout_s: float = 0.0
+    """The target closes a connection idle this long ([NMQ-2-5]). 0: unknown, that case is skipped."""
+    write_timeout_s: float = 0.0
+    """The target drops a connection whose output has been stuck this long ([NMQ-6.2-7]). 0: unknown."""
+    max_commit_gaps: int = 0
+    """The runs of ids committed out of order one connection's subscriptions may keep
+    ([NMQ-4.7-5]). 0: unknown, that case is skipped."""
+    frame_buffer_bytes: int = 0
+    """The target's bound on large frames still arriving, all connections together ([NMQ-6.2-6]).
+    0: unknown, that case is skipped (it also needs a target the kit launched on this host)."""
+    topic_create_rate: float = 0.0
+    """Topics the target creates per second at most, on average ([NMQ-6.2-5]). 0: unknown."""
+    topic_create_burst: int = 0
+    """Topics the target creates at once before its rate applies (with ``topic_create_rate``)."""
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> TargetSpec:
@@ -113,7 +132,9 @@ class TargetSpec:
             data = tomllib.load(f).get("target", {})
         unknown = set(data) - {"address", "launch", "kill", "ready_timeout", "capabilities", "tls_ca",
                                "storage_format", "topic_path", "max_connections", "retention_bytes",
-                               "retention_check_s", "segment_bytes", "max_subscriptions"}
+                               "retention_check_s", "segment_bytes", "max_subscriptions", "idle_timeout_s",
+                               "write_timeout_s", "max_commit_gaps", "frame_buffer_bytes", "topic_create_rate",
+                               "topic_create_burst"}
         if unknown:
             raise TargetError(f"{path}: unknown keys in [target]: {sorted(unknown)}")
         caps = data.get("capabilities", {})
@@ -125,7 +146,10 @@ class TargetSpec:
                    str(data.get("tls_ca", "")), False, str(data.get("storage_format", "")),
                    str(data.get("topic_path", "{data_dir}/topics/{topic}")), int(data.get("max_connections", 0)),
                    int(data.get("retention_bytes", 0)), float(data.get("retention_check_s", 60.0)),
-                   int(data.get("segment_bytes", 0)), int(data.get("max_subscriptions", 0)))
+                   int(data.get("segment_bytes", 0)), int(data.get("max_subscriptions", 0)),
+                   float(data.get("idle_timeout_s", 0.0)), float(data.get("write_timeout_s", 0.0)),
+                   int(data.get("max_commit_gaps", 0)), int(data.get("frame_buffer_bytes", 0)),
+                   float(data.get("topic_create_rate", 0.0)), int(data.get("topic_create_burst", 0)))
 
     def missing(self, announced: int) -> list[str]:
         """Capabilities the target.toml declares ``= true`` (the target must announce them) that
