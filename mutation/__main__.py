@@ -134,6 +134,26 @@ def earlier_verdicts(journal: Path, source_hash: str, variant: str, key: str) ->
     return out
 
 
+def passes(journal: Path, source_hash: str) -> list[dict[str, Any]]:
+    """Every run on these sources, in journal order: its kit, variant, the mutants it ran (not
+    carried) and the sum of their run times."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for ln in journal.read_text().splitlines() if journal.exists() else []:
+        try:
+            r = json.loads(ln)
+        except ValueError:
+            continue
+        if r.get("source_hash") != source_hash or r.get("carried_from") is not None:
+            continue
+        k = (str(r.get("key")), str(r.get("variant", "")))
+        p = out.setdefault(k, {"kit_hash": r.get("kit_hash"), "variant": k[1], "mutants": 0, "run_s": 0.0,
+                               "killed": 0})
+        p["mutants"] += 1
+        p["run_s"] = round(p["run_s"] + float(r.get("duration_s") or 0), 1)
+        p["killed"] += r.get("verdict") in ("killed", "timeout")
+    return list(out.values())
+
+
 def carry_verdicts(journal: Path, key: str, jobs: list[runner.Job], source_hash: str, variant: str) -> None:
     """Journal under ``key`` the latest earlier verdict of each of ``jobs`` (same sources)."""
     want = {f"{j.mutant.id}|{j.mutant.diff_key}" for j in jobs}
@@ -429,6 +449,7 @@ def _report_from_journal(args: argparse.Namespace, snap: dict[str, str], mutants
         "cases_usable": len(sel.cases), "cases_total": len(cmap["cases"]), "sources": snap.get("sources", ""),
         "population": population(mutants), "reported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "carried": sum(1 for i in chosen if results.get(f"{mutants[i].id}|{mutants[i].diff_key}", {}).get("carried_from")),
+        "passes": passes(journal, snap["source_hash"]),
         "partial": f"{missing} selected mutant(s) have no result under this kit" if missing else "",
         "selection": {"filter": args.filter, "sample": args.sample, "sample_c": args.sample_c,
                       "sample_seed": args.sample_seed, "stratified": "kind, then file and function",

@@ -166,11 +166,16 @@ def markdown(rep: dict[str, Any], full: bool) -> str:
           f"Sources {meta.get('source_hash')}, kit {meta.get('kit_hash')} ({meta.get('cases_usable')} usable kit "
           f"cases), kit seed {meta.get('seed')}, `--quick`: {meta.get('quick')}, mutmut {meta.get('mutmut')}.", ""]
     if meta.get("campaign_kit_hash"):
-        rr = meta.get("rerun") or {}
         L += [f"The campaign ran with kit {meta['campaign_kit_hash']}; kit cases were added against its survivors, "
-              f"and with the kit {meta.get('kit_hash')} every earlier kill whose killing case the kit still has was "
-              f"carried over and the {rr.get('mutants', '?')} unrecorded survivors were run again "
-              f"(`--rerun-survivors`, {rr.get('duration_s', 0) / 60:.1f} min with the coverage map).", ""]
+              f"and under each later kit (last {meta.get('kit_hash')}) every earlier kill whose killing case the kit "
+              "still has (or whose broker did not start) was carried over and the unrecorded survivors were run "
+              "again (`--rerun-survivors`).", ""]
+    if meta.get("passes"):
+        L += ["| pass | kit | variant | mutants run | killed | run time (sum over mutants) |",
+              "| ---: | --- | --- | ---: | ---: | ---: |"]
+        L += [f"| {n} | {p.get('kit_hash')} | {p.get('variant') or 'default launch'} | {p['mutants']} | "
+              f"{p['killed']} | {p['run_s'] / 60:.1f} min |" for n, p in enumerate(meta["passes"], 1)]
+        L.append("")
     if meta.get("kit_changed"):
         L += [f"The campaign ran its copy of the kit as of its start ({meta.get('kit_hash')}); the checkout's "
               f"kit has changed since ({meta.get('kit_hash_end')}): the next campaign takes the new cases.", ""]
