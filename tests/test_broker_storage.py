@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import struct
 import time
 from pathlib import Path
@@ -156,6 +157,25 @@ def test_a_damaged_topic_id_does_not_hide_or_renumber_the_topic(tmp_path: Path) 
     assert (tmp_path / "topics" / "b" / "topic_id").read_text() == "2\n"
     assert reg.get("b").log.read(1).count == 1
     assert reg.get_or_create("d").topic_id not in (1, 2, reg.get("c").topic_id)
+    reg.close_all()
+
+
+def test_a_stray_segment_file_does_not_renumber_a_topic_whose_topic_id_is_damaged(tmp_path: Path) -> None:
+    """NMQ-S2-5 with NMQ-S9-9: the id comes from the log's own first record, never from a file
+    named like a segment that is not one (4 KiB of random bytes sorting before the log)."""
+    reg = _registry(tmp_path)
+    reg.open_all()
+    reg.get_or_create("a")
+    b = reg.get_or_create("b")
+    b.log.append_batch(batch([b"x"]), 1, sync=True)
+    reg.close_all()
+    rnd = random.Random(7)
+    (tmp_path / "topics" / "b" / "00000000000000000000.log").write_bytes(bytes(rnd.randrange(256) for _ in range(4096)))
+    (tmp_path / "topics" / "b" / "topic_id").write_bytes(b"\xffgarbage")
+    reg = _registry(tmp_path)
+    reg.open_all()
+    assert reg.get("b").topic_id == 2
+    assert reg.get("b").log.read(1).count == 1
     reg.close_all()
 
 

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from nanomq.protocol import RECORD_HEADER_SIZE, ProtocolError, RecordBatch, record_span
 from nanomq.storage.errors import StorageError
 
 __all__ = ["TopicCatalog", "StoredTopic", "fsync_dir", "TOPIC_ID_FILE"]
@@ -32,6 +33,7 @@ TOPIC_ID_FILE = "topic_id"
 _TMP = TOPIC_ID_FILE + ".tmp"
 _MAX_TOPIC_ID = 0xFFFFFFFF
 _log = logging.getLogger("nanomq.storage")
+_MAX_RECORD = 1 << 30  # the log's own bound on a payload (nanomq/_c/log.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,16 +165,32 @@ def _has_log(path: Path) -> bool:
 
 
 def _first_record_topic_id(path: Path) -> int | None:
-    """The ``topic_id`` field of the first record of the topic's log (spec/storage.md §3), or None."""
+    """The ``topic_id`` field of the first record of the topic's log (spec/storage.md §3), or None.
+
+    Only a record the log itself would take counts: the first of a segment file whose name is its
+    id, intact (its CRC holds). A stray named like a segment ([NMQ-S9-9]; random bytes sort before
+    the log as ``00000000000000000000.log``) must not renumber the topic ([NMQ-S2-5])."""
     for seg in _segment_files(path):
+        first = int(seg.name[:-4]) if seg.name[:-4].isdigit() else 0
+        if first == 0:
+            continue
         try:
             with open(seg, "rb") as f:
-                head = f.read(64)
+                head = f.read(RECORD_HEADER_SIZE)
+                if len(head) < RECORD_HEADER_SIZE or int.from_bytes(head[:8], "little") != first:
+                    continue
+                size = int.from_bytes(head[20:24], "little")
+                if size > _MAX_RECORD:
+                    continue
+                record = head + f.read(record_span(size) - RECORD_HEADER_SIZE)
         except OSError:
             continue
-        if len(head) == 64 and int.from_bytes(head[:8], "little") != 0:
-            tid = int.from_bytes(head[16:20], "little")
-            return tid if tid else None
+        try:
+            RecordBatch.parse(record, 1, max_payload=_MAX_RECORD)
+        except ProtocolError:
+            continue
+        tid = int.from_bytes(head[16:20], "little")
+        return tid if tid else None
     return None
 
 
