@@ -65,6 +65,7 @@ struct nmq_seg {
     uint64_t trust_end;         /* records below this offset were accepted on open without a CRC
                                  * check (index or checkpoint): reads verify them lazily */
     int pins, retired;
+    int sealing;                /* a seal_next() is writing its files: retention keeps it (mu) */
 };
 
 struct nmq_log {
@@ -661,6 +662,7 @@ static int seal_next(nmq_log *log, int *sealed) {
     nmq_seg *o = log->segs[log->nsegs - 1 - log->unsealed];
     o->pins++;
     log->refs++;
+    o->sealing = 1; /* retention must not delete its files while this seal writes its index */
     pthread_mutex_unlock(&log->mu);
     int rc = seg_sync(log, o, o->size);
     if (rc) {
@@ -676,14 +678,19 @@ static int seal_next(nmq_log *log, int *sealed) {
     }
     if (rc == 0) {
         pthread_mutex_lock(&log->mu);
-        /* retention may have dropped o meanwhile, and taken it off the queue itself */
-        if (log->unsealed && log->segs[log->nsegs - 1 - log->unsealed] == o) log->unsealed--;
+        log->unsealed--; /* o is still the oldest unsealed one: retention keeps a segment being sealed */
+        o->sealing = 0;
         pthread_mutex_unlock(&log->mu);
         uint64_t d = atomic_load(&log->durable_id);
         while (d < o->last_id && !atomic_compare_exchange_weak(&log->durable_id, &d, o->last_id)) {
         }
         (void)ckpt_write(log, 0, o->last_id + 1, 0, o->last_id + 1, o->last_ts); /* retried by the next seal or close */
         *sealed = 1;
+    }
+    if (rc) {
+        pthread_mutex_lock(&log->mu);
+        o->sealing = 0;
+        pthread_mutex_unlock(&log->mu);
     }
     nmq_log_unpin(log, o);
     return rc;
@@ -999,8 +1006,9 @@ int nmq_log_retain(nmq_log *log, uint64_t now, uint64_t *deleted) {
         int big = log->cfg.retention_bytes > 0 && log->total_bytes > (uint64_t)log->cfg.retention_bytes;
         int hole = s->last_id < s->first_id; /* a leading hole holds nothing (NMQ-S9-8) */
         if (!old && !big && !hole) break;
+        if (s->sealing) break; /* being sealed right now: its turn comes at the next retention run */
         /* an unsealed segment may go too (nobody may have synced since it was rotated out): it
-         * leaves the queue of seals with it (I4; seal_next checks it is still queued) */
+         * leaves the queue of seals with it (I4) */
         if (log->unsealed == log->nsegs - 1) log->unsealed--;
         drop_first(log);
         n++;
@@ -1429,6 +1437,12 @@ static int recover(nmq_log *log, nmq_recovery_report *rep) {
                 res = scan(log, s, from, fsize, 1, &stop);
                 rep->verified_bytes += stop - from;
             }
+            /* verify_all checks every byte, but what the checkpoint vouched for is still known:
+             * records ending before its offset are damage (bad-record), not a torn tail, exactly as
+             * without verify_all above [NMQ-S9-3] */
+            if (res == SCAN_END && log->cfg.verify_all && ck.valid && s->first_id == ck.seg &&
+                stop < (ck.off < fsize ? ck.off : fsize))
+                res = SCAN_BAD;
         }
         if (res == SCAN_NOMEM) {
             rc = -ENOMEM;
