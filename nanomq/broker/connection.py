@@ -919,10 +919,7 @@ class Connection(asyncio.Protocol):
                     try:
                         d = self._deliver_fast(plane, sub, min(sub.credit, max_batch))
                     except StorageError as e:
-                        sub.topic.damage_found(sub.next_id, e)
-                        self._fatal(ErrorCode.STORAGE_ERROR, f"topic {sub.topic.name!r}: record {sub.next_id} cannot "
-                                    f"be delivered on subscription {sub.sub_id}: its stored bytes are damaged ({e})",
-                                    "NMQ-S9-7")
+                        self._damaged(sub, e)
                         return False
                     if d.count == 0:
                         if d.first_id > sub.next_id:  # retention removed what was next
@@ -940,12 +937,7 @@ class Connection(asyncio.Protocol):
                 try:
                     r = log.read(sub.next_id, min(sub.credit, max_batch), _DELIVER_MAX_BYTES)
                 except StorageError as e:
-                    # Damaged stored bytes met while serving [NMQ-S9-7]: never delivered, logged once;
-                    # this subscription cannot go on, so its connection is told why and closed.
-                    sub.topic.damage_found(sub.next_id, e)
-                    self._fatal(ErrorCode.STORAGE_ERROR, f"topic {sub.topic.name!r}: record {sub.next_id} cannot be "
-                                f"delivered on subscription {sub.sub_id}: its stored bytes are damaged ({e})",
-                                "NMQ-S9-7")
+                    self._damaged(sub, e)
                     return False
                 if r.count == 0:
                     if r.first_id > sub.next_id:  # retention removed what was next
@@ -961,6 +953,13 @@ class Connection(asyncio.Protocol):
                 sub.credit -= r.count
                 turns += 1
         return again
+
+    def _damaged(self, sub: Subscription, exc: StorageError) -> None:
+        """Damaged stored bytes met while serving [NMQ-S9-7]: never delivered, logged once; this
+        subscription cannot go on, so its connection is told why and closed."""
+        sub.topic.damage_found(sub.next_id, exc)
+        self._fatal(ErrorCode.STORAGE_ERROR, f"topic {sub.topic.name!r}: record {sub.next_id} cannot be delivered "
+                    f"on subscription {sub.sub_id}: its stored bytes are damaged ({exc})", "NMQ-S9-7")
 
     def _deliver_fast(self, plane: Plane, sub: Subscription, credit: int) -> Delivery:
         """One DELIVER through the data plane: written to the socket from the log mapping when the
