@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import struct
 import time
@@ -28,6 +29,7 @@ from nanomq.broker.config import BrokerConfig
 from nanomq.broker.connection import (
     _TURN_BYTES,
     _TURN_FRAMES,
+    Announcement,
     Connection,
     ConnectionContext,
     FrameBudget,
@@ -88,9 +90,10 @@ class Transport(FakeTransport):
 
 class Peer:
     def __init__(self, registry: TopicRegistry, *, c_plane: bool = False, turns: Turns | None = None,
-                 max_commit_gaps: int = 4096, budget: FrameBudget | None = None) -> None:
+                 max_commit_gaps: int = 4096, budget: FrameBudget | None = None,
+                 announced: Announcement = ANNOUNCED) -> None:
         self.conn = Connection(ConnectionContext(
-            ANNOUNCED, registry, 8, 1 << 16, lambda c: True, lambda c: None,
+            announced, registry, 8, 1 << 16, lambda c: True, lambda c: None,
             plane=registry.plane if c_plane else None, topic_at=registry.at if c_plane else None,
             turns=turns, max_commit_gaps=max_commit_gaps, frame_budget=budget))
         self.transport = Transport()
@@ -421,3 +424,31 @@ def test_new_flags_are_in_help(capsys: pytest.CaptureFixture[str]) -> None:
     for flag in ("--idle-timeout", "--write-timeout", "--max-topics", "--topic-create-rate", "--topic-create-burst",
                  "--max-commit-gaps", "--max-frame-buffer"):
         assert flag in out
+
+
+@pytest.mark.parametrize("c_plane", [False, True], ids=["python-plane", "c-plane"])
+def test_a_large_frame_handled_gives_its_memory_back_even_after_an_earlier_trim(
+        registry: TopicRegistry, c_plane: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """[NMQ-6.2-6] "the memory is given back once the frame has been handled": the heap is trimmed
+    after a large frame is handled, also when it arrived in one read (no reservation was ever
+    made) and when a trim already ran before it (a frame that waited for its turn)."""
+    from nanomq.broker import connection as connection_mod
+
+    trims: list[float] = []
+    monkeypatch.setattr(connection_mod, "_release_freed_memory", lambda: trims.append(time.monotonic()))
+    announced = dataclasses.replace(ANNOUNCED, max_frame=4 << 20, max_batch=256, max_payload=65536)
+    frame = Publish(2, "trimmed", Ack.WRITTEN, RecordBatch.from_payloads([bytes(8192)] * 256))
+    assert len(encode(frame)) >= 1 << 20
+
+    async def main() -> None:
+        p = Peer(registry, c_plane=c_plane, budget=FrameBudget(64 << 20), announced=announced)
+        p.send(Hello(1))
+        p.send(frame)
+        await asyncio.sleep(0.7)
+        assert len(trims) == 1, trims  # handled: trimmed 0.5 s later
+        p.send(dataclasses.replace(frame, request_id=3))
+        await asyncio.sleep(0.7)
+        assert len(trims) == 2, trims  # a later frame arms the trim again
+        assert sum(isinstance(f, PublishAck) for f in p.frames()) == 2
+
+    asyncio.run(main())

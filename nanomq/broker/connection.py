@@ -249,6 +249,13 @@ class FrameBudget:
             self._waiting.popleft()
             self.used += need
             conn.budget_granted(need)
+        self.freed(n)
+
+    def freed(self, n: int) -> None:
+        """``n`` bytes of frames were let go (a reservation given back, or frames handled): when
+        that is 1 MiB or more, give the heap's free pages back to the system 0.5 s from now,
+        unless a trim is already due. A trim is armed again by every large release after it, so
+        a frame handled after one trim (it waited for its turn) is given back by the next."""
         if n >= 1 << 20 and self._trim is None:
             with contextlib.suppress(RuntimeError):  # no running loop: a test driving a connection
                 self._trim = asyncio.get_running_loop().call_later(0.5, self._trimmed)
@@ -517,7 +524,15 @@ class Connection(asyncio.Protocol):
         return n >= _HEADER and d.pending_frame_size <= n
 
     def _work(self) -> None:
-        """Handle the buffered frames, at most one turn of them ([NMQ-6.2-4])."""
+        """Handle the buffered frames, at most one turn of them ([NMQ-6.2-4]); the memory of large
+        ones handled goes back to the system soon after ([NMQ-6.2-6], :meth:`FrameBudget.freed`)."""
+        buffered = self._decoder.buffered
+        self._work_frames()
+        budget = self._ctx.frame_budget
+        if budget is not None:  # the frames handled are garbage now (a fatal error dropped the rest)
+            budget.freed(buffered - self._decoder.buffered)
+
+    def _work_frames(self) -> None:
         decoder = self._decoder
         completed = False
         plane = self._plane
