@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
 import sys
+import threading
 import tomllib
 from pathlib import Path
 
@@ -52,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run only cases that check this rule ID (repeatable, or comma-separated)")
     ap.add_argument("--quick", action="store_true",
                     help="the fast mode: one crash cycle per crash case, smaller histories, no budgets layer")
+    ap.add_argument("--one-target", action="store_true",
+                    help="run the cases that restart the target (crash and storage layers, resources.topic-rate) on "
+                    "it, after the others; by default, when the kit launches the target (launch command with "
+                    "{port} and {data_dir}, kill command with {pid} if any) and --jobs > 1, they run on two more "
+                    "instances launched alongside (one for the storage layer, one for the rest)")
     ap.add_argument("--fail-fast", action="store_true", help="stop at the first FAILED case")
     ap.add_argument("--jobs", type=int, default=4,
                     help="cases of the vectors, wire and history layers run this many at a time (default 4; "
@@ -148,8 +155,38 @@ def main(argv: list[str] | None = None) -> int:
                 line += f"\n    {n}"
             print(line, flush=True)
 
-        run = run_cases(cases, ctx, rules, progress, fail_fast=args.fail_fast, jobs=args.jobs,
-                        before_layer=lambda layer: target.fresh_start() if layer == "crash" else None)
+        twins: list[Target] = []
+        twins_lock = threading.Lock()
+
+        def other_instance(lane: str) -> Context | None:
+            """A further instance of the target for ``lane``, started, and a context on it; None
+            (with a warning) when it does not start: that lane then runs on the first."""
+            twin = target.twin(f"target-{lane}.log")
+            with twins_lock:
+                twins.append(twin)
+            try:
+                twin.start()
+            except TargetError as e:
+                twin.cleanup()
+                target.warn(f"another instance of the target, for the {lane} cases, did not start ({e}); they "
+                            "run on the first, after the others")
+                return None
+            return dataclasses.replace(ctx, target=twin)
+
+        use_twin = (not args.one_target and args.jobs > 1 and target.can_twin
+                    and any(c.restarts for c in cases) and any(not c.restarts and c.layer != "budgets" for c in cases))
+        try:
+            run = run_cases(cases, ctx, rules, progress, fail_fast=args.fail_fast, jobs=args.jobs,
+                            before_layer=lambda layer: target.fresh_start() if layer == "crash" else None,
+                            side=other_instance if use_twin else None)
+        finally:
+            twin_meta = [{"address": f"{t.host}:{t.port}", **t.report_meta()[0]} for t in twins if t.proc is not None]
+            for twin in twins:
+                if args.keep_data:
+                    twin.stop()
+                    print(twin.keep_note())
+                else:
+                    twin.cleanup()
         meta = {
             "target": {"address": f"{target.host}:{target.port}", "launch": spec.launch, "kill": spec.kill},
             "server": {"name": hello.server_name, "capabilities": caps, "max_frame": hello.max_frame,
@@ -158,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         target_meta, target_lines = target.report_meta()
         meta["target"].update(target_meta)
+        if twin_meta:
+            meta["target"]["other_instances"] = twin_meta
         index = write_reports(run, rules, args.report_dir, meta)
     finally:
         if args.keep_data:

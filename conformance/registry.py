@@ -62,13 +62,17 @@ class Case:
     exclusive: bool = False
     """Runs with no other case at the same time (it restarts the target, fills a limit, or
     measures). Cases of the crash, storage and budgets layers are always exclusive."""
+    restarts: bool = False
+    """Stops or restarts the target (always exclusive): when the kit runs a second instance of the
+    target, such a case runs there, with the crash and storage layers, not beside the wire cases.
+    Every case of the crash and storage layers restarts."""
 
 
 CASES: list[Case] = []
 
 
 def case(id: str, title: str, *, layer: str, rules: tuple[str, ...] | list[str], needs: Capability | None = None,
-         randomized: bool = False, exclusive: bool = False
+         randomized: bool = False, exclusive: bool = False, restarts: bool = False
          ) -> Callable[[Callable[[Context], None]], Callable[[Context], None]]:
     """Register a case function."""
     assert layer in LAYERS, layer
@@ -77,7 +81,8 @@ def case(id: str, title: str, *, layer: str, rules: tuple[str, ...] | list[str],
         if any(c.id == id for c in CASES):
             raise ValueError(f"duplicate case id {id}")
         CASES.append(Case(id, title, layer, tuple(rules), fn, needs, randomized,
-                          exclusive or layer in ("crash", "storage", "budgets")))
+                          exclusive or restarts or layer in ("crash", "storage", "budgets"),
+                          restarts or layer in ("crash", "storage")))
         return fn
 
     return register

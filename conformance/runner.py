@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from conformance.registry import CASES, Case, Context, Failed, Skipped, Unimplemented, bind_case_context
 from conformance.rules import Rule
 
-__all__ = ["CaseResult", "RunResult", "run_cases", "VERDICTS"]
+__all__ = ["CaseResult", "RunResult", "run_cases", "VERDICTS", "SIDE_LAYERS", "side_lane"]
 # Per-rule verdicts (rule_verdicts) are in conformance.verdicts.
 
 VERDICTS = ("OK", "NON-STRICT", "INFORMATIONAL", "UNIMPLEMENTED", "FAILED")
@@ -88,14 +88,35 @@ def run_one(c: Case, ctx: Context, rules: dict[str, Rule]) -> CaseResult:
     return CaseResult(c, verdict, msg, tuple(failed), list(ctx.notes), time.monotonic() - t0, verified)
 
 
+SIDE_LAYERS = ("crash", "storage")
+"""The layers whose every case stops, kills or restarts its target (:attr:`Case.restarts`), which
+would disturb any case running beside it on the same one."""
+
+
+def side_lane(c: Case) -> str:
+    """Which instance of the target a case that restarts it runs on, when the kit runs more than
+    one: the storage layer on one, the crash layer and the wire cases that restart on another."""
+    return "storage" if c.layer == "storage" else "crash"
+
+
 def run_cases(cases: list[Case], ctx: Context, rules: dict[str, Rule],
               progress: Callable[[CaseResult], None] | None = None, fail_fast: bool = False,
-              jobs: int = 1, before_layer: Callable[[str], None] | None = None) -> RunResult:
+              jobs: int = 1, before_layer: Callable[[str], None] | None = None,
+              side: Callable[[str], Context | None] | None = None) -> RunResult:
     """Run ``cases`` (layer order is the caller's choice). Consecutive non-exclusive cases run
     ``jobs`` at a time on threads (they use topics of their own, so they cannot disturb each
     other's checks); an exclusive case runs alone. ``fail_fast`` stops after the first FAILED
     case. ``before_layer(layer)`` runs before the first case of each layer (the kit gives the crash
-    layer a fresh data directory). Results keep the order of ``cases``."""
+    layer a fresh data directory). Results keep the order of ``cases``.
+
+    ``side``, if given, runs the cases that restart their target (:attr:`Case.restarts`: every
+    case of :data:`SIDE_LAYERS`, and a few wire cases) on other instances of the target, while
+    the rest run on ``ctx``: ``side(lane)`` is called on a thread of its own for each lane of
+    :func:`side_lane` and returns the context of a further instance, started, or None if there
+    is none. Each lane's cases run there one at a time, in order; the budgets layer runs after
+    every lane has finished, on a machine the kit no longer loads. Exclusive still means alone on
+    its instance: a crash case restarts only the one it runs on. A lane without an instance runs
+    on ``ctx`` after the others, as without ``side``."""
     t0 = time.monotonic()
     done: dict[int, CaseResult] = {}
     lock = threading.Lock()
@@ -109,23 +130,62 @@ def run_cases(cases: list[Case], ctx: Context, rules: dict[str, Rule],
             if fail_fast and r.verdict == "FAILED":
                 stop.set()
 
+    everything = list(range(len(cases)))
+    if side is None:
+        _run_lane(cases, everything, ctx, rules, finish, stop, jobs, before_layer)
+        return RunResult([done[k] for k in sorted(done)], ctx.seed, time.monotonic() - t0)
+    lanes: dict[str, list[int]] = {}
+    for k in everything:
+        if cases[k].restarts and cases[k].layer != "budgets":
+            lanes.setdefault(side_lane(cases[k]), []).append(k)
+    last_part = [k for k in everything if cases[k].layer == "budgets"]
+    in_lanes = {k for part in lanes.values() for k in part}
+    main_part = [k for k in everything if k not in in_lanes and k not in last_part]
+    lane_ctx: dict[str, Context | None] = {}
+
+    def run_lane(name: str) -> None:
+        try:
+            lane_ctx[name] = side(name)
+        except Exception:  # a bug, not a verdict: say so, and run the lane on ctx after all
+            traceback.print_exc()
+            lane_ctx[name] = None
+        there = lane_ctx[name]
+        if there is not None:
+            _run_lane(cases, lanes[name], there, rules, finish, stop, 1, None)
+
+    threads = [threading.Thread(target=run_lane, args=(name,), name=f"lane-{name}", daemon=True) for name in lanes]
+    for th in threads:
+        th.start()
+    _run_lane(cases, main_part, ctx, rules, finish, stop, jobs, before_layer)
+    for th in threads:
+        th.join()
+    left = sorted(k for name, part in lanes.items() if lane_ctx.get(name) is None for k in part)
+    _run_lane(cases, left, ctx, rules, finish, stop, jobs, before_layer)  # lanes without an instance
+    _run_lane(cases, last_part, ctx, rules, finish, stop, jobs, before_layer)
+    return RunResult([done[k] for k in sorted(done)], ctx.seed, time.monotonic() - t0)
+
+
+def _run_lane(cases: list[Case], part: list[int], ctx: Context, rules: dict[str, Rule],
+              finish: Callable[[int, CaseResult], None], stop: threading.Event, jobs: int,
+              before_layer: Callable[[str], None] | None) -> None:
+    """Run the cases numbered ``part`` (ascending) on ``ctx``, handing each result to ``finish``."""
     i = 0
     layer = ""
-    while i < len(cases) and not stop.is_set():
-        if cases[i].layer != layer:
-            layer = cases[i].layer
+    while i < len(part) and not stop.is_set():
+        if cases[part[i]].layer != layer:
+            layer = cases[part[i]].layer
             if before_layer is not None:
                 before_layer(layer)
-        if cases[i].exclusive or jobs <= 1:
-            finish(i, run_one(cases[i], ctx, rules))
+        if cases[part[i]].exclusive or jobs <= 1:
+            finish(part[i], run_one(cases[part[i]], ctx, rules))
             i += 1
             continue
         j = i
-        while j < len(cases) and not cases[j].exclusive and cases[j].layer == layer:
+        while j < len(part) and not cases[part[j]].exclusive and cases[part[j]].layer == layer:
             j += 1
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="case") as pool:
             futures = []
-            for k in range(i, j):
+            for k in part[i:j]:
                 def job(k: int = k) -> None:
                     if not stop.is_set():
                         finish(k, run_one(cases[k], ctx, rules))
@@ -133,7 +193,6 @@ def run_cases(cases: list[Case], ctx: Context, rules: dict[str, Rule],
             for f in futures:
                 f.result()
         i = j
-    return RunResult([done[k] for k in sorted(done)], ctx.seed, time.monotonic() - t0)
 
 
 def all_cases() -> list[Case]:

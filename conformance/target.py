@@ -56,7 +56,7 @@ file descriptor is printed with its path and a sync can be attributed to the fil
 
 REFERENCE_LAUNCH = ("{python} -m nanomq.cli.broker --port {port} --data-dir {data_dir} --log-level warning "
                     "--log-segment-size 8MB --handshake-timeout 2 --frame-timeout 2 --max-connections 64 --max-subscriptions 32 "
-                    "--retention-bytes 32MB --retention-check-interval 0.2 --idle-timeout 6 --write-timeout 3 "
+                    "--retention-bytes 32MB --retention-check-interval 0.2 --idle-timeout 3 --write-timeout 2 "
                     "--max-commit-gaps 64 --max-frame-buffer 32MiB --topic-create-rate 10 --topic-create-burst 50")
 """The default target: the reference broker, started through its CLI like any other broker.
 Small segments: every topic preallocates one, the kit makes dozens of topics, and rotation gets
@@ -67,7 +67,7 @@ can run (declared in :data:`REFERENCE_DECLARES`)."""
 
 REFERENCE_DECLARES = {"storage_format": "nanomq-v1", "max_connections": 64, "retention_bytes": 32 << 20,
                       "retention_check_s": 0.2, "segment_bytes": 8 << 20, "max_subscriptions": 32,
-                      "idle_timeout_s": 6.0, "write_timeout_s": 3.0, "max_commit_gaps": 64,
+                      "idle_timeout_s": 3.0, "write_timeout_s": 2.0, "max_commit_gaps": 64,
                       "frame_buffer_bytes": 32 << 20, "topic_create_rate": 10.0, "topic_create_burst": 50,
                       "capabilities": {"COMPRESSION_LZ4": True, "SEEK_TIME": True}}
 """What the kit knows of its default target beyond HELLO_OK (the keys of a target.toml)."""
@@ -255,7 +255,8 @@ def _socket_holders(pids: dict[int, int], inodes: set[str]) -> list[int]:
 class Target:
     """A running target: launched by the kit, or an address it only connects to."""
 
-    def __init__(self, spec: TargetSpec, workdir: Path | None = None, log_dir: Path | None = None) -> None:
+    def __init__(self, spec: TargetSpec, workdir: Path | None = None, log_dir: Path | None = None,
+                 log_name: str = "target.log") -> None:
         if not spec.launch and not spec.address:
             raise TargetError("the target needs an address or a launch command")
         self.spec = spec
@@ -266,7 +267,8 @@ class Target:
         self.host = "127.0.0.1"
         self.data_dir = self.workdir / "data"
         self.trace_path = self.workdir / "syncs.strace"
-        self.log_path = Path(log_dir) / "target.log" if log_dir is not None else self.workdir / "target.log"
+        self._log_dir = log_dir
+        self.log_path = Path(log_dir) / log_name if log_dir is not None else self.workdir / log_name
         """The target's stdout and stderr, from every start of this run (each start marked)."""
         self._log_opened = False
         self._log_named = False
@@ -284,6 +286,24 @@ class Target:
                 self.ssl = ssl.create_default_context(cafile=spec.tls_ca)
             except (OSError, ssl.SSLError) as e:
                 raise TargetError(f"cannot load tls_ca {spec.tls_ca}: {e}") from e
+
+    @property
+    def can_twin(self) -> bool:
+        """Whether the kit can launch a second, independent instance of this target alongside it:
+        the kit launches it (no fixed address), its launch command takes the kit's ``{port}`` and
+        ``{data_dir}`` (so two instances cannot share a port or a directory), and a kill command,
+        if any, names ``{pid}`` (so killing one cannot kill the other)."""
+        s = self.spec
+        return (bool(s.launch) and not s.address and "{port}" in s.launch and "{data_dir}" in s.launch
+                and (not s.kill or "{pid}" in s.kill))
+
+    def twin(self, log_name: str) -> Target:
+        """A second instance of this target (see :attr:`can_twin`), not started: its own
+        working directory, port and data directory, its log ``log_name`` beside this one's."""
+        if not self.can_twin:
+            raise TargetError("this target cannot have a second instance (fixed address, or a launch or kill "
+                              "command without the kit's {port}, {data_dir} or {pid})")
+        return Target(self.spec, log_dir=self._log_dir, log_name=log_name)
 
     @property
     def can_crash(self) -> bool:

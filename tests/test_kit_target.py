@@ -209,3 +209,31 @@ def test_unknown_placeholder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(TargetError, match="bad placeholder"):
         t.start()
     t.cleanup()
+
+
+def test_a_twin_is_an_independent_instance_and_only_for_targets_the_kit_places(tmp_path: Path) -> None:
+    spec = TargetSpec(launch="{python} -m nanomq.cli.broker " + BROKER_ARGS, kill="kill -9 {pid}")
+    t = Target(spec, log_dir=tmp_path)
+    twin = t.twin("target-crash.log")
+    try:
+        t.start()
+        twin.start()
+        assert twin.port != t.port and twin.data_dir != t.data_dir and twin.workdir != t.workdir
+        assert twin.log_path == tmp_path / "target-crash.log" and twin.log_path.exists()
+        pid = twin.broker_pid()
+        twin.kill()  # kill -9 {pid} of the twin leaves the first running
+        assert pid is not None and not Path(f"/proc/{pid}").exists()
+        with t.client() as w:
+            assert isinstance(w.publish("cf-twin", [b"x"]), PublishAck)
+    finally:
+        twin.cleanup()
+        t.cleanup()
+    # a fixed port, a fixed directory, or a kill command that cannot tell the instances apart
+    for bad in (TargetSpec(launch="b --port 9000 --data {data_dir}"), TargetSpec(launch="b --port {port} --data /d"),
+                TargetSpec(launch="b --port {port} --data {data_dir}", kill="pkill b"),
+                TargetSpec(address="127.0.0.1:9000", launch="b --port {port} --data {data_dir}")):
+        other = Target(bad, log_dir=tmp_path)
+        assert not other.can_twin
+        with pytest.raises(TargetError):
+            other.twin("x.log")
+        other.cleanup()

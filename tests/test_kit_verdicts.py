@@ -152,3 +152,69 @@ def test_a_capability_the_target_declares_must_be_announced(tmp_path: Path) -> N
     p = subprocess.run([sys.executable, "-m", "conformance", "--target", str(t), "--case", "wire.ping",
                         "--report-dir", str(tmp_path / "r")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "does not announce COMPRESSION_LZ4" in p.stderr, p.stdout + p.stderr
+
+
+def _restarting(fn, layer="crash"):  # type: ignore[no-untyped-def]
+    return Case(f"t.{fn.__name__}", "synthetic", layer, ("R-1",), fn, None, False, True, True)
+
+
+def test_cases_that_restart_run_on_other_instances_alongside_and_budgets_run_last() -> None:
+    """With ``side``, restarting cases run on the instance of their lane, at the same time as the
+    others on the first; the budgets layer waits for every lane; results keep the case order."""
+    ran: list[tuple[str, object, float, float]] = []
+
+    def record(name: str, sleep: float = 0.0):  # type: ignore[no-untyped-def]
+        def fn(ctx: Context) -> None:
+            t0 = time.monotonic()
+            time.sleep(sleep)
+            ran.append((name, ctx.target, t0, time.monotonic()))
+        fn.__name__ = name
+        return fn
+
+    main, crash_t, storage_t = (SimpleNamespace(can_crash=True, created_topics=[], n=n) for n in range(3))
+    ctx = Context(main, 0, 7)  # type: ignore[arg-type]
+    cases = [_case(record("w1", 0.3)), _restarting(record("rate"), layer="wire"), _case(record("w2", 0.3)),
+             _restarting(record("c1", 0.3)), _restarting(record("s1", 0.3), layer="storage"),
+             _case(record("b1"), layer="budgets", exclusive=True)]
+    lanes: list[str] = []
+
+    def side(lane: str) -> Context:
+        lanes.append(lane)
+        return Context({"crash": crash_t, "storage": storage_t}[lane], 0, 7)  # type: ignore[arg-type]
+
+    t0 = time.monotonic()
+    run = run_cases(cases, ctx, RULES, jobs=2, side=side)
+    took = time.monotonic() - t0
+    assert [r.case.id for r in run.results] == [f"t.{n}" for n in ("w1", "rate", "w2", "c1", "s1", "b1")]
+    where = {name: target.n for name, target, _, _ in ran}  # type: ignore[attr-defined]
+    assert where == {"w1": 0, "w2": 0, "rate": 1, "c1": 1, "s1": 2, "b1": 0}
+    assert sorted(lanes) == ["crash", "storage"]
+    assert took < 0.8  # the three 0.3 s lanes ran at the same time, not one after the other (0.9 s+)
+    times = {name: (a, b) for name, _, a, b in ran}
+    assert times["b1"][0] >= max(b for _, (a, b) in times.items() if _ != "b1")  # budgets after every lane
+    assert [n for n, _, _, _ in ran if where[n] == 1] == ["rate", "c1"]  # a lane keeps the case order
+
+
+def test_a_lane_without_an_instance_runs_on_the_first_after_the_others() -> None:
+    order: list[str] = []
+
+    def w(ctx: Context) -> None:
+        time.sleep(0.1)
+        order.append("w")
+
+    def c(ctx: Context) -> None:
+        order.append("c")
+
+    run = run_cases([_case(w), _restarting(c)], _ctx(), RULES, jobs=2, side=lambda lane: None)
+    assert [r.verdict for r in run.results] == ["OK", "OK"] and order == ["w", "c"]
+
+
+def test_a_lane_whose_instance_raises_still_runs_its_cases() -> None:
+    def c(ctx: Context) -> None:
+        pass
+
+    def broken(lane: str) -> Context:
+        raise RuntimeError("bug")
+
+    run = run_cases([_restarting(c)], _ctx(), RULES, jobs=2, side=broken)
+    assert [r.verdict for r in run.results] == ["OK"]
