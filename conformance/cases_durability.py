@@ -261,3 +261,61 @@ def checkpoint_replace(ctx: Context) -> None:
     if bad:
         raise Failed(f"{topic}: the checkpoint was not replaced atomically and durably ({len(renames)} replacement(s)): "
                      + "; ".join(bad), ("NMQ-S5-2",))
+
+
+@case("crash.quarantine-durable", "bytes cut from the end of the log after an unclean shutdown are copied to their "
+      "quarantine file durably — the file synced after its last write and its directory synced after its creation — "
+      "before the target accepts connections", layer="crash", rules=("NMQ-S8-3",))
+def quarantine_durable(ctx: Context) -> None:
+    """[NMQ-S8-3] "nothing cut is silently destroyed": the tail is zeroed and synced, so a copy that
+    is only in the page cache would be lost with the power, and the cut bytes with it."""
+    from conformance.cases_storage import segments, write_at  # the on-disk format's helpers
+
+    if not ctx.target.can_crash:
+        raise Skipped("no launch command: the kit cannot kill and restart the target under strace")
+    if shutil.which("strace") is None:
+        raise Skipped("strace is not installed (the check observes sync calls with it)")
+    target = ctx.target
+    if target.spec.storage_format != "nanomq-v1":
+        raise Skipped("the target does not declare the reference on-disk format (storage_format = \"nanomq-v1\")")
+    topic = ctx.topic("qdur")
+    with ctx.client() as w:
+        f = w.publish(topic, [b"kept-%d" % i for i in range(8)], Ack.DURABLE)
+        if not isinstance(f, PublishAck):
+            raise Failed(f"a durable publish answered {f!r}", ("NMQ-S8-3",))
+    target.kill()
+    d = Path(target.topic_dir(topic))
+    active = segments(d)[-1]
+    # stray bytes after the end of the log (an unpublished run's leftovers): recovery must cut and
+    # quarantine them
+    write_at(active.path, active.end + 1000, bytes([0xA5]) * 100)
+    target.spec.trace_syncs = True
+    Path(target.trace_path).unlink(missing_ok=True)
+    try:
+        target.start()
+        t_ready = time.time()
+    finally:
+        target.stop()  # a clean stop ends the trace
+        target.spec.trace_syncs = False
+        text = Path(target.trace_path).read_text(errors="replace") if Path(target.trace_path).exists() else ""
+        target.start()
+    trace = Trace.from_text(text)
+    dd = os.path.realpath(d)
+    made = sorted(p for p in trace.created if os.path.dirname(p) == dd and p.endswith(".quarantine"))
+    if not made:
+        raise Failed(f"{topic}: the restart after a kill created no quarantine file for the 100 stray bytes after the "
+                     f"end of {active.path.name} (files now: {sorted(p.name for p in d.iterdir())})", ("NMQ-S8-3",))
+    bad = []
+    for q in made:
+        name = os.path.basename(q)
+        last = trace.last_write(q, t_ready)
+        if last is None:
+            bad.append(f"{name} was created but nothing was written to it before the target accepted connections")
+        elif not trace.data_syncs(q, last, t_ready):
+            bad.append(f"{name} was not synced after its last write and before the target accepted connections")
+        if not trace.dir_syncs(dd, trace.created[q], t_ready):
+            bad.append(f"the topic directory was not synced after {name} was created and before the target "
+                       "accepted connections")
+    if bad:
+        raise Failed("; ".join(bad) + ": a power loss could lose the cut bytes", ("NMQ-S8-3",))
+    ctx.note(f"{len(made)} quarantine file(s) created by the recovery, each synced with its directory")

@@ -696,6 +696,16 @@ def storage_format(ctx: Context) -> None:
                 checks.check(st.st_size >= max(4096, sealed_max) and st.st_blocks * 512 >= st.st_size,
                              f"active segment {d.name}/{act_path.name}: {st.st_size} bytes, {st.st_blocks * 512} allocated "
                              f"(largest sealed segment {sealed_max}): not preallocated to a full segment", "NMQ-S6-2")
+                seg_bytes = ctx.target.spec.segment_bytes
+                if seg_bytes > 0:
+                    # its full size is the declared segment size (a file system may round it up to
+                    # a page), unless it holds a batch larger than that, which gets a segment of
+                    # its own as large as it needs [NMQ-S3-6]
+                    data_end = segments(d)[-1].end
+                    full = max(-(-seg_bytes // 4096) * 4096, -(-data_end // 4096) * 4096)
+                    checks.check(st.st_size <= full, f"active segment {d.name}/{act_path.name} is {st.st_size} bytes, "
+                                 f"more than the declared segment size {seg_bytes} (its records end at {data_end})",
+                                 "NMQ-S6-2")
                 checks.check(not try_lock(d / "lock"), f"{d.name}/lock is not flocked by the running target",
                              "NMQ-S2-4")
         with ctx.client() as w2:
