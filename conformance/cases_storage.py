@@ -1453,6 +1453,11 @@ def storage_stray_files(ctx: Context) -> None:
         strays = {f"{0:020d}.log": rng.randbytes(4096),
                   f"{(segs[0].first_id + segs[0].last_id) // 2:020d}.log": rng.randbytes(8192),
                   f"{segs[-1].last_id + 1000:020d}.log": rng.randbytes(4096)}
+        # and one that looks like a segment of the log: an intact copy of a record from inside the first
+        # segment, named by its id (a leftover of an older copy of the log); a later file has the id the
+        # log expects, so this one is not part of the log
+        twin = segs[0].records[len(segs[0].records) // 3]
+        strays[f"{twin.id:020d}.log"] = twin.raw + bytes(4096 - len(twin.raw) % 4096)
         for n, data in strays.items():
             (d["segs"] / n).write_bytes(data)
         (d["tid"] / "topic_id").write_bytes(b"\x00garbage\xff")
