@@ -122,6 +122,30 @@ def durable_after_sync(ctx: Context) -> None:
                 if not plan and sent >= (9 << 20) and len(acks) % 4 == 0:
                     where = find_markers(target.data_dir, marker)
                     rotated = bool(where.get(0)) and bool(where.get(n - 1)) and not (where[0] & where[n - 1])
+            if rotated:
+                # [NMQ-S3-7] with unsynced writes: batches acked only "written" until the records
+                # move to a new file, then one durable record there. Its ack must come after a sync
+                # of the file before, which no durable ack synced after its last writes.
+                old = find_markers(target.data_dir, marker).get(n - 1, set())
+                moved, sent = False, 0
+                while not moved and sent < budget:
+                    nums = list(range(n, n + per_batch))
+                    f = w.publish(topic, [payload(i, size) for i in nums], Ack.WRITTEN)
+                    if not isinstance(f, PublishAck):
+                        raise Failed(f"a written publish answered {f!r}", ("NMQ-S3-7",))
+                    n += per_batch
+                    sent += per_batch * size
+                    now = find_markers(target.data_dir, marker).get(n - 1, set())
+                    moved = bool(now) and not (now & old)
+                if moved:
+                    nums = [n]
+                    t0 = time.time()
+                    f = w.publish(topic, [payload(n, size)], Ack.DURABLE)
+                    t1 = time.time()
+                    if not isinstance(f, PublishAck):
+                        raise Failed(f"durable publish {len(acks) + 1} answered {f!r}", ("NMQ-SEM-3-1",))
+                    acks.append((t0, t1, nums))
+                    n += 1
             if recovery:
                 # [NMQ-S8-4]: records written (not synced) before a kill are synced by the recovery,
                 # and a new checkpoint written, before the target accepts connections again
