@@ -1446,7 +1446,7 @@ def storage_missing_segments(ctx: Context) -> None:
 def storage_stray_files(ctx: Context) -> None:
     _need(ctx)
     checks = Checks()
-    names = {k: ctx.topic(f"sf{k}") for k in ("names", "segs", "tid")}
+    names = {k: ctx.topic(f"sf{k}") for k in ("names", "segs", "tid", "mid", "last")}
     unfinished = ctx.topic("sfnew")
     got = {k: Filled() for k in names}
     rng = random.Random(ctx.rng.getrandbits(32))
@@ -1459,6 +1459,8 @@ def storage_stray_files(ctx: Context) -> None:
                     ps = [gen.make(300) for _ in range(5)]
                     got[k].add(publish(w, names[k], ps), ps)
             fill_until_segments(ctx, w, names["segs"], Payloads(names["segs"], ctx.rng), got["segs"], 2)
+            fill_until_segments(ctx, w, names["mid"], Payloads(names["mid"], ctx.rng), got["mid"], 3)
+            fill_until_segments(ctx, w, names["last"], Payloads(names["last"], ctx.rng), got["last"], 2)
             sub = w.subscribe(names["tid"], Start.LATEST)
             old_tid = sub.topic_id if isinstance(sub, Subscribed) else -1
         ctx.target.stop()
@@ -1479,6 +1481,12 @@ def storage_stray_files(ctx: Context) -> None:
         strays[f"{twin.id:020d}.log"] = twin.raw + bytes(4096 - len(twin.raw) % 4096)
         for n, data in strays.items():
             (d["segs"] / n).write_bytes(data)
+        # a segment that does not begin with an intact record: before the last it is a stray, set aside
+        # whole (<name>.quarantine); the last segment, the checkpoint's after a clean stop, never is
+        damaged_first = {k: segments(d[k])[i] for k, i in (("mid", 1), ("last", -1))}
+        mid_first_ids = [x.id for x in segments(d["mid"])[0].records]
+        for k, sg in damaged_first.items():
+            flip_bit(sg.path, HEADER + sg.records[0].size // 2, 1)
         (d["tid"] / "topic_id").write_bytes(b"\x00garbage\xff")
         # and a stray named like a segment before the log, too short to hold a record header: the id must
         # still come from the log's first record
@@ -1512,6 +1520,22 @@ def storage_stray_files(ctx: Context) -> None:
                 kept = {p.read_bytes() for p in d["segs"].iterdir() if p.is_file()}
                 for n, data in strays.items():
                     checks.check(data in kept, f"{t}: the stray {n} was destroyed, not set aside", "NMQ-S9-9")
+            with checks.scenario("segments damaged in their first record", "NMQ-S9-9"):
+                mid = damaged_first["mid"]
+                checks.check((d["mid"] / f"{mid.path.name}.quarantine").exists(),
+                             f"{names['mid']}: {mid.path.name}, not the last segment and its first record damaged, was "
+                             f"not set aside as {mid.path.name}.quarantine (files: {sorted(p.name for p in d['mid'].iterdir())})",
+                             "NMQ-S9-9")
+                lst = damaged_first["last"]
+                checks.check(lst.path.exists() and not (d["last"] / f"{lst.path.name}.quarantine").exists(),
+                             f"{names['last']}: the last segment {lst.path.name}, the checkpoint's, was set aside as a "
+                             f"stray because its first record is damaged (files: "
+                             f"{sorted(p.name for p in d['last'].iterdir())})", "NMQ-S9-9")
+                r = read(w, names["mid"], count=len(got["mid"].payloads))
+                first_seg = mid_first_ids
+                checks.check(r.ids[:len(first_seg)] == first_seg and mid.first_id not in r.ids,
+                             f"{names['mid']}: delivered {_span_text(r.ids)}; the first segment holds "
+                             f"{_span_text(first_seg)}, the damaged one starts at {mid.first_id}", "NMQ-S9-9")
             with checks.scenario("damaged topic_id", "NMQ-S2-5"):
                 t = names["tid"]
                 info = metadata(w, t)
