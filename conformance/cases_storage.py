@@ -1485,7 +1485,7 @@ def storage_stray_files(ctx: Context) -> None:
         # whole (<name>.quarantine); the last segment, the checkpoint's after a clean stop, never is
         damaged_first = {k: segments(d[k])[i] for k, i in (("mid", 1), ("last", -1))}
         mid_first_ids = [x.id for x in segments(d["mid"])[0].records]
-        for k, sg in damaged_first.items():
+        for sg in damaged_first.values():
             flip_bit(sg.path, HEADER + sg.records[0].size // 2, 1)
         (d["tid"] / "topic_id").write_bytes(b"\x00garbage\xff")
         # and a stray named like a segment before the log, too short to hold a record header: the id must
