@@ -25,8 +25,17 @@ def _measure(ctx: Context, kinds: tuple[str, ...], keys: tuple[str, ...]) -> lis
     except ImportError as e:
         raise Skipped(f"the budget layer measures with nanomq.bench, which needs the bench extra "
                       f"(pip install 'nanomq[bench]'): {e}") from None
+    # A budget defined on records or batches larger than the target announces cannot apply to it:
+    # said so, and not measured (which would be a failure: zero samples is never a pass)
+    inapplicable = [k for k in keys if not _fits(k, ctx)]
+    for k in inapplicable:
+        ctx.note(f"not applicable: {k} is defined on records or batches larger than the target announces "
+                 f"(max_payload {ctx.max_payload}, max_batch {ctx.max_batch})")
+    keys = tuple(k for k in keys if k not in inapplicable)
     profile = budgets.PROFILE
-    profile = replace(profile, works=tuple(w for w in profile.works if w.kind in kinds),
+    profile = replace(profile, works=tuple(w for w in profile.works if w.kind in kinds
+                                           and w.size <= ctx.max_payload
+                                           and (w.kind != "batch" or w.batch <= ctx.max_batch)),
                       idle_seconds=profile.idle_seconds if "idle_rss_mb" in keys else 0.0)
     run = measure.measure(BenchTarget.wrap(ctx.target), profile)
     which = tuple(b for b in budgets.BROKER if b.key in keys)
@@ -39,6 +48,14 @@ def _measure(ctx: Context, kinds: tuple[str, ...], keys: tuple[str, ...]) -> lis
     ctx.note(f"{profile.rounds} rounds, 1-min load average {load.get('min')}-{load.get('max')} "
              "(nanomq.bench: separate publisher and subscriber processes, nanomq clients)")
     return results
+
+
+def _fits(key: str, ctx: Context) -> bool:
+    """Whether the workload a budget key is defined on fits the target's announced limits (the
+    keys name their record size, ``64b`` or ``1k``, and their batch, ``batch256``)."""
+    size = 1024 if "_1k" in key else 64 if "_64b" in key else 0
+    batch = 256 if "batch256" in key else 0
+    return size <= ctx.max_payload and batch <= ctx.max_batch
 
 
 def _judge(ctx: Context, results: list[Any], what: str) -> None:

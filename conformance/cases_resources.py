@@ -154,7 +154,7 @@ def retention(ctx: Context) -> None:
     if limit > 256 << 20:
         raise Skipped(f"retention_bytes {limit}: the kit writes at most 1 GiB to test it")
     t = ctx.topic("retain")
-    size = 16 * 1024
+    size = min(16 * 1024, ctx.max_payload)
     per_batch = max(1, min(ctx.max_batch, (ctx.max_frame or 1 << 24) // (size + 100) - 1, 64))
     total = 3 * limit // size + per_batch
     payload = [f"{i:08d}".encode() + bytes(size - 8) for i in range(per_batch)]
@@ -225,6 +225,11 @@ def retention(ctx: Context) -> None:
             check(a.first_id == n + 1, f"after retention the next record got id {a.first_id}, expected {n + 1}")
 
 
+def _backlog_batch(ctx: Context, per: int) -> list[bytes]:
+    """A batch of up to ``per`` records of up to 4 KiB each, within the target's announced limits."""
+    return [bytes(min(4096, ctx.max_payload))] * max(1, min(per, ctx.max_batch))
+
+
 def _rss_anon_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("RssAnon:"):
@@ -241,9 +246,9 @@ def slow_consumer(ctx: Context) -> None:
         raise Skipped("the broker's memory can be read only for a target the kit launched on this host")
     t = ctx.topic("slow")
     mb = 64 if ctx.quick else 160
-    chunk = [bytes(4096)] * 256  # 1 MiB per batch
+    chunk = _backlog_batch(ctx, 256)
     with ctx.client() as w:
-        for _ in range(mb):
+        for _ in range(-(-(mb << 20) // sum(map(len, chunk)))):  # mb MiB of backlog
             publish(w, t, chunk)
         for k in range(20):
             publish(w, ctx.topic(f"slow-listed-{k}"), [b"x"])
@@ -575,8 +580,8 @@ def write_timeout(ctx: Context) -> None:
         raise Skipped(f"write_timeout_s {write_s}: the kit waits at most 30 s for it")
     t = ctx.topic("stuck")
     with ctx.client() as w:
-        chunk = [bytes(4096)] * 64
-        for _ in range(96):  # 24 MiB of backlog
+        chunk = _backlog_batch(ctx, 64)
+        for _ in range(-(-(24 << 20) // sum(map(len, chunk)))):  # 24 MiB of backlog
             publish(w, t, chunk)
         lazy = WireClient(ctx.target.host, ctx.target.port, rcvbuf=4096, ssl_context=ctx.target.ssl)
         try:

@@ -56,7 +56,7 @@ def _build(ctx: Context) -> _Snapshot:
         time.sleep(0.005)
         publish(w, a, [f"a{i}".encode() for i in range(2, 12)], Ack.DURABLE)
         time.sleep(0.005)
-        publish(w, a, [ctx.rng.randbytes(ctx.rng.randint(0, 3000)) for _ in range(40)])
+        publish(w, a, [ctx.rng.randbytes(ctx.rng.randint(0, min(3000, ctx.max_payload))) for _ in range(40)])
         if ctx.has(Capability.COMPRESSION_LZ4):
             import lz4.block
 

@@ -175,7 +175,9 @@ def answers_first(ctx: Context) -> None:
         s0 = subscribe(w, t, Start.LATEST, credit=0)
         for _ in range(3):
             base = w.next_id()
-            big = RecordBatch.from_payloads([bytes(60_000)] * 64)  # ~4 MB: its sync takes a while
+            # ~4 MB (or as near as the target's limits allow): its sync takes a while
+            rec = min(60_000, ctx.max_payload)
+            big = RecordBatch.from_payloads([bytes(rec)] * max(1, min(ctx.max_batch, (4 << 20) // rec)))
             w.send(Publish(base, slow, Ack.DURABLE, big), Subscribe(base + 1, t, Start.ID, 5, 100, ""),
                    Seek(base + 2, s0.sub_id, Start.ID, 12), Credit(0, s0.sub_id, 3))
             seen: list[object] = []
@@ -419,7 +421,7 @@ def lz4(ctx: Context) -> None:
 
     t = ctx.topic("lz4b")
     m = ctx.max_payload
-    raws = [b"a", b"ab" * 50, ctx.rng.randbytes(300), b"z" * 4096, bytes(m)]
+    raws = [r for r in (b"a", b"ab" * 50, ctx.rng.randbytes(300), b"z" * 4096) if len(r) <= m] + [bytes(m)]
     blocks = [lz4.block.compress(r, store_size=False) for r in raws]
     payloads, flags, sizes = [], [], []
     for r, b in zip(raws, blocks, strict=True):

@@ -642,8 +642,9 @@ def storage_format(ctx: Context) -> None:
     meta: dict[int, tuple[int, int, int, int]] = {}
     windows: dict[int, tuple[int, int]] = {}
     mp = ctx.max_payload
-    sizes = [0, 1, 7, 8, 9, 15, 16, 17, 55, 56, 57, 63, 64, 65, 127, 128, 129, 1000, 4095, 4096, 4097,
-             mp - 1, mp]
+    # every size class up to the target's max_payload (a target may announce a small one)
+    sizes = sorted({x for x in (0, 1, 7, 8, 9, 15, 16, 17, 55, 56, 57, 63, 64, 65, 127, 128, 129, 1000, 4095, 4096,
+                                4097, mp - 1, mp) if 0 <= x <= mp})
     with running_at_exit(ctx), ctx.client() as w:
         publish(w, small, [b"x"])
         for k in range(0, len(sizes), 5):  # mixed sizes in one batch
@@ -657,7 +658,7 @@ def storage_format(ctx: Context) -> None:
         if ctx.has(Capability.COMPRESSION_LZ4):
             import lz4.block
 
-            text = b"compressible " * 100
+            text = (b"compressible " * 100)[:mp]
             ps = [lz4.block.compress(text, store_size=False)]
             a = publish(w, big, ps, flags=[1], raw_sizes=[len(text)])
             got.add(a, ps)

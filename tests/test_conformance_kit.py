@@ -36,6 +36,22 @@ def test_reference_broker_passes_the_whole_kit(tmp_path: Path) -> None:
         assert verdicts["crash.durable-ack-after-sync"] == "OK"
 
 
+def test_a_target_with_small_announced_limits_gets_no_false_failure(tmp_path: Path) -> None:
+    """A broker that announces a max_payload of 1000 bytes is as conforming as the default: every
+    case sizes what it sends by the announced limits (seven cases used to send larger records)."""
+    from conformance.target import REFERENCE_DECLARES, REFERENCE_LAUNCH
+
+    keys = {k: v for k, v in REFERENCE_DECLARES.items() if k != "capabilities"}
+    lines = ["[target]", f"launch = {json.dumps(REFERENCE_LAUNCH + ' --max-payload 1000')}"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in keys.items()]
+    target = tmp_path / "t.toml"
+    target.write_text("\n".join(lines) + "\n")
+    code, index, log = _kit(tmp_path, "--quick", "--target", str(target))
+    assert index["server"]["max_payload"] == 1000, log
+    assert code == 0, log
+    assert not [c["id"] for c in index["cases"] if c["verdict"] in ("FAILED", "NON-STRICT")], log
+
+
 BROKEN = [
     ("accept-bad-crc", ["vectors.invalid.publish-bad-crc", "wire.publish.atomic"], {"NMQ-5.2-1"}),
     ("ignore-seek", ["wire.seek.id"], {"NMQ-4.8-1", "NMQ-4.8-4"}),

@@ -218,3 +218,14 @@ def test_a_lane_whose_instance_raises_still_runs_its_cases() -> None:
 
     run = run_cases([_restarting(c)], _ctx(), RULES, jobs=2, side=broken)
     assert [r.verdict for r in run.results] == ["OK"]
+
+
+def test_a_budget_on_records_larger_than_announced_does_not_apply() -> None:
+    from conformance.cases_budgets import _fits
+
+    small = Context(SimpleNamespace(can_crash=True, created_topics=[]), 0, 7, max_payload=1000,  # type: ignore[arg-type]
+                    max_batch=256)
+    assert _fits("publish_batch256_64b_records_per_s", small)
+    assert not _fits("publish_batch256_1k_records_per_s", small)
+    few = Context(SimpleNamespace(can_crash=True, created_topics=[]), 0, 7, max_batch=64)  # type: ignore[arg-type]
+    assert not _fits("publish_batch256_64b_records_per_s", few) and _fits("e2e_p50_written_ratio_vs_raw_rtt", few)
