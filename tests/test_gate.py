@@ -394,7 +394,7 @@ def test_the_self_calibrating_slowdown_is_a_share_of_the_connections_own_cycle_a
             t = nxt
         return t, cycles
 
-    s = Slowdown(0.25)
+    s = Slowdown(0.25, [0])
     t, cycles = drive(s, 100_000, MIN_SAMPLES - 1, 0)
     assert s.delay_ns == 0 and cycles == [100_000] * (MIN_SAMPLES - 1)  # nothing before the window holds enough
     t, cycles = drive(s, 100_000, 200, t)
@@ -409,6 +409,19 @@ def test_the_self_calibrating_slowdown_is_a_share_of_the_connections_own_cycle_a
     for own in spread:
         t, _ = drive(s, own, 1, t)
     assert s.delay_ns == 20_000
+
+    # Another connection's delay inside this one's cycle is not this connection's own time either:
+    # two connections slowed at once do not feed on each other.
+    added = [0]
+    a, b = Slowdown(0.25, added), Slowdown(0.25, added)
+    t = 0
+    for _ in range(300):
+        da = a.arrive(t)
+        a.done(da)
+        db = b.arrive(da)
+        b.done(db)
+        t = db + 100_000  # a cycle of a: its delay, b's delay, then 100 µs of its own
+    assert a.delay_ns == 25_000
 
 
 def test_a_reference_target_in_the_same_rounds_is_divided_by_round_by_round() -> None:
