@@ -6,13 +6,15 @@ alternating so that both meet the same neighbours, and writes one JSON line per 
 shifts, the load average, the time it took) plus a summary::
 
     python benchmarks/gate_error_rates.py --runs 30 --out reports/gate-error-rates \\
-        --clean-baseline benchmarks/gate/reference-baseline.json \\
-        --slow-baseline reports/gate-error-rates/slow0.json --delay-us 30
+        --clean-baseline benchmarks/baselines/reference-1.json \\
+        --slow-baseline reports/gate-error-rates/slow0.json --slowdown 0.25
 
 The unchanged target is the reference broker (the default target, as in .ci/run), or with
 ``--clean-delay-us 0`` the slow broker without its delay; the slowed one is
 ``tests/slow_broker.py --delay-us D`` (the Python data plane with D µs of busy work before every
-request), compared with a baseline of the same wrapper at ``--delay-us 0``. Each gate run is a
+request), or with ``--slowdown F`` the same wrapper with a delay of F times each connection's own
+request cycle (F = 0.25: a 25 % slowdown at every load), compared with a baseline of the same
+wrapper at ``--delay-us 0``. Each gate run is a
 separate process, exactly as CI runs it. ``--reference-delay-us 0`` adds a same-run reference
 target (``--reference-launch``) to every gate run, compared with baselines recorded the same way.
 """
@@ -28,7 +30,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SLOW = ("{python} -m tests.slow_broker --delay-us %s --port {port} --data-dir {data_dir} --log-level warning "
+SLOW = ("{python} -m tests.slow_broker %s --port {port} --data-dir {data_dir} --log-level warning "
         "--log-segment-size 8MB")
 
 
@@ -36,13 +38,14 @@ def one(kind: str, i: int, args: argparse.Namespace) -> dict[str, object]:
     out = args.out / f"{kind}-{i:02d}.json"
     cmd = [sys.executable, "-m", "nanomq.cli.bench", "gate", "--json", str(out)]
     if args.reference_delay_us is not None:
-        cmd += ["--reference-launch", SLOW % args.reference_delay_us]
+        cmd += ["--reference-launch", SLOW % f"--delay-us {args.reference_delay_us}"]
     if kind == "clean":
         if args.clean_delay_us is not None:
-            cmd += ["--launch", SLOW % args.clean_delay_us]
+            cmd += ["--launch", SLOW % f"--delay-us {args.clean_delay_us}"]
         cmd += [a for b in args.clean_baseline for a in ("--baseline", str(b))]
     else:
-        cmd += ["--launch", SLOW % args.delay_us] + [a for b in args.slow_baseline for a in ("--baseline", str(b))]
+        slowed = f"--slowdown {args.slowdown}" if args.slowdown is not None else f"--delay-us {args.delay_us}"
+        cmd += ["--launch", SLOW % slowed] + [a for b in args.slow_baseline for a in ("--baseline", str(b))]
     t0 = time.monotonic()
     load0 = os.getloadavg()[0]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
@@ -69,7 +72,11 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "gate-error-rates")
     ap.add_argument("--clean-baseline", type=Path, action="append", required=True)
     ap.add_argument("--slow-baseline", type=Path, action="append", required=True)
-    ap.add_argument("--delay-us", type=float, required=True, help="the slowed target's busy work per request")
+    how = ap.add_mutually_exclusive_group(required=True)
+    how.add_argument("--delay-us", type=float, help="the slowed target's fixed busy work per request, µs")
+    how.add_argument("--slowdown", type=float,
+                     help="the slowed target's self-calibrating delay: this fraction of each connection's "
+                          "request cycle (0.25: 25 %%, tests/slow_broker.py)")
     ap.add_argument("--kinds", default="clean,slow", help="which kinds to run (default clean,slow)")
     ap.add_argument("--clean-delay-us", type=float, default=None,
                     help="the unchanged target is tests/slow_broker.py with this delay (default: the reference broker)")

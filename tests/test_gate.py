@@ -370,9 +370,58 @@ def test_slow_broker_arguments() -> None:
     assert slow_broker.main(["--delay-us", "-1"]) == 2
     from nanomq.broker import connection
 
+    assert slow_broker.main(["--slowdown", "-0.1"]) == 2
+    assert slow_broker.main(["--slowdown", "nan"]) == 2
+    assert slow_broker.main(["--slowdown", "11"]) == 2
+    assert slow_broker.main(["--slow", "0.25"]) == 2
     before = connection.Connection._dispatch
     slow_broker._patch(0)
+    slow_broker._patch(0, 0)
     assert connection.Connection._dispatch is before  # delay 0: the broker as it is
+
+
+def test_the_self_calibrating_slowdown_is_a_share_of_the_connections_own_cycle_at_every_load() -> None:
+    from tests.slow_broker import IDLE_NS, MIN_SAMPLES, Slowdown
+
+    def drive(s: Slowdown, own_ns: int, n: int, t: int) -> tuple[int, list[int]]:
+        """n back-to-back requests whose own cycle (client and broker, without the delay) is own_ns."""
+        cycles = []
+        for _ in range(n):
+            deadline = s.arrive(t)
+            s.done(deadline)  # the spin ends at the deadline
+            nxt = deadline + own_ns  # the delay, then the request's own time
+            cycles.append(nxt - t)
+            t = nxt
+        return t, cycles
+
+    s = Slowdown(0.25, [0])
+    t, cycles = drive(s, 100_000, MIN_SAMPLES - 1, 0)
+    assert s.delay_ns == 0 and cycles == [100_000] * (MIN_SAMPLES - 1)  # nothing before the window holds enough
+    t, cycles = drive(s, 100_000, 200, t)
+    assert s.delay_ns == 25_000 and cycles[-1] == 125_000  # 25 % of the own cycle, not of the slowed one
+    t, cycles = drive(s, 200_000, 200, t)  # a loaded minute: the request takes twice as long
+    assert s.delay_ns == 50_000 and cycles[-1] == 250_000  # still 25 %: a fixed delay would be 12.5 % here
+    before = s.delay_ns
+    t = s.arrive(t + 10 * IDLE_NS)  # an idle gap is not a cycle of a client waiting on the broker
+    s.done(t + before)
+    assert len(s.cycles) == 128 and max(s.cycles) == 200_000
+    spread = [80_000, 120_000] * 100  # noisy cycles: the delay follows their p10, the statistic gated
+    for own in spread:
+        t, _ = drive(s, own, 1, t)
+    assert s.delay_ns == 20_000
+
+    # Another connection's delay inside this one's cycle is not this connection's own time either:
+    # two connections slowed at once do not feed on each other.
+    added = [0]
+    a, b = Slowdown(0.25, added), Slowdown(0.25, added)
+    t = 0
+    for _ in range(300):
+        da = a.arrive(t)
+        a.done(da)
+        db = b.arrive(da)
+        b.done(db)
+        t = db + 100_000  # a cycle of a: its delay, b's delay, then 100 µs of its own
+    assert a.delay_ns == 25_000
 
 
 def test_a_reference_target_in_the_same_rounds_is_divided_by_round_by_round() -> None:
