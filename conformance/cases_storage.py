@@ -806,7 +806,7 @@ def _check_quarantine(checks: Checks, label: str, d: Path, seg: Segment, damaged
       "or a zeroed header before valid records never delivered (nor anything after), ids continuing from the cut",
       layer="storage",
       rules=("NMQ-S2-4", "NMQ-S3-3", "NMQ-S3-4", "NMQ-S3-5", "NMQ-S4-4", "NMQ-S5-2", "NMQ-S5-3", "NMQ-S8-1",
-             "NMQ-S8-2", "NMQ-S8-3", "NMQ-S8-4", "NMQ-S9-1", "NMQ-S9-2"))
+             "NMQ-S8-2", "NMQ-S8-3", "NMQ-S8-4", "NMQ-S9-1", "NMQ-S9-2", "NMQ-S6-2"))
 def storage_unclean(ctx: Context) -> None:
     _need(ctx)
     checks = Checks()
@@ -895,6 +895,15 @@ def storage_unclean(ctx: Context) -> None:
             expect("unpub", [i for i in ids["unpub"] if i < unpub_first], unpub_first, ("NMQ-S8-2",), ("NMQ-S8-2",))
             expect("garb", ids["garb"], last["garb"] + 1, ("NMQ-S8-2",), ("NMQ-S8-3",))
             expect("odd", ids["odd"], last["odd"] + 1, ("NMQ-S8-2",), ("NMQ-S8-3",))
+            with checks.scenario(names["odd"], "NMQ-S6-2"):
+                # the segment left short by the cut is the active one again: preallocated to its full
+                # size, so that no write into its mapping can meet a full disk
+                st = seg["odd"].path.stat()
+                full = ctx.target.spec.segment_bytes or 4096
+                checks.check(st.st_size >= full and st.st_blocks * 512 >= st.st_size,
+                             f"odd ({names['odd']}): after recovery the active segment {seg['odd'].path.name} is "
+                             f"{st.st_size} bytes, {st.st_blocks * 512} allocated: not preallocated to a full segment "
+                             f"({full} bytes)", "NMQ-S6-2")
             expect("flip", [i for i in ids["flip"] if i < flip.id], flip.id, ("NMQ-S9-1",), ("NMQ-S9-2",))
             expect("zero", [i for i in ids["zero"] if i < zero.id], zero.id, ("NMQ-S9-1",), ("NMQ-S9-2",))
         for k, off, rules in (("torn", torn.offset, ("NMQ-S8-3",)), ("unpub", unpub.offset, ("NMQ-S8-3",)),
