@@ -203,3 +203,19 @@ def test_a_stop_during_a_creation_is_clean(tmp_path: Path, plane: str, slow_crea
     assert [t.name for t in b.broker.topics] == ["late"]
     assert b.broker.topics.get("late").log.report.ok  # type: ignore[union-attr]
     b.stop()
+
+
+def test_a_large_frame_waiting_for_its_topic_keeps_its_frame_budget(broker: InProcessBroker) -> None:
+    """[NMQ-6.2-6]: the frame is held in memory while its topic is created, so its reservation in
+    the broker-wide frame budget stays until it has been handled (else other connections could
+    read more large frames than the budget allows meanwhile)."""
+    w = W(broker.port)
+    w.send(Publish(w.next(), "big", Ack.WRITTEN, _batch(*[bytes(60_000)] * 8)))
+    time.sleep(SLOW_S / 2)
+    (conn,) = broker.broker.connections
+    budget = conn._ctx.frame_budget
+    assert budget is not None and budget.used >= 8 * 60_000, budget.used
+    assert isinstance(w.response(), PublishAck)
+    time.sleep(0.05)
+    assert budget.used == 0
+    w.close()

@@ -598,7 +598,8 @@ class Connection(asyncio.Protocol):
         """Stop handling (and reading) at ``frame`` until the topic it names has been created."""
         self._waiting = frame
         self._partial_since = None  # what the client sends meanwhile is not late: the broker holds it
-        self._release_budget()
+        # Any frame-budget reservation is kept: it is this frame's, still held in memory until it
+        # has been handled ([NMQ-6.2-6]); _account gives it back once it has.
         self._update_reading()
         creation.add_done_callback(partial(self._topic_ready, frame))
 
