@@ -25,6 +25,12 @@ plane and, with ``--json``, writes the figures.
 
     .venv/bin/python benchmarks/bench_fairness.py                       # both data planes
     .venv/bin/python benchmarks/bench_fairness.py --data-plane c --flooders 20
+
+``--create-topics N`` measures topic creation instead of a flood (issue 10 item 17): after the
+quiet phase, one client SUBSCRIBEs to N new topics, one after another as fast as the broker
+answers, while the probe PINGs on; the second row is the probe's latency while they are created.
+
+    .venv/bin/python benchmarks/bench_fairness.py --create-topics 200
 """
 
 from __future__ import annotations
@@ -119,6 +125,78 @@ def _probe(port: int, phases: list[tuple[str, float]], out: Any, renice: bool) -
     out.put({k: h.encode() for k, h in hists.items()})
 
 
+def _create(port: int, n: int, go: Any, done: Any, counts: Any) -> None:
+    from nanomq.protocol import Error, Start, Subscribe
+
+    s = _hello(port)
+    d = Decoder("client")
+    go.wait()
+    t0 = time.monotonic()
+    refused = 0
+    for k in range(n):
+        s.sendall(encode(Subscribe(100 + k, f"made-up-{k}", Start.EARLIEST, 0, 1, "")))
+        while (f := d.next_frame()) is None:
+            d.feed(s.recv(65536))
+        refused += isinstance(f, Error)
+    counts[0] = int((time.monotonic() - t0) * 1e6)
+    counts[1] = refused
+    done.set()
+    s.close()
+
+
+def _probe_creation(port: int, quiet_s: float, done: Any, go: Any, out: Any, renice: bool) -> None:
+    if renice:
+        with contextlib.suppress(PermissionError):
+            os.nice(-10)
+    s = _hello(port)
+    d = Decoder("client")
+    hists = {"quiet": HdrHistogram(1, 60_000_000, 3), "create": HdrHistogram(1, 60_000_000, 3)}
+    token = 0
+    end = time.monotonic() + quiet_s
+    phase = "quiet"
+    while True:
+        if phase == "quiet" and time.monotonic() >= end:
+            phase = "create"
+            go.set()
+        elif phase == "create" and done.is_set():
+            break
+        token += 1
+        t0 = time.perf_counter_ns()
+        s.sendall(encode(Ping(token + 10, token)))
+        while (f := d.next_frame()) is None:
+            d.feed(s.recv(65536))
+        assert isinstance(f, Pong) and f.token == token, f
+        hists[phase].record_value(max(1, (time.perf_counter_ns() - t0) // 1000))
+        time.sleep(0.001)
+    s.close()
+    out.put({k: h.encode() for k, h in hists.items()})
+
+
+def run_creation(plane: str, loop: str, n: int, quiet_s: float, broker_args: list[str],
+                 renice: bool = True) -> dict[str, Any]:
+    """The probe's PING latency quiet, then while another client creates ``n`` topics."""
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="nanomq-fairness-") as d, \
+            BrokerProcess(d + "/data", ["--data-plane", plane, "--loop", loop, *broker_args]) as b:
+        if renice:
+            with contextlib.suppress(PermissionError):
+                os.setpriority(os.PRIO_PROCESS, b.pid, -10)
+        go, done, counts, out = ctx.Event(), ctx.Event(), ctx.Array("q", 2), ctx.Queue()
+        cr = ctx.Process(target=_create, args=(b.port, n, go, done, counts), daemon=True)
+        cr.start()
+        pr = ctx.Process(target=_probe_creation, args=(b.port, quiet_s, done, go, out, renice), daemon=True)
+        pr.start()
+        encoded = out.get(timeout=quiet_s + 600)
+        pr.join(10)
+        cr.join(10)
+        load = os.getloadavg()[0]
+    hists = {k: HdrHistogram.decode(v) for k, v in encoded.items()}
+    quiet, create = _figures(hists["quiet"]), _figures(hists["create"])
+    return {"data_plane": plane, "loop": loop, "topics": n, "reniced": renice, "quiet": quiet, "create": create,
+            "p99_ratio": create["p99_us"] / max(1, quiet["p99_us"]), "create_s": counts[0] / 1e6,
+            "refused": counts[1], "load_average_1m": load}
+
+
 def _figures(h: HdrHistogram) -> dict[str, float]:
     return {"count": h.get_total_count(), "p50_us": h.get_value_at_percentile(50),
             "p99_us": h.get_value_at_percentile(99), "p999_us": h.get_value_at_percentile(99.9),
@@ -176,9 +254,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--broker-args", default="", help="more broker flags, one string")
     ap.add_argument("--no-renice", action="store_true", help="leave the broker and the probe at the default priority")
     ap.add_argument("--json", default="", help="write the figures here")
+    ap.add_argument("--create-topics", type=int, default=0, metavar="N",
+                    help="instead of a flood: the probe while one client creates N new topics")
     args = ap.parse_args(argv)
     planes = ["c", "python"] if args.data_plane == "both" else [args.data_plane]
     results = []
+    if args.create_topics:
+        for plane in planes:
+            r = run_creation(plane, args.loop, args.create_topics, args.quiet_s, args.broker_args.split(),
+                             not args.no_renice)
+            results.append(r)
+            q, c = r["quiet"], r["create"]
+            print(f"data plane {plane}, loop {args.loop}, {args.create_topics} topics created in {r['create_s']:.2f} s "
+                  f"({r['refused']} refused), load {r['load_average_1m']:.2f}:")
+            print(f"  quiet     p50 {q['p50_us']:>9,} µs  p99 {q['p99_us']:>9,} µs  max {q['max_us']:>9,} µs  "
+                  f"({q['count']:,} round trips)")
+            print(f"  creating  p50 {c['p50_us']:>9,} µs  p99 {c['p99_us']:>9,} µs  max {c['max_us']:>9,} µs  "
+                  f"({c['count']:,} round trips)", flush=True)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"results": results, "argv": sys.argv[1:], "time": time.time()}, fh, indent=2)
+        return 0
     for plane in planes:
         r = run(plane, args.loop, args.flooders, args.quiet_s, args.flood_s, args.cycles, args.broker_args.split(),
                 not args.no_renice)

@@ -56,6 +56,7 @@ FAULT_KINDS: dict[str, int] = {
     "fsync": lib.NMQ_FAULT_FSYNC,
     "ftruncate": lib.NMQ_FAULT_FTRUNCATE,
     "fallocate": lib.NMQ_FAULT_FALLOCATE,
+    "slow_fsync": lib.NMQ_FAULT_SLOW_FSYNC,
 }
 _U64 = (1 << 64) - 1
 
@@ -367,10 +368,11 @@ class CLog:
             _raise(rc, "close")
 
 
-def fault_set(kind: Literal["write", "fsync", "ftruncate", "fallocate"], nth: int = 1, count: int = 1,
+def fault_set(kind: Literal["write", "fsync", "ftruncate", "fallocate", "slow_fsync"], nth: int = 1, count: int = 1,
               err: int = _errno.EIO) -> None:
     """Test hook: make the ``nth`` next call of ``kind`` (process-wide) and the ``count - 1``
-    following ones fail with ``err`` (``count=0``: every call until :func:`fault_clear`)."""
+    following ones fail with ``err`` (``count=0``: every call until :func:`fault_clear`);
+    ``slow_fsync``: every fsync and fdatasync sleeps ``err`` microseconds first, then succeeds."""
     if kind not in FAULT_KINDS:
         raise ValueError(f"kind must be one of {sorted(FAULT_KINDS)}")
     if nth < 1 or count < 0:

@@ -9,8 +9,9 @@ session and its writing side are explicit states (:mod:`nanomq.broker.state`), a
 subscription's.
 
 ``data_received`` feeds the shared sans-IO decoder and handles complete frames on the event loop
-(the log calls it makes are short C calls; the only slow one, fsync, runs in a worker thread
-through :class:`~nanomq.broker.topics.Topic`), but at most one *turn* of them per callback: a
+(the log calls it makes are short C calls; the slow ones run in worker threads: fsync through
+:class:`~nanomq.broker.topics.Topic`, topic creation through the registry's creation threads), but
+at most one *turn* of them per callback: a
 turn is ``_TURN_BYTES`` of input through the C data plane and ``_TURN_FRAMES`` frames through the
 codec. Frames left over wait in the decoder; the connection stops reading its socket and queues
 for more turns with the broker's :class:`Turns`, which gives every queued connection one turn in
@@ -21,6 +22,12 @@ the time its whole backlog takes ([NMQ-6.2-4]).
 Responses leave in request order [NMQ-3.3-2] through a queue of slots: a request answered at once
 writes directly when nothing is queued; a durable PUBLISH reserves a slot that its group-commit
 callback fills later, and everything behind it waits.
+
+A PUBLISH or SUBSCRIBE that names a new topic waits for the topic to be created off the loop: the
+connection stops handling its frames (and reading) at that request, and handles it again, then the
+rest, once the creation is over. So no later request of the same connection is processed before
+it ([NMQ-3.3-2]: a PUBLISH, SUBSCRIBE or METADATA behind it finds the topic), while every other
+connection is served meanwhile.
 
 Deliveries are pushed by ``_pump`` whenever a subscribed topic grows, credit arrives or the socket
 drains. A subscription delivers only in READY, once every SUBSCRIBED / SEEK_OK it is owed has been
@@ -152,8 +159,12 @@ class TopicDirectory(Protocol):
     def get(self, name: str) -> Topic | None:
         """The topic called ``name``, if it exists."""
 
-    def get_or_create(self, name: str) -> Topic:
-        """The topic called ``name``, created if new; LookupError at the topic limit, StorageError."""
+    def creating(self, name: str) -> asyncio.Future[Topic] | None:
+        """The future of the topic called ``name`` while it is being created, else None."""
+
+    def open_or_create(self, name: str) -> Topic | asyncio.Future[Topic]:
+        """The topic called ``name``, or, when it has to be created, a future of it (or the topic,
+        created at once); LookupError at the topic limit, StorageError (at once or by the future)."""
 
     def __iter__(self) -> Iterator[Topic]:
         """Every topic."""
@@ -328,6 +339,14 @@ class _Slot:
     on_written: Callable[[], None] | None = None
 
 
+class _Wait(Exception):
+    """A request that waits for its topic to be created: handled again once ``creation`` is done."""
+
+    def __init__(self, creation: asyncio.Future[Topic]) -> None:
+        super().__init__("waiting for a topic creation")
+        self.creation = creation
+
+
 class _Failure(Exception):
     """A request that fails with an ERROR frame (non-fatal unless ``fatal``)."""
 
@@ -372,6 +391,8 @@ class Connection(asyncio.Protocol):
         self._stalled_since: float | None = None
         self._gaps = 0
         """Runs of ids committed out of order, over all subscriptions ([NMQ-4.7-5])."""
+        self._waiting: Frame | None = None
+        """The request waiting for its topic to be created (nothing after it is handled; reading stopped)."""
 
     def _move(self, event: ConnectionEvent) -> None:
         self._state = next_state(CONNECTION_TRANSITIONS, self._state, event)
@@ -397,13 +418,14 @@ class Connection(asyncio.Protocol):
     def partial_since(self) -> float | None:
         """When the frame now being received began arriving (None: no partial frame; a connection
         that waits for room in the frame budget is not late: the broker keeps it waiting)."""
-        return None if self._budget_wait else self._partial_since
+        return None if self._budget_wait or self._waiting is not None else self._partial_since
 
     @property
     def idle_since(self) -> float | None:
         """Since when the connection has been idle: no frame from the client, none arriving (the
         frame timeout covers that), no subscription, no answer owed (None: it is not idle)."""
-        if self._subs or self._queue or self._state is not _ACTIVE or self._decoder.buffered:
+        if (self._subs or self._queue or self._state is not _ACTIVE or self._decoder.buffered
+                or self._waiting is not None):
             return None
         return self._heard_at
 
@@ -474,12 +496,13 @@ class Connection(asyncio.Protocol):
                 and not self._transport.is_closing())
 
     def _update_reading(self) -> None:
-        """Read the socket unless the output is stuck, a backlog waits for turns, or the next frame
-        waits for room in the frame budget."""
+        """Read the socket unless the output is stuck, a backlog waits for turns, the next frame
+        waits for room in the frame budget, or a request waits for its topic to be created."""
         transport = self._transport
         if transport is None:
             return
-        want = (self._write_state is _FLOWING and not self._backlog and not self._budget_wait and self._live())
+        want = (self._write_state is _FLOWING and not self._backlog and not self._budget_wait and self._live()
+                and self._waiting is None)
         if want is not self._reading:
             self._reading = want
             if want:
@@ -491,10 +514,10 @@ class Connection(asyncio.Protocol):
         if not self._live():
             return
         self._decoder.feed(data)
-        if self._backlog:  # a read already under way when reading stopped: it waits for its turn
+        if self._backlog or self._waiting is not None:  # a read under way when reading stopped: it waits
             return
         self._work()
-        if self._live():
+        if self._live() and self._waiting is None:
             if self._complete_frame_buffered():
                 self._queue_for_turns()
             self._account()
@@ -510,11 +533,12 @@ class Connection(asyncio.Protocol):
             self._backlog = False
             return False
         self._work()
-        if self._live() and self._complete_frame_buffered():
+        if self._live() and self._waiting is None and self._complete_frame_buffered():
             return True
         self._backlog = False
         if self._live():
-            self._account()
+            if self._waiting is None:
+                self._account()
             self._update_reading()
         return False
 
@@ -566,6 +590,9 @@ class Connection(asyncio.Protocol):
             taken += before - decoder.buffered
             try:
                 self._dispatch(frame)
+            except _Wait as w:  # nothing after it is handled until its topic exists
+                self._wait_for_topic(frame, w.creation)
+                break
             except _Failure as f:
                 if f.fatal:
                     self._fatal(f.code, f.message, f.rule)
@@ -581,6 +608,53 @@ class Connection(asyncio.Protocol):
             self._partial_since = None  # complete frames waiting for a turn are not late
         elif completed or self._partial_since is None:
             self._partial_since = self._heard_at if completed else time.monotonic()
+
+    def _wait_for_topic(self, frame: Frame, creation: asyncio.Future[Topic]) -> None:
+        """Stop handling (and reading) at ``frame`` until the topic it names has been created."""
+        self._waiting = frame
+        self._partial_since = None  # what the client sends meanwhile is not late: the broker holds it
+        # Any frame-budget reservation is kept: it is this frame's, still held in memory until it
+        # has been handled ([NMQ-6.2-6]); _account gives it back once it has.
+        self._update_reading()
+        creation.add_done_callback(partial(self._topic_ready, frame))
+
+    def _topic_ready(self, frame: Frame, creation: asyncio.Future[Topic]) -> None:
+        """The creation ``frame`` waited for is over (on the loop, after the registry took the
+        topic): handle ``frame`` again, or answer the creation's failure; then the frames behind it."""
+        exc = None if creation.cancelled() else creation.exception()  # retrieved, whoever is left to answer
+        if self._waiting is not frame:
+            return
+        self._waiting = None
+        if not self._live() or creation.cancelled():  # gone, or the broker is stopping
+            return
+        self._heard_at = time.monotonic()
+        try:
+            if exc is not None:
+                raise exc
+            self._dispatch(frame)
+        except _Wait as w:  # cannot happen (the topic exists now), but waiting again is correct
+            self._wait_for_topic(frame, w.creation)
+            return
+        except _Failure as f:
+            if f.fatal:
+                self._fatal(f.code, f.message, f.rule)
+                return
+            self._respond_error(frame.request_id, f.code, f.message, f.rule)
+        except StorageError as e:  # the creation failed, as get_or_create's callers were told before
+            self._respond_error(frame.request_id, ErrorCode.STORAGE_ERROR, str(e), "NMQ-SEM-3-4")
+        except Exception:  # a bug must not take the broker down with it [NMQ-8-4]
+            _log.exception("internal error handling %s from %s", type(frame).__name__, self.peer)
+            self._fatal(ErrorCode.INTERNAL, "internal server error", "NMQ-8-4")
+            return
+        if not self._live():
+            return
+        if self._complete_frame_buffered():  # the frames behind it, in turns like any backlog
+            self._queue_for_turns()
+            return
+        if self._decoder.buffered:
+            self._partial_since = self._heard_at
+        self._account()
+        self._update_reading()
 
     def _account(self) -> None:
         """Reserve room in the frame budget for a large frame now arriving, or give it back."""
@@ -849,16 +923,23 @@ class Connection(asyncio.Protocol):
         topic = directory.get(name)
         if topic is not None:
             return topic
-        quota = self._ctx.topic_quota
-        if quota is not None and not quota.take():
-            raise _Failure(ErrorCode.RESOURCE_LIMIT, f"topic {name!r} not created: the broker creates at most "
-                           f"{quota.rate:g} topics per second ({quota.burst} at once); try again later", "NMQ-6.2-5")
-        try:
-            return directory.get_or_create(name)
-        except LookupError as e:
-            raise _Failure(ErrorCode.RESOURCE_LIMIT, str(e), "NMQ-6.2-5") from e
-        except StorageError as e:
-            raise _Failure(ErrorCode.STORAGE_ERROR, str(e), "NMQ-SEM-3-4") from e
+        creation = directory.creating(name)
+        if creation is None:  # a new topic: the allowance counts it now, while it is being created
+            quota = self._ctx.topic_quota
+            if quota is not None and not quota.take():
+                raise _Failure(ErrorCode.RESOURCE_LIMIT, f"topic {name!r} not created: the broker creates at most "
+                               f"{quota.rate:g} topics per second ({quota.burst} at once); try again later",
+                               "NMQ-6.2-5")
+            try:
+                made = directory.open_or_create(name)
+            except LookupError as e:
+                raise _Failure(ErrorCode.RESOURCE_LIMIT, str(e), "NMQ-6.2-5") from e
+            except StorageError as e:
+                raise _Failure(ErrorCode.STORAGE_ERROR, str(e), "NMQ-SEM-3-4") from e
+            if not asyncio.isfuture(made):
+                return made
+            creation = made
+        raise _Wait(creation)
 
     def _sub(self, sub_id: int) -> Subscription:
         sub = self._subs.get(sub_id)

@@ -68,7 +68,9 @@ class Broker:
         if config.data_plane == "c":
             caps = CAP_LZ4 if self.capabilities & Capability.COMPRESSION_LZ4 else 0
             plane = Plane(config.max_frame, config.max_payload, config.max_batch, caps)
-        self.topics = TopicRegistry(config, plane)
+        # New topics are created in the registry's own threads (off the loop, and never queued
+        # behind a retention run in the executor above).
+        self.topics = TopicRegistry(config, plane, create_threads=2)
         self.connections: set[Connection] = set()
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []

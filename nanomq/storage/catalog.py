@@ -12,7 +12,9 @@ the log's first record (a fresh one when the log has none) and the file rewritte
 neither a ``topic_id`` nor a log is a creation that did not finish (a crash, a full disk): it is
 removed at start, and a creation that fails leaves nothing behind.
 
-One process owns the catalog (the broker holds the data directory's lock); not thread-safe.
+One process owns the catalog (the broker holds the data directory's lock). :meth:`TopicCatalog.recover`
+runs alone, before anything else; :meth:`TopicCatalog.create` may then run in several threads at
+once, for different names (the broker creates topics in worker threads, off its event loop).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +56,8 @@ class TopicCatalog:
         self.root = Path(root)
         self._is_topic_name = is_topic_name
         self._next_topic_id = 1
+        self._id_lock = threading.Lock()
+        """Guards ``_next_topic_id`` against creations running in other threads."""
 
     def recover(self) -> list[StoredTopic]:
         """Every topic directory under the root, by name, each with an id no other one has.
@@ -96,9 +101,12 @@ class TopicCatalog:
     def create(self, name: str) -> StoredTopic:
         """Create the directory of a new topic with the next id, durably (its ``topic_id`` file and
         its entry in the root are synced); the log is opened in it afterwards. Raises
-        :class:`~nanomq.storage.errors.StorageError`, leaving nothing behind and the id unused."""
+        :class:`~nanomq.storage.errors.StorageError`, leaving nothing behind and the id unused
+        (unless a creation in another thread took a later id meanwhile: ids need not be dense, only
+        unique). Thread-safe, for different names; the caller never creates one name twice at once."""
         path = self.root / name
-        topic_id = self._next_topic_id
+        with self._id_lock:
+            topic_id = self._take_id()
         existed = (path / TOPIC_ID_FILE).exists()
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -110,8 +118,10 @@ class TopicCatalog:
                 with contextlib.suppress(OSError):
                     (path / TOPIC_ID_FILE).unlink(missing_ok=True)
             _remove_unfinished(path)
+            with self._id_lock:
+                if self._next_topic_id == topic_id + 1:  # no later id handed out: give this one back
+                    self._next_topic_id = topic_id
             raise StorageError(f"cannot create topic {name}: {e}") from e
-        self._next_topic_id = topic_id + 1
         return StoredTopic(name, topic_id, path)
 
     def _take_id(self) -> int:

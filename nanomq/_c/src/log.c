@@ -128,12 +128,21 @@ static int fault(int kind) {
     return 0;
 }
 
+static void slow_fault(void) {
+    int us = fault(NMQ_FAULT_SLOW_FSYNC);
+    if (us > 0) {
+        struct timespec t = {us / 1000000, (long)(us % 1000000) * 1000};
+        nanosleep(&t, NULL);
+    }
+}
 static int x_fdatasync(int fd) {
+    slow_fault();
     int e = fault(NMQ_FAULT_FSYNC);
     if (e) { errno = e; return -1; }
     return fdatasync(fd);
 }
 static int x_fsync(int fd) {
+    slow_fault();
     int e = fault(NMQ_FAULT_FSYNC);
     if (e) { errno = e; return -1; }
     return fsync(fd);
@@ -995,9 +1004,22 @@ static void drop_first(nmq_log *log) {
     if (s->pins == 0) seg_destroy(s);
 }
 
+/* The segments are unlinked under mu (they leave the list at once), but the directory fsync that
+ * makes the unlinks durable runs after mu is released: appends take mu, and the event loop must
+ * not wait for a directory fsync (issue 10 item 17). That is safe: the unlinked segments are
+ * already out of the list, so nothing appended, read or sealed meanwhile refers to them; a new
+ * segment never takes a deleted one's name (names are first ids, which only grow); and a crash
+ * before the fsync can bring the files back exactly as a crash before it under mu could. sync_mu,
+ * held throughout (taken first: sync_mu -> mu), keeps close() from closing dirfd under the fsync,
+ * and orders it with the seals' own directory fsyncs; appends never take sync_mu. */
 int nmq_log_retain(nmq_log *log, uint64_t now, uint64_t *deleted) {
+    pthread_mutex_lock(&log->sync_mu);
     pthread_mutex_lock(&log->mu);
-    if (log->closed) { pthread_mutex_unlock(&log->mu); return NMQ_LOG_ECLOSED; }
+    if (log->closed) {
+        pthread_mutex_unlock(&log->mu);
+        pthread_mutex_unlock(&log->sync_mu);
+        return NMQ_LOG_ECLOSED;
+    }
     if (!now) now = now_ns();
     uint64_t n = 0;
     while (log->nsegs > 1) { /* never the active segment */
@@ -1013,8 +1035,9 @@ int nmq_log_retain(nmq_log *log, uint64_t now, uint64_t *deleted) {
         drop_first(log);
         n++;
     }
-    int rc = n ? fsync_dir(log) : 0;
     pthread_mutex_unlock(&log->mu);
+    int rc = n ? fsync_dir(log) : 0;
+    pthread_mutex_unlock(&log->sync_mu);
     if (deleted) *deleted = n;
     return rc;
 }

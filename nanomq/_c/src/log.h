@@ -47,7 +47,8 @@
 #define NMQ_FAULT_FSYNC 2      /* fdatasync/fsync */
 #define NMQ_FAULT_FTRUNCATE 3
 #define NMQ_FAULT_FALLOCATE 4
-#define NMQ_FAULT_KINDS 5
+#define NMQ_FAULT_SLOW_FSYNC 5 /* fdatasync/fsync first sleep `err` microseconds (a slow disk); they succeed */
+#define NMQ_FAULT_KINDS 6
 
 typedef struct nmq_log nmq_log;
 typedef struct nmq_seg nmq_seg;
