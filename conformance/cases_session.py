@@ -461,3 +461,45 @@ def lz4(ctx: Context) -> None:
             w.send_raw(raw_publish(rid, t.encode(), _restamp(data), 1))
             expect_error(w.recv_response(), ErrorCode.PAYLOAD_TOO_LARGE, request_id=rid)
             alive(w)
+
+
+@case("session.create-in-pipeline", "requests pipelined behind the SUBSCRIBE and the PUBLISH that create topics are "
+      "answered after them, in order, and see the new topics; two connections naming one new topic at once get the "
+      "same topic", layer="wire", rules=("NMQ-3.3-2", "NMQ-SEM-1-2"))
+def create_in_pipeline(ctx: Context) -> None:
+    """A server may create a topic off its request path (the reference broker does, in threads):
+    whatever it does, nothing behind the creating request overtakes it, and what follows sees the
+    topic."""
+    a, b = ctx.topic("cp-sub"), ctx.topic("cp-pub")
+    with ctx.client() as w:
+        ids = [w.next_id() for _ in range(5)]
+        w.send(Subscribe(ids[0], a, Start.EARLIEST, 0, 10, ""),
+               Publish(ids[1], a, Ack.WRITTEN, RecordBatch.from_payloads([b"one"])),
+               Publish(ids[2], b, Ack.WRITTEN, RecordBatch.from_payloads([b"two"])),
+               Metadata(ids[3], ""), Ping(ids[4], 77))
+        got = [w.recv_response(10.0) for _ in range(5)]
+        with ctx.step("NMQ-3.3-2"):
+            kinds = [type(f).__name__ for f in got]
+            check(kinds == ["Subscribed", "PublishAck", "PublishAck", "MetadataOk", "Pong"]
+                  and [f.request_id for f in got] == ids,
+                  f"a pipeline that creates two topics was answered {list(zip(kinds, (f.request_id for f in got), strict=True))}, "
+                  f"expected SUBSCRIBED, PUBLISH_ACK, PUBLISH_ACK, METADATA_OK, PONG for {ids}")
+        with ctx.step("NMQ-SEM-1-2"):
+            md = got[3]
+            assert isinstance(md, MetadataOk)
+            listed = {t.name for t in md.topics}
+            check(a in listed and b in listed, f"METADATA pipelined behind their creation does not list "
+                  f"{sorted({a, b} - listed)}")
+            check(all(isinstance(f, PublishAck) and f.first_id == 1 for f in got[1:3]),
+                  f"the first records of the new topics got {[getattr(f, 'first_id', f) for f in got[1:3]]}")
+    c = ctx.topic("cp-both")
+    with ctx.client() as w1, ctx.client() as w2, ctx.step("NMQ-SEM-1-2"):
+        w1.send(Subscribe(w1.next_id(), c, Start.EARLIEST, 0, 0, ""))
+        w2.send(Subscribe(w2.next_id(), c, Start.EARLIEST, 0, 0, ""))
+        s1, s2 = w1.recv_response(10.0), w2.recv_response(10.0)
+        check(isinstance(s1, Subscribed) and isinstance(s2, Subscribed) and s1.topic_id == s2.topic_id,
+              f"two connections subscribing to one new topic at once got {s1!r} and {s2!r}: not one topic")
+        w1.send(Metadata(w1.next_id(), ""))
+        md = w1.recv_response(10.0)
+        check(isinstance(md, MetadataOk) and sum(t.name == c for t in md.topics) == 1,
+              f"METADATA lists {c} {sum(t.name == c for t in getattr(md, 'topics', ()))} times")
