@@ -32,10 +32,12 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from conformance.registry import Context, Failed, Skipped, case
 from conformance.strace import Trace
+from conformance.target import Target
 from nanomq.protocol import Ack, PublishAck
 
 __all__ = ["durable_after_sync", "find_markers"]
@@ -234,37 +236,56 @@ def durable_after_sync(ctx: Context) -> None:
         raise Failed("; ".join(bad_recovery), ("NMQ-S8-4",))
 
 
-@case("crash.checkpoint-replace", "every replacement of a topic's checkpoint (at open, at a clean stop) is atomic "
-      "and durable: checkpoint.tmp synced after its last write and before the rename, and the directory synced "
-      "after the rename", layer="crash", rules=("NMQ-S5-2", "NMQ-S5-3"))
-def checkpoint_replace(ctx: Context) -> None:
+def _traceable_reference_format(ctx: Context) -> Target:
+    """The target, if the kit can restart it under strace and it stores topics in the reference
+    on-disk format; else Skipped with the reason."""
     if not ctx.target.can_crash:
         raise Skipped("no launch command: the kit cannot restart the target under strace")
     if shutil.which("strace") is None:
         raise Skipped("strace is not installed (the check observes sync calls with it)")
-    target = ctx.target
-    if target.spec.storage_format != "nanomq-v1":
+    if ctx.target.spec.storage_format != "nanomq-v1":
         raise Skipped("the target does not declare the reference on-disk format (storage_format = \"nanomq-v1\")")
+    return ctx.target
+
+
+def _traced_start(target: Target, while_traced: Callable[[float], None] | None = None) -> tuple[Trace, float]:
+    """Start the (stopped) target under strace, run ``while_traced(t_ready)``, stop it cleanly (which
+    ends the trace: strace writes every line before its tracee exits) and start it again untraced;
+    the trace and the time the traced start was ready."""
+    target.spec.trace_syncs = True
+    Path(target.trace_path).unlink(missing_ok=True)
+    try:
+        target.start()
+        t_ready = time.time()
+        if while_traced is not None:
+            while_traced(t_ready)
+    finally:
+        target.stop()
+        target.spec.trace_syncs = False
+        text = Path(target.trace_path).read_text(errors="replace") if Path(target.trace_path).exists() else ""
+        target.start()
+    return Trace.from_text(text), t_ready
+
+
+@case("crash.checkpoint-replace", "every replacement of a topic's checkpoint (at open, at a clean stop) is atomic "
+      "and durable: checkpoint.tmp synced after its last write and before the rename, and the directory synced "
+      "after the rename", layer="crash", rules=("NMQ-S5-2", "NMQ-S5-3"))
+def checkpoint_replace(ctx: Context) -> None:
+    target = _traceable_reference_format(ctx)
     topic = ctx.topic("ckpt")
     with ctx.client() as w:  # the topic exists before the traced start, so that start replaces its checkpoint
         f = w.publish(topic, [b"before"], Ack.DURABLE)
         if not isinstance(f, PublishAck):
             raise Failed(f"a durable publish answered {f!r}", ("NMQ-S5-2",))
     target.stop()
-    target.spec.trace_syncs = True
-    Path(target.trace_path).unlink(missing_ok=True)
-    try:
-        target.start()
+
+    def publish_after(_t_ready: float) -> None:
         with ctx.client() as w:
             f = w.publish(topic, [b"after"], Ack.DURABLE)
             if not isinstance(f, PublishAck):
                 raise Failed(f"a durable publish answered {f!r}", ("NMQ-S5-2",))
-    finally:
-        target.stop()  # a clean stop: writes the clean checkpoint, and ends the trace
-        target.spec.trace_syncs = False
-        text = Path(target.trace_path).read_text(errors="replace") if Path(target.trace_path).exists() else ""
-        target.start()
-    trace = Trace.from_text(text)
+
+    trace, _ = _traced_start(target, publish_after)
     d = os.path.realpath(target.topic_dir(topic))
     ckpt, tmp = os.path.join(d, "checkpoint"), os.path.join(d, "checkpoint.tmp")
     renames = trace.renames_to(ckpt)
@@ -295,13 +316,7 @@ def quarantine_durable(ctx: Context) -> None:
     is only in the page cache would be lost with the power, and the cut bytes with it."""
     from conformance.cases_storage import segments, write_at  # the on-disk format's helpers
 
-    if not ctx.target.can_crash:
-        raise Skipped("no launch command: the kit cannot kill and restart the target under strace")
-    if shutil.which("strace") is None:
-        raise Skipped("strace is not installed (the check observes sync calls with it)")
-    target = ctx.target
-    if target.spec.storage_format != "nanomq-v1":
-        raise Skipped("the target does not declare the reference on-disk format (storage_format = \"nanomq-v1\")")
+    target = _traceable_reference_format(ctx)
     topic = ctx.topic("qdur")
     with ctx.client() as w:
         f = w.publish(topic, [b"kept-%d" % i for i in range(8)], Ack.DURABLE)
@@ -313,17 +328,7 @@ def quarantine_durable(ctx: Context) -> None:
     # stray bytes after the end of the log (an unpublished run's leftovers): recovery must cut and
     # quarantine them
     write_at(active.path, active.end + 1000, bytes([0xA5]) * 100)
-    target.spec.trace_syncs = True
-    Path(target.trace_path).unlink(missing_ok=True)
-    try:
-        target.start()
-        t_ready = time.time()
-    finally:
-        target.stop()  # a clean stop ends the trace
-        target.spec.trace_syncs = False
-        text = Path(target.trace_path).read_text(errors="replace") if Path(target.trace_path).exists() else ""
-        target.start()
-    trace = Trace.from_text(text)
+    trace, t_ready = _traced_start(target)
     dd = os.path.realpath(d)
     made = sorted(p for p in trace.created if os.path.dirname(p) == dd and p.endswith(".quarantine"))
     if not made:
