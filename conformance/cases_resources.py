@@ -169,8 +169,11 @@ def retention(ctx: Context) -> None:
                   "NMQ-4.2-1")
             n += per_batch
         seg = ctx.target.spec.segment_bytes
-        wait = max(5.0, 5 * ctx.target.spec.retention_check_s)
-        deadline = time.monotonic() + wait
+        # The rules set no time for retention, and a correct target may run it only after the seals of
+        # the segments just written, which wait for the disk: on a busy disk that took over 5 s.
+        wait = max(30.0, 5 * ctx.target.spec.retention_check_s)
+        started = time.monotonic()
+        deadline = started + wait
 
         def settled() -> bool:  # retention ran after the last write (it may also have run during them)
             kept = (info.next_id - info.first_id) * (64 + size)
@@ -180,6 +183,8 @@ def retention(ctx: Context) -> None:
         while not settled() and time.monotonic() < deadline:
             time.sleep(0.1)
             info = topic_info(w, t)
+        ctx.note(f"{n} records of {size} bytes; retention settled {time.monotonic() - started:.1f} s after the "
+                 "last write")
         with ctx.step("NMQ-SEM-2-4", "NMQ-4.9-2", "NMQ-S11-2"):
             check(info.first_id > 1, f"{n} records of {size} bytes ({n * size >> 20} MiB) against retention of "
                   f"{limit >> 20} MiB: first_id is still 1 after {wait:.0f} s")
@@ -353,6 +358,18 @@ def fairness(ctx: Context) -> None:
     ctx.note(f"median PING round trip {quiet * 1e3:.2f} ms quiet, {flooded * 1e3:.2f} ms with {n_flood} flooding clients")
 
 
+def _memory_given_back(pid: int, before_kb: int) -> int:
+    """MiB of anonymous memory the broker holds above ``before_kb``, polled for up to 3 s until it
+    is 32 MiB or less (the rule sets no time; the reference broker trims its heap 0.5 s after a
+    large frame is let go)."""
+    give_back = time.monotonic() + 3.0
+    while True:
+        kept = (_rss_anon_kb(pid) - before_kb) >> 10
+        if kept <= 32 or time.monotonic() >= give_back:
+            return kept
+        time.sleep(0.05)
+
+
 @case("resources.frame-buffer", "several clients each sending most of a large frame make the broker hold at most "
       "about the declared bound for frames still arriving; every frame then completes and is acked, and the "
       "memory goes back", layer="wire", exclusive=True, rules=("NMQ-6.2-6", "NMQ-6.2-2", "NMQ-8-4"))
@@ -424,22 +441,22 @@ def frame_buffer(ctx: Context) -> None:
                 for i, f in enumerate(answers):
                     check(isinstance(f, PublishAck) and f.count == per, f"frame {i + 1} of {k}, once complete, "
                           f"answered {f!r}")
+            # The memory goes back once the frames are handled, while their connections stay open
+            # (idle, sending nothing more): a server that frees a frame's buffer only when its
+            # connection goes holds a whole frame per idle client.
+            held = _memory_given_back(pid, before)
+            with ctx.step("NMQ-6.2-6"):
+                check(held <= 32, f"after the {k} frames were handled, with their connections still open, the "
+                      f"broker kept {held} MiB more anonymous memory than before for 3 s (bound: 32 MiB)")
         finally:
             for c in senders:
                 c.close()
-        # the memory goes back once the frames are handled: poll for it for up to 3 s (the rule
-        # sets no time; the reference broker trims its heap 0.5 s after a large frame is freed)
-        give_back = time.monotonic() + 3.0
-        while True:
-            kept = (_rss_anon_kb(pid) - before) >> 10
-            if kept <= 32 or time.monotonic() >= give_back:
-                break
-            time.sleep(0.05)
+        kept = _memory_given_back(pid, before)
         with ctx.step("NMQ-6.2-6"):
             check(kept <= 32, f"after the {k} frames were handled and their connections closed the broker kept "
                   f"{kept} MiB more anonymous memory than before (bound: 32 MiB)")
     ctx.note(f"{k} x {hold >> 20} MiB of partial frames: broker anonymous memory +{grown} MiB (declared bound "
-             f"{limit >> 20} MiB), +{kept} MiB after")
+             f"{limit >> 20} MiB), +{held} MiB once handled, +{kept} MiB once their connections closed")
 
 
 @case("resources.topic-rate", "topics created as fast as a client can: beyond the declared burst and rate a new "

@@ -370,6 +370,31 @@ def test_pending_and_skip_let_a_fast_path_take_whole_frames() -> None:
         d.skip(1)
 
 
+def test_a_large_frame_taken_lets_its_buffer_go_at_once_not_at_the_next_feed() -> None:
+    """[NMQ-6.2-6]: an idle connection never feeds again, so its decoder must not keep the frame."""
+    import sys
+
+    from nanomq.protocol import Ack, Ping, Publish, RecordBatch, encode
+
+    big = encode(Publish(1, "t", Ack.WRITTEN, RecordBatch.from_payloads([bytes(60_000)] * 30)))
+    tail = encode(Ping(2, 2))
+    d = Decoder("server")
+    d.feed(big + tail[:5])
+    assert isinstance(d.next_frame(), Publish)
+    assert d.buffered == 5 and sys.getsizeof(d.pending()) < 1 << 16  # only the rest is kept
+    assert sys.getsizeof(d._buf) < 1 << 16
+    d.feed(tail[5:])
+    assert d.next_frame() == Ping(2, 2)
+    d.feed(big)
+    view = d.pending()  # a fast path still holding a view when it skips: the old buffer stays alive
+    d.skip(len(big))
+    assert d.buffered == 0 and sys.getsizeof(d._buf) < 1 << 16 and len(view) == len(big)
+    view.release()
+    small = Decoder("server")  # under the threshold nothing is copied: the next feed compacts
+    small.feed(tail + tail)
+    assert small.next_frame() == Ping(2, 2) and small.buffered == len(tail)
+
+
 # -- the one-record PUBLISH encoder (a publisher's hot path) ---------------------------------
 
 _TOPIC = st.text(alphabet="abcXYZ019._-", min_size=1, max_size=255).filter(valid_topic)

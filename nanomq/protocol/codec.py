@@ -64,6 +64,9 @@ __all__ = ["encode", "encode_publish", "frame_header", "Decoder", "REQUESTS", "R
 
 _HEADER = struct.Struct("<IBBHQ")
 
+_COMPACT_AT = 1 << 20
+"""Decoded bytes at the head of a :class:`Decoder`'s buffer beyond which it is let go at once."""
+
 REQUESTS: dict[int, type[Frame]] = {
     cls.OPCODE: cls for cls in (Hello, Publish, Subscribe, Unsubscribe, Credit, Commit, Seek, Metadata, Ping)
 }
@@ -165,6 +168,16 @@ class Decoder:
         if not 0 <= n <= len(self._buf) - self._pos:
             raise ValueError(f"cannot skip {n} of {len(self._buf) - self._pos} buffered bytes")
         self._pos += n
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """After a frame was taken: once ``_COMPACT_AT`` bytes or more of the buffer are decoded, keep
+        only the rest, in a new buffer, so a large frame's memory goes with its handling and not with
+        the next :meth:`feed`, which an idle connection never calls ([NMQ-6.2-6]). A new object, not
+        ``del``: a view a fast path still holds keeps the old buffer alive instead of failing."""
+        if self._pos >= _COMPACT_AT:
+            self._buf = self._buf[self._pos :]
+            self._pos = 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add received bytes. Never raises: errors surface from :meth:`next_frame`."""
@@ -192,6 +205,7 @@ class Decoder:
             return None
         body = bytes(buf[pos + FRAME_HEADER_SIZE : pos + size])
         self._pos = pos + size
+        self._let_go()
         cls = self._table.get(opcode)
         if cls is None:
             known = opcode in REQUESTS or opcode in RESPONSES
