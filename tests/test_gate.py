@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("hdrh", reason="the bench extra (hdrhistogram) is not installed")
 pytest.importorskip("scipy", reason="the bench extra (scipy) is not installed")
 
-from nanomq.bench import budgets, gate, outputs, stats  # noqa: E402
+from nanomq.bench import budgets, gate, measure, outputs, stats  # noqa: E402
 from nanomq.bench.hist import Histogram  # noqa: E402
 from nanomq.bench.results import Figure, Run  # noqa: E402
 from nanomq.cli import bench as cli  # noqa: E402
@@ -446,3 +446,55 @@ def test_a_reference_target_in_the_same_rounds_is_divided_by_round_by_round() ->
     assert slow["publish_rtt_1k_p10"].worse_shift == pytest.approx(1.25)
     plain = {c.id: c for c in gate.evaluate(_run(seed=4), base, None, _opts())}
     assert plain["publish_rtt_1k_p10"].status == "not measured" and "reference" in plain["publish_rtt_1k_p10"].note
+
+
+def test_awake_cpus_runs_a_lowest_class_spinner_per_cpu_and_stops_them() -> None:
+    import os
+    import time
+
+    from nanomq.bench import system
+
+    with system.awake_cpus(2) as pids:
+        assert len(pids) == 2
+        time.sleep(0.2)
+        for pid in pids:
+            policy = os.sched_getscheduler(pid)
+            assert policy == os.SCHED_IDLE or os.getpriority(os.PRIO_PROCESS, pid) == 19
+        w = system.Window.open()
+        time.sleep(0.5)
+        w.close()
+        # the machine's busy share leaves the spinners out (they alone would make it 100 %)
+        assert w.busy_pct < 95.0
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}")  # killed and reaped
+    assert system._awake == []
+
+
+def test_the_gate_measures_as_its_baseline_was_and_refuses_to_pool_unlike_ones(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = _run(seed=1), _run(seed=2)
+    a.meta["profile"] = {"works": [], "awake_cpus": True}
+    b.meta["profile"] = {"works": [], "awake_cpus": False}
+    a.save(tmp_path / "a.json")
+    b.save(tmp_path / "b.json")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["gate", "--address", "127.0.0.1:1", "--baseline", str(tmp_path / "a.json"),
+                  "--baseline", str(tmp_path / "b.json")])
+    assert e.value.code == 2 and "kept awake" in capsys.readouterr().err
+    seen: list[bool] = []
+
+    def fake_measure(spec: object, args: object, profile: measure.Profile, *rest: object) -> object:
+        seen.append(profile.awake_cpus)
+        raise RuntimeError("not measured here")
+
+    import nanomq.cli.bench as clib
+
+    orig = clib._measure
+    clib._measure = fake_measure  # type: ignore[assignment]
+    try:
+        assert cli.main(["gate", "--address", "127.0.0.1:1", "--no-budgets", "--baseline",
+                         str(tmp_path / "b.json")]) == 1
+    finally:
+        clib._measure = orig
+    assert seen == [False]  # the baseline's setting, not the gate profile's default (on)
+    assert measure.GATE.awake_cpus

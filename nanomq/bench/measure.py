@@ -32,6 +32,7 @@ directory, only when it is local), ``calib/memcpy`` (16 MiB, GB/s).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable
@@ -43,7 +44,7 @@ from nanomq.bench.hist import Histogram
 from nanomq.bench.peers import NanoMQPeer
 from nanomq.bench.results import Figure, Run, median
 from nanomq.bench.suite import _calibrate, _git_commit, _lat_figure, _value_figure
-from nanomq.bench.system import Window, cpu_seconds_fine, loadavg, machine, proc_status
+from nanomq.bench.system import Window, awake_cpus, cpu_seconds_fine, loadavg, machine, proc_status
 from nanomq.bench.target import BenchTarget
 
 __all__ = ["ACKS", "GATE", "RUN", "Profile", "Work", "measure", "run_profile"]
@@ -119,6 +120,9 @@ class Profile:
     idle_seconds: float = 3.0
     """how long the broker's idle CPU is measured after the rounds (0: not measured; spec/budgets.toml
     says ~3 s), from /proc/<pid>/task/*/schedstat (ns), not 10 ms ticks"""
+    awake_cpus: bool = False
+    """keep every CPU from going idle during the rounds (:func:`nanomq.bench.system.awake_cpus`), so
+    that round trips do not measure how deeply the machine's CPUs were sleeping"""
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -157,9 +161,10 @@ GATE = Profile(works=(
     Work("e2e", 64, "written", rate=1000, seconds=0.6),
     Work("batch", 64, "written", seconds=0.3), Work("batch", 1024, "written", seconds=0.3),
     Work("batch", 1024, "durable", seconds=0.3),
-), rounds=6, rtt_seconds=0.4, rtt_back_to_back=3_000, fsync_seconds=0.2, idle_seconds=3.0)
+), rounds=6, rtt_seconds=0.4, rtt_back_to_back=3_000, fsync_seconds=0.2, idle_seconds=3.0, awake_cpus=True)
 """The gate's profile: the workloads behind the gated figures and the budgets of spec/budgets.toml
-[broker], short enough that one pass of 6 rounds takes well under a minute."""
+[broker], short enough that one pass of 6 rounds takes well under a minute; the CPUs are kept
+awake (docs/gate.md: the machine's drift was mostly how deeply its idle CPUs slept)."""
 
 
 def _peer(target: BenchTarget, ack: str) -> NanoMQPeer:
@@ -233,6 +238,33 @@ def measure(target: BenchTarget, profile: Profile, *, command: str = "",
         run.skipped.append({"system": "broker CPU and RSS", "reason": "the broker's PID is not known (give --pid for "
                             "an --address broker)"})
     works = list(profile.works)
+    awake: contextlib.AbstractContextManager[list[int]] = (awake_cpus() if profile.awake_cpus
+                                                            else contextlib.nullcontext([]))
+    with awake as spinners:
+        run.meta["awake_cpus"] = len(spinners)
+        _rounds(profile, works, cal, data_dir, target, reference, reference_works, outs, ref_outs, failures, loads,
+                log)
+    _build(run, profile, cal, outs)
+    if reference is not None and ref_outs:
+        run.meta["reference"] = reference.description()
+        refp = replace(profile, works=tuple(w for w in profile.works if w.id in ref_outs))
+        _build(run, refp, cal, ref_outs, prefix=REFERENCE_PREFIX)
+    if target.pid is not None and profile.idle_seconds > 0:
+        _idle(run, target.pid, profile.idle_seconds)
+    loads.append(loadavg())
+    run.meta["failures"] = failures
+    run.meta["load1"] = {"samples": [round(x, 2) for x in loads], "min": round(min(loads), 2),
+                         "max": round(max(loads), 2), "median": round(median(loads), 2)}
+    run.meta["seconds"] = round(time.monotonic() - t0, 1)
+    return run
+
+
+def _rounds(profile: Profile, works: list[Work], cal: _Cal, data_dir: str, target: BenchTarget,
+            reference: BenchTarget | None, reference_works: tuple[str, ...],
+            outs: dict[str, list[workloads.Outcome | None]], ref_outs: dict[str, list[workloads.Outcome | None]],
+            failures: list[dict[str, str]], loads: list[float], log: Callable[[str], None]) -> None:
+    """Every round of :func:`measure`: the calibrations, then each workload (on the reference
+    target too, next to it, for those in ``reference_works``), their order rotated by round."""
     for r in range(profile.rounds):
         log(f"round {r + 1}/{profile.rounds}: calibrations (load {loadavg():.2f})")
         _calibrations(cal, profile, data_dir)
@@ -256,19 +288,6 @@ def measure(target: BenchTarget, profile: Profile, *, command: str = "",
                     log(f"  !! {prefix}{w.id} failed: {e!r}")
                     failures.append({"workload": prefix + w.id, "round": str(r + 1), "error": repr(e)[:2000]})
         loads.append(loadavg())
-    _build(run, profile, cal, outs)
-    if reference is not None and ref_outs:
-        run.meta["reference"] = reference.description()
-        refp = replace(profile, works=tuple(w for w in profile.works if w.id in ref_outs))
-        _build(run, refp, cal, ref_outs, prefix=REFERENCE_PREFIX)
-    if target.pid is not None and profile.idle_seconds > 0:
-        _idle(run, target.pid, profile.idle_seconds)
-    loads.append(loadavg())
-    run.meta["failures"] = failures
-    run.meta["load1"] = {"samples": [round(x, 2) for x in loads], "min": round(min(loads), 2),
-                         "max": round(max(loads), 2), "median": round(median(loads), 2)}
-    run.meta["seconds"] = round(time.monotonic() - t0, 1)
-    return run
 
 
 def run_profile(spec: Any, profile: Profile, *, pid: int | None = None, data_dir: str = "", command: str = "",

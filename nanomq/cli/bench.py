@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "kit's budget layer's")
     r.add_argument("--rounds", type=_positive_int, default=None, help="interleaved rounds (default: the profile's)")
     r.add_argument("--quick", action="store_true", help="every part about 4x shorter, one round (a smoke run)")
+    r.add_argument("--awake-cpus", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep every CPU from going idle during the rounds (a spinner per CPU at SCHED_IDLE; "
+                        "default: on for the gate profile, off otherwise; docs/gate.md)")
     _output_args(r, junit=False)
 
     g = sub.add_parser("gate", help="fail on a regression against a baseline or a missed budget")
@@ -228,6 +231,8 @@ def _cmd_run(args: argparse.Namespace, ap: argparse.ArgumentParser, command: str
         profile = measure.quick(profile)
     if args.rounds:
         profile = replace(profile, rounds=args.rounds)
+    if args.awake_cpus is not None:
+        profile = replace(profile, awake_cpus=args.awake_cpus)
     ref = _reference(args, ap)
     works = _gated_works() if args.profile == "gate" else tuple(w.id for w in profile.works)
     try:
@@ -257,7 +262,11 @@ def _cmd_gate(args: argparse.Namespace, ap: argparse.ArgumentParser, command: st
     spec = _spec(args, ap)
     if not args.baseline and args.no_budgets:
         ap.error("nothing to check: no --baseline and --no-budgets")
-    base = gate.pool([_load_run(p, "--baseline", ap) for p in args.baseline]) if args.baseline else None
+    bases = [_load_run(p, "--baseline", ap) for p in args.baseline]
+    if len({bool(b.meta.get("profile", {}).get("awake_cpus", False)) for b in bases}) > 1:
+        ap.error("--baseline: some baselines were measured with the CPUs kept awake and some not; pool only "
+                 "baselines measured alike")
+    base = gate.pool(bases) if bases else None
     history = [(p.stem, _load_run(p, "--history", ap)) for p in args.history]
     table = None
     if not args.no_budgets:
@@ -272,6 +281,13 @@ def _cmd_gate(args: argparse.Namespace, ap: argparse.ArgumentParser, command: st
         bp = base.meta.get("profile", {})
         if bp and [w.get("kind") for w in bp.get("works", [])] != [w.kind for w in profile.works]:
             _log("note: the baseline was measured with another profile; figures are compared by id")
+        # Measured as the baseline was: with the CPUs kept awake or not (the gated round trip
+        # depends on it, docs/gate.md), whatever the gate profile's default.
+        awake = bool(bp.get("awake_cpus", False))
+        if awake != profile.awake_cpus:
+            _log(f"note: the baseline was measured with the CPUs {'kept awake' if awake else 'free to idle'}; so is "
+                 "this run (re-record the baseline with the gate profile's default)")
+            profile = replace(profile, awake_cpus=awake)
     opts = gate.GateOptions(confidence=args.confidence, tolerance=args.tolerance, normalize=args.normalize,
                             confirm=not args.no_confirm, strict_budgets=args.strict_budgets,
                             check_budgets=not args.no_budgets)
