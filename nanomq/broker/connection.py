@@ -124,8 +124,8 @@ _BATCHES_PER_PUMP = 16
 """Deliveries per subscription per pump turn, so one backlog cannot monopolise the loop."""
 _DELIVER_MAX_BYTES = 1 << 20
 _TURN_BYTES = 32 * 1024
-"""Input the C data plane takes from one connection in one turn (about 340 PINGs); a frame larger
-than this is taken whole, alone."""
+"""Input the C data plane takes from one connection in one turn (about 1,360 PINGs of 24 bytes); a
+frame larger than this is taken whole, alone."""
 _TURN_FRAMES = 16
 """Frames the codec and the Python handlers take from one connection in one turn."""
 _ROUND_S = 0.0002
