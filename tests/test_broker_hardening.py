@@ -157,6 +157,39 @@ def test_a_queued_flood_lets_a_quiet_connection_through(registry: TopicRegistry)
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("c_plane", [False, True], ids=["python-plane", "c-plane"])
+def test_a_second_flood_joins_the_queue_instead_of_taking_a_turn_ahead_of_it(registry: TopicRegistry,
+                                                                              c_plane: bool) -> None:
+    """[NMQ-6.2-4]: with one flooder queued for turns, another read of more than a turn of complete
+    frames (a flooder resumed) is not handled in its own callback, where every client that just sent
+    something would wait behind it; a lone request still is, and both floods are answered in full."""
+
+    async def main() -> None:
+        turns = Turns()
+        a, b, quiet = (Peer(registry, c_plane=c_plane, turns=turns) for _ in range(3))
+        for p in (a, b, quiet):
+            p.send(Hello(1))
+            p.frames()
+        n = 3000
+        a.send(*(Ping(2 + i, i) for i in range(n)))
+        got_a = a.frames()
+        assert got_a and len(turns) == 1  # the first flooder took one turn, then queued
+        b.send(*(Ping(2 + i, i) for i in range(n)))
+        assert b.frames() == [] and len(turns) == 2 and not b.transport.reading  # queued, nothing handled
+        quiet.send(Ping(9, 9))
+        assert quiet.frames() == [Pong(9, 9)]
+        got_b: list[Frame] = []
+        for _ in range(10_000):
+            if len(got_a) == n and len(got_b) == n:
+                break
+            await asyncio.sleep(0)
+            got_a += a.frames()
+            got_b += b.frames()
+        assert got_a == [Pong(2 + i, i) for i in range(n)] and got_b == got_a
+
+    asyncio.run(main())
+
+
 def test_nothing_is_handled_or_written_once_the_transport_is_closing(registry: TopicRegistry) -> None:
     async def main() -> None:
         p = Peer(registry)

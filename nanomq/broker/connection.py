@@ -516,6 +516,13 @@ class Connection(asyncio.Protocol):
         self._decoder.feed(data)
         if self._backlog or self._waiting is not None:  # a read under way when reading stopped: it waits
             return
+        if len(self._turns) and self._decoder.buffered > _TURN_BYTES and self._complete_frame_buffered():
+            # More than a turn of complete frames while others wait for turns: a client pipelining
+            # as fast as it can (a flooder resumed after its backlog drained). It joins the queue
+            # rather than taking a turn ahead of them here, where every client that just sent
+            # something waits behind it ([NMQ-6.2-4]); a lone request is still handled at once.
+            self._queue_for_turns()
+            return
         self._work()
         if self._live() and self._waiting is None:
             if self._complete_frame_buffered():
