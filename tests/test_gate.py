@@ -498,3 +498,31 @@ def test_the_gate_measures_as_its_baseline_was_and_refuses_to_pool_unlike_ones(
         clib._measure = orig
     assert seen == [False]  # the baseline's setting, not the gate profile's default (on)
     assert measure.GATE.awake_cpus
+
+
+def test_awake_cpus_spinners_stop_on_their_own_when_their_parent_is_killed(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import time; from nanomq.bench import system\n"
+            "with system.awake_cpus(1) as pids:\n"
+            "    print(pids[0], flush=True); time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    spinner = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)  # no finally runs
+    parent.wait()
+    for _ in range(100):
+        try:
+            state = Path(f"/proc/{spinner}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            break  # gone (reaped by init)
+        if state == "Z":
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(spinner, signal.SIGKILL)
+        raise AssertionError("the spinner outlived its parent")

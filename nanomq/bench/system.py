@@ -82,13 +82,15 @@ def _cpu_jiffies() -> tuple[int, int]:
 
 
 _SPIN = """
-import os
+import os, sys
+parent = int(sys.argv[1])
 try:
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 except (AttributeError, OSError):
     os.nice(19)
-while True:
-    pass
+while os.getppid() == parent:  # a parent killed without stopping it: it stops on its own
+    for _ in range(1_000_000):
+        pass
 """
 
 _awake: list[int] = []
@@ -114,7 +116,7 @@ def awake_cpus(count: int | None = None) -> Iterator[list[int]]:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for _ in range(n):
-            procs.append(subprocess.Popen([sys.executable, "-c", _SPIN], stdin=subprocess.DEVNULL,
+            procs.append(subprocess.Popen([sys.executable, "-c", _SPIN, str(os.getpid())], stdin=subprocess.DEVNULL,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         _awake[:] = [p.pid for p in procs]
         time.sleep(0.05)  # they are running (and have lowered their class) before anything is measured
