@@ -242,8 +242,29 @@ def measure(target: BenchTarget, profile: Profile, *, command: str = "",
                                                             else contextlib.nullcontext([]))
     with awake as spinners:
         run.meta["awake_cpus"] = len(spinners)
-        _rounds(profile, works, cal, data_dir, target, reference, reference_works, outs, ref_outs, failures, loads,
-                log)
+        for r in range(profile.rounds):
+            log(f"round {r + 1}/{profile.rounds}: calibrations (load {loadavg():.2f})")
+            _calibrations(cal, profile, data_dir)
+            k = r % len(works)
+            for w in works[k:] + works[:k]:
+                pair: list[tuple[str, BenchTarget]] = [("", target)]
+                if reference is not None and w.id in reference_works:
+                    pair = pair + [(REFERENCE_PREFIX, reference)] if r % 2 == 0 else [(REFERENCE_PREFIX, reference), *pair]
+                for prefix, t in pair:
+                    log(f"round {r + 1}/{profile.rounds}: {prefix}{w.id}")
+                    into = outs
+                    if prefix:
+                        into = ref_outs
+                        into.setdefault(w.id, [None] * profile.rounds)
+                    try:
+                        into[w.id][r] = _one(t, w)
+                    except Exception as e:
+                        if not t.alive():
+                            raise RuntimeError(f"the {'reference ' if prefix else ''}broker died during {w.id}; its log:\n"
+                                               f"{t.log_tail()}") from e
+                        log(f"  !! {prefix}{w.id} failed: {e!r}")
+                        failures.append({"workload": prefix + w.id, "round": str(r + 1), "error": repr(e)[:2000]})
+            loads.append(loadavg())
     _build(run, profile, cal, outs)
     if reference is not None and ref_outs:
         run.meta["reference"] = reference.description()
@@ -257,37 +278,6 @@ def measure(target: BenchTarget, profile: Profile, *, command: str = "",
                          "max": round(max(loads), 2), "median": round(median(loads), 2)}
     run.meta["seconds"] = round(time.monotonic() - t0, 1)
     return run
-
-
-def _rounds(profile: Profile, works: list[Work], cal: _Cal, data_dir: str, target: BenchTarget,
-            reference: BenchTarget | None, reference_works: tuple[str, ...],
-            outs: dict[str, list[workloads.Outcome | None]], ref_outs: dict[str, list[workloads.Outcome | None]],
-            failures: list[dict[str, str]], loads: list[float], log: Callable[[str], None]) -> None:
-    """Every round of :func:`measure`: the calibrations, then each workload (on the reference
-    target too, next to it, for those in ``reference_works``), their order rotated by round."""
-    for r in range(profile.rounds):
-        log(f"round {r + 1}/{profile.rounds}: calibrations (load {loadavg():.2f})")
-        _calibrations(cal, profile, data_dir)
-        k = r % len(works)
-        for w in works[k:] + works[:k]:
-            pair: list[tuple[str, BenchTarget]] = [("", target)]
-            if reference is not None and w.id in reference_works:
-                pair = pair + [(REFERENCE_PREFIX, reference)] if r % 2 == 0 else [(REFERENCE_PREFIX, reference), *pair]
-            for prefix, t in pair:
-                log(f"round {r + 1}/{profile.rounds}: {prefix}{w.id}")
-                into = outs
-                if prefix:
-                    into = ref_outs
-                    into.setdefault(w.id, [None] * profile.rounds)
-                try:
-                    into[w.id][r] = _one(t, w)
-                except Exception as e:
-                    if not t.alive():
-                        raise RuntimeError(f"the {'reference ' if prefix else ''}broker died during {w.id}; its log:\n"
-                                           f"{t.log_tail()}") from e
-                    log(f"  !! {prefix}{w.id} failed: {e!r}")
-                    failures.append({"workload": prefix + w.id, "round": str(r + 1), "error": repr(e)[:2000]})
-        loads.append(loadavg())
 
 
 def run_profile(spec: Any, profile: Profile, *, pid: int | None = None, data_dir: str = "", command: str = "",

@@ -130,13 +130,12 @@ def awake_cpus(count: int | None = None) -> Iterator[list[int]]:
 
 
 def _spinner_jiffies() -> int:
-    total = 0
+    """CPU time of the running spinners, in /proc/stat's jiffies (a spinner that went counts 0)."""
+    total = 0.0
     for pid in _awake:
         with contextlib.suppress(OSError, ValueError, IndexError):
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total
+            total += cpu_seconds(pid)
+    return round(total * CLK_TCK)
 
 
 @dataclass(slots=True)
