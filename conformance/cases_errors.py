@@ -11,7 +11,7 @@ import struct
 
 from conformance.helpers import alive, expect_error, is_error, raw_frame, responses
 from conformance.registry import Context, case, check
-from nanomq.protocol import Ack, ErrorCode, Metadata, MetadataOk, RecordBatch, Start
+from nanomq.protocol import Ack, Error, ErrorCode, Metadata, MetadataOk, RecordBatch, Start
 
 _HELLO_OP = 0x01
 
@@ -113,3 +113,60 @@ def reserved_fields(ctx: Context) -> None:
                 x.next_id == 1 for x in f.topics)), f"a PUBLISH refused for a reserved field was applied: {f!r}",
                 "NMQ-3.1-4")
             alive(w)
+
+
+def _length_bodies() -> list[tuple[str, int, bytes, bool]]:
+    """Requests whose variable fields run past the body (MALFORMED, [NMQ-3.1-2]) and requests exactly
+    as long as their fields imply with every length zero (well formed: any answer but MALFORMED).
+    The bytes a short field does hold are not a valid name, so a server that reads the field anyway,
+    instead of checking the length first, answers INVALID_ARGUMENT, not MALFORMED. (label, opcode,
+    body, malformed)"""
+    junk = b"\x00 /\xff\x00"  # 5 bytes, none of them allowed in a name
+    rec = RecordBatch.from_payloads([b"r"]).data
+    return [
+        ("PUBLISH whose topic length (20) runs past the body", 0x02,
+         struct.pack("<BBHHH", int(Ack.WRITTEN), 0, 20, 1, 0) + junk, True),
+        ("PUBLISH whose topic length (20) runs past the body, an invalid ack mode before it", 0x02,
+         struct.pack("<BBHHH", 9, 0, 20, 1, 0) + junk, True),
+        ("PUBLISH whose topic length runs 1 byte past a body holding a record", 0x02,
+         struct.pack("<BBHHH", int(Ack.WRITTEN), 0, 5 + len(rec) + 1, 1, 0) + b"abcde" + rec, True),
+        ("SUBSCRIBE whose topic length (20) runs past the body", 0x03,
+         struct.pack("<QIBBHHH", 0, 1, int(Start.EARLIEST), 0, 20, 0, 0) + junk, True),
+        ("SUBSCRIBE whose group length (20) runs past the body, an invalid start kind before it", 0x03,
+         struct.pack("<QIBBHHH", 0, 1, 0x7F, 0, 3, 20, 0) + b"abc" + junk, True),
+        ("METADATA whose topic length (20) runs past the body", 0x08, struct.pack("<HHI", 20, 0, 0) + junk, True),
+        ("PUBLISH of exactly its fixed 8 bytes (topic length 0, record count 0)", 0x02,
+         struct.pack("<BBHHH", int(Ack.WRITTEN), 0, 0, 0, 0), False),
+        ("SUBSCRIBE of exactly its fixed 20 bytes (topic and group length 0)", 0x03,
+         struct.pack("<QIBBHHH", 0, 1, int(Start.EARLIEST), 0, 0, 0, 0), False),
+    ]
+
+
+@case("errors.length-fields", "a request whose topic or group length runs past its body is MALFORMED, even when the "
+      "bytes there or a field before them are invalid too; a request exactly as long as its fields say, with every "
+      "length zero, is not MALFORMED (it is refused for its empty topic or batch); each is answered with its own "
+      "request_id, in order, and the connection goes on",
+      layer="wire", rules=("NMQ-3.1-2", "NMQ-8-1", "NMQ-3.3-2", "NMQ-8-2"))
+def length_fields(ctx: Context) -> None:
+    bad = _length_bodies()
+    with ctx.client() as w:
+        rids = [0x1E67_0000 + k for k in range(len(bad))]
+        w.send_raw(b"".join(raw_frame(op, rid, body) for rid, (_, op, body, _m) in zip(rids, bad, strict=True)))
+        with ctx.step("NMQ-8-1", "NMQ-8-2"):  # non-fatal: every one answered, the connection open
+            got = responses(w, len(bad))
+        for (label, _, _, malformed), rid, f in zip(bad, rids, got, strict=True):
+            with ctx.step("NMQ-3.1-2", "NMQ-8-1", "NMQ-3.3-2"):
+                if malformed:
+                    check(is_error(f, ErrorCode.MALFORMED), f"{label}: expected ERROR MALFORMED, got {f!r}")
+                    expect_error(f, ErrorCode.MALFORMED, request_id=rid)
+                else:
+                    check(isinstance(f, Error) and f.code != ErrorCode.MALFORMED and f.request_id == rid,
+                          f"{label}: a well-formed request (its body is as long as its fields say) answered {f!r}, "
+                          f"not an ERROR other than MALFORMED with request_id {rid}")
+        with ctx.step("NMQ-8-2"):
+            alive(w)
+        with ctx.step("NMQ-3.1-2"):  # and a METADATA of exactly its fixed part asks for every topic
+            w.send_raw(raw_frame(0x08, 0x1E67_1000, struct.pack("<HHI", 0, 0, 0)))
+            f = w.recv_response()
+            check(isinstance(f, MetadataOk) and f.request_id == 0x1E67_1000,
+                  f"METADATA of exactly its fixed 8 bytes (topic length 0: every topic) answered {f!r}")

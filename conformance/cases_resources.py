@@ -19,13 +19,23 @@ import threading
 import time
 from pathlib import Path
 
-from conformance.helpers import alive, collect_all, expect_error, is_error, publish, subscribe, topic_info
+from conformance.helpers import (
+    alive,
+    collect_all,
+    expect_error,
+    is_error,
+    publish,
+    raw_frame,
+    subscribe,
+    topic_info,
+)
 from conformance.registry import Context, Failed, Skipped, case, check
 from conformance.wire import Closed, WireClient
 from nanomq.protocol import (
     Ack,
     Commit,
     Committed,
+    Error,
     ErrorCode,
     Frame,
     Hello,
@@ -320,8 +330,22 @@ def _median_rtt(w: WireClient, n: int, token: int, budget_s: float = 5.0) -> flo
       "round trip stays within a small multiple of its quiet one (not the time their backlogs take)",
       layer="wire", exclusive=True, rules=("NMQ-6.2-4", "NMQ-8-4"))
 def fairness(ctx: Context) -> None:
+    _fairness(ctx, _pings(64 * 1024 // 24), "PINGs")  # 64 KiB of pipelined PINGs per send
+
+
+@case("resources.fairness-errors", "while several clients pipeline requests that are each refused with a non-fatal "
+      "ERROR (PINGs with a short body) as fast as they can, another client's PING round trip stays within a small "
+      "multiple of its quiet one: refused requests count against a connection's share like answered ones",
+      layer="wire", exclusive=True, rules=("NMQ-6.2-4", "NMQ-8-4"))
+def fairness_errors(ctx: Context) -> None:
+    bad = b"".join(raw_frame(0x09, 1000 + i, bytes(7)) for i in range(64 * 1024 // 23))  # MALFORMED, non-fatal
+    _fairness(ctx, bad, "PINGs with a 7-byte body (each refused MALFORMED)")
+
+
+def _fairness(ctx: Context, chunk: bytes, what: str) -> None:
+    """The probe's median PING round trip, quiet and while several clients send ``chunk`` over and
+    over as fast as the target reads it (reading what comes back, unparsed)."""
     n_flood = 4 if ctx.quick else 8
-    chunk = _pings(64 * 1024 // 24)  # 64 KiB of pipelined PINGs per send
     with ctx.client() as probe:
         quiet = _median_rtt(probe, 40, 1)
         flooders = [ctx.client() for _ in range(n_flood)]
@@ -344,7 +368,11 @@ def fairness(ctx: Context) -> None:
         th.start()
         try:
             time.sleep(0.3)  # the floods are under way: backlogs on the server
-            flooded = _median_rtt(probe, 40, 1000)
+            try:
+                flooded = _median_rtt(probe, 40, 1000)
+            except TimeoutError:
+                raise Failed(f"with {n_flood} clients pipelining {what}, another client's PING got no answer "
+                             "within 10 s: it is starved", ("NMQ-6.2-4", "NMQ-8-4")) from None
         finally:
             stop.set()
             th.join(5)
@@ -352,10 +380,11 @@ def fairness(ctx: Context) -> None:
                 f.close()
         bound = max(0.02, 10 * quiet)
         with ctx.step("NMQ-6.2-4", "NMQ-8-4"):
-            check(flooded <= bound, f"with {n_flood} clients pipelining PINGs, another client's median PING round trip "
+            check(flooded <= bound, f"with {n_flood} clients pipelining {what}, another client's median PING round trip "
                   f"was {flooded * 1e3:.1f} ms (quiet: {quiet * 1e3:.2f} ms; bound: {bound * 1e3:.1f} ms): one "
                   "client's backlog is handled before the others are served")
-    ctx.note(f"median PING round trip {quiet * 1e3:.2f} ms quiet, {flooded * 1e3:.2f} ms with {n_flood} flooding clients")
+    ctx.note(f"median PING round trip {quiet * 1e3:.2f} ms quiet, {flooded * 1e3:.2f} ms with {n_flood} clients "
+             f"pipelining {what}")
 
 
 def _memory_given_back(pid: int, before_kb: int) -> int:
@@ -459,6 +488,63 @@ def frame_buffer(ctx: Context) -> None:
              f"{limit >> 20} MiB), +{held} MiB once handled, +{kept} MiB once their connections closed")
 
 
+@case("resources.frame-room", "while one client holds the start of a large frame, another client's large frame "
+      "that fits beside it within the declared bound is read and acked at once, not after the first one; then the "
+      "first completes and is acked too", layer="wire", exclusive=True, rules=("NMQ-6.2-6", "NMQ-8-4"))
+def frame_room(ctx: Context) -> None:
+    limit = ctx.target.spec.frame_buffer_bytes
+    if limit <= 0:
+        raise Skipped("the target declares no frame_buffer_bytes")
+    per = max(1, min(ctx.max_batch, 256))
+    # two frames of about a third of the bound each: both fit in it at once
+    size = min(ctx.max_payload, ((ctx.max_frame or 1 << 24) - 1024) // per - 64, (limit // 3) // per - 64)
+    t = ctx.topic("frameroom")
+    frames = [encode(Publish(k, t, Ack.WRITTEN, RecordBatch.from_payloads([bytes([k]) * size] * per)))
+              for k in (1, 2)]
+    if len(frames[0]) < 4 << 20:
+        raise Skipped(f"frames of a third of frame_buffer_bytes or within max_frame are {len(frames[0]) >> 20} MiB: "
+                      "too small to tell")
+    start = 1 << 20  # what the first client sends of its frame before it pauses
+    with ctx.client() as w, ctx.client() as first, ctx.client() as second:
+        publish(w, t, [b"first"])  # the topic exists
+        first.sock.sendall(memoryview(frames[0])[:start])
+        time.sleep(0.2)  # the target has read the start of the first frame: it holds room for it
+        answer: list[Frame | BaseException] = []
+
+        def send_second() -> None:
+            try:
+                second.sock.settimeout(30)
+                second.sock.sendall(frames[1])
+                answer.append(second.recv_response(30))
+            except BaseException as e:  # noqa: BLE001 - reported below
+                answer.append(e)
+
+        t0 = time.monotonic()
+        th = threading.Thread(target=send_second, daemon=True)
+        th.start()
+        th.join(10)
+        waited = time.monotonic() - t0
+        with ctx.step("NMQ-6.2-6"):
+            check(bool(answer) and isinstance(answer[0], PublishAck) and answer[0].count == per,
+                  f"a {len(frames[1]) >> 20} MiB frame, sent while another client held the first {start >> 20} MiB "
+                  f"of one of {len(frames[0]) >> 20} MiB (both together {2 * len(frames[0]) >> 20} MiB, within the "
+                  f"declared bound of {limit >> 20} MiB), answered {answer[0] if answer else 'nothing'!r} within "
+                  f"{waited:.1f} s: it waited for the other frame although there was room for it")
+            # the first client's frame was not given up meanwhile (a target that read the second frame only
+            # once the first connection had timed out would have closed it)
+            first.sock.settimeout(30)
+            try:
+                first.sock.sendall(memoryview(frames[0])[start:])
+                f = first.recv_response(30)
+            except (Closed, OSError) as e:
+                raise Failed(f"the client holding the start of its frame was closed ({e}) before it could finish it; "
+                             f"the other client's frame was answered after {waited:.1f} s") from None
+            check(isinstance(f, PublishAck) and f.count == per, f"the first frame, once complete, answered {f!r}")
+        with ctx.step("NMQ-8-4"):
+            alive(w, "NMQ-8-4")
+    ctx.note(f"a {len(frames[1]) >> 20} MiB frame beside another one still arriving was acked after {waited:.2f} s")
+
+
 @case("resources.topic-rate", "topics created as fast as a client can: beyond the declared burst and rate a new "
       "topic is RESOURCE_LIMIT, is not created, the connection goes on, and the same PUBLISH succeeds later",
       layer="wire", restarts=True, rules=("NMQ-6.2-5", "NMQ-8-2"))
@@ -558,8 +644,8 @@ def commit_gaps(ctx: Context) -> None:
 
 
 @case("resources.idle-timeout", "a connection with no subscription that sends nothing is closed after the "
-      "declared idle timeout, with RESOURCE_LIMIT citing NMQ-2-5; a subscribed one and a talking one stay open",
-      layer="wire", rules=("NMQ-2-5", "NMQ-8-2"))
+      "declared idle timeout, with RESOURCE_LIMIT citing NMQ-2-5; a subscribed one, a talking one and one whose "
+      "every request is refused (a non-fatal ERROR) stay open", layer="wire", rules=("NMQ-2-5", "NMQ-8-2"))
 def idle_timeout(ctx: Context) -> None:
     idle_s = ctx.target.spec.idle_timeout_s
     if idle_s <= 0:
@@ -567,13 +653,28 @@ def idle_timeout(ctx: Context) -> None:
     if idle_s > 30:
         raise Skipped(f"idle_timeout_s {idle_s}: the kit waits at most 30 s for it")
     t = ctx.topic("idle")
-    with ctx.client() as idle, ctx.client() as talker, ctx.client() as subscriber:
+    with ctx.client() as idle, ctx.client() as talker, ctx.client() as subscriber, ctx.client() as refused:
         subscribe(subscriber, t, Start.LATEST, credit=10)
         deadline = time.monotonic() + 1.5 * idle_s + 2
         closed_frames: list | None = None
         idle.sock.settimeout(0.05)
+        rid = 0x1D1E_0000
         while time.monotonic() < deadline and closed_frames is None:
             alive(talker, "NMQ-2-5")
+            # a frame received is not idleness, whether or not the request is valid: a PING with a
+            # short body, refused MALFORMED (non-fatal), every round
+            rid += 1
+            refused.send_raw(raw_frame(0x09, rid, bytes(7)))
+            with ctx.step("NMQ-2-5", "NMQ-8-2"):
+                try:
+                    f = refused.recv_response(10.0)
+                except (Closed, OSError) as e:
+                    raise Failed(f"a connection sending a request every 0.25 s, each refused with a non-fatal "
+                                 f"ERROR, was closed as if idle ({e})") from None
+                check(not (isinstance(f, Error) and f.request_id == 0), f"a connection sending a request every "
+                      f"0.25 s, each refused with a non-fatal ERROR, was closed with {f!r}, as if idle")
+                check(is_error(f, ErrorCode.MALFORMED) and f.request_id == rid,
+                      f"a PING with a 7-byte body answered {f!r}, not ERROR MALFORMED with its request_id", "NMQ-8-2")
             with contextlib.suppress(TimeoutError):
                 closed_frames = idle.expect_closed(min(0.25, idle_s / 4))
         with ctx.step("NMQ-2-5"):
@@ -585,10 +686,16 @@ def idle_timeout(ctx: Context) -> None:
         with ctx.step("NMQ-2-5", "NMQ-8-2"):
             alive(subscriber, "NMQ-2-5")  # holds a subscription: never idle
             alive(talker, "NMQ-2-5")
+            try:  # refused requests all along: it was not idle either
+                alive(refused, "NMQ-2-5")
+            except Failed as e:
+                raise Failed(f"a connection sending a request every 0.25 s, each refused with a non-fatal ERROR, "
+                             f"was closed as if idle when the idle one was: {e}", ("NMQ-2-5",)) from None
 
 
 @case("resources.write-timeout", "a subscriber with a large backlog that never reads its socket is dropped after "
-      "the declared write timeout; the others are served", layer="wire", rules=("NMQ-6.2-7", "NMQ-6.2-2", "NMQ-8-4"))
+      "the declared write timeout, one that stops reading for less than that is not (it gets every record); the "
+      "others are served", layer="wire", rules=("NMQ-6.2-7", "NMQ-6.2-2", "NMQ-8-4"))
 def write_timeout(ctx: Context) -> None:
     write_s = ctx.target.spec.write_timeout_s
     if write_s <= 0:
@@ -598,12 +705,39 @@ def write_timeout(ctx: Context) -> None:
     t = ctx.topic("stuck")
     with ctx.client() as w:
         chunk = _backlog_batch(ctx, 64)
-        for _ in range(-(-(24 << 20) // sum(map(len, chunk)))):  # 24 MiB of backlog
+        batches = -(-(24 << 20) // sum(map(len, chunk)))
+        for _ in range(batches):  # 24 MiB of backlog
             publish(w, t, chunk)
+        total = batches * len(chunk)
         lazy = WireClient(ctx.target.host, ctx.target.port, rcvbuf=4096, ssl_context=ctx.target.ssl)
+        pauser = WireClient(ctx.target.host, ctx.target.port, ssl_context=ctx.target.ssl)
+        pause_s = 0.6 * write_s
+        paused: list[str] = []
+
+        def pause_then_read() -> None:
+            """Subscribed with the same backlog, it reads nothing for 0.6 of the write timeout, then
+            everything: a connection whose output stayed stuck for less than the timeout is kept."""
+            try:
+                time.sleep(pause_s)
+                got = collect_all(pauser, sub.sub_id, total, timeout=60.0, idle=5.0)
+                if len(got) != total or [r.id for r in got] != list(range(1, total + 1)):
+                    paused.append(f"it got {len(got)} of the {total} records")
+                else:
+                    alive(pauser, "NMQ-6.2-7")
+            except Failed as e:
+                paused.append(str(e))
+            except (Closed, OSError, AssertionError, ProtocolError) as e:
+                paused.append(f"{type(e).__name__}: {e}")
+
         try:
             lazy.hello()
             lazy.send(Subscribe(lazy.next_id(), t, Start.EARLIEST, 0, 0xFFFF_FFFF, ""))
+            pauser.hello()
+            sub = pauser.subscribe(t, Start.EARLIEST, 0, 0xFFFF_FFFF)
+            check(isinstance(sub, Subscribed), f"SUBSCRIBE answered {sub!r}", "NMQ-6.2-7")
+            assert isinstance(sub, Subscribed)
+            reader = threading.Thread(target=pause_then_read, daemon=True)
+            reader.start()
             # It never reads: its output is stuck on the server. Meanwhile the other client is
             # served, and talks, so that a target's idle timeout [NMQ-2-5] never closes it.
             stuck_until = time.monotonic() + write_s + 1.5
@@ -630,5 +764,11 @@ def write_timeout(ctx: Context) -> None:
                       f"{write_s:g} s) was still connected and being served")
             with ctx.step("NMQ-8-4"):
                 alive(w, "NMQ-8-4")
+            reader.join(70)
+            with ctx.step("NMQ-6.2-7"):
+                check(not reader.is_alive() and not paused, f"a subscriber that stopped reading for {pause_s:.1f} s "
+                      f"(less than the declared write timeout of {write_s:g} s) with {total} records of backlog, then "
+                      f"read them all, was not served to the end: {paused[0] if paused else 'still reading after 70 s'}")
         finally:
             lazy.close()
+            pauser.close()
