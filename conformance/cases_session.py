@@ -39,6 +39,7 @@ from nanomq.protocol import (
     Metadata,
     MetadataOk,
     Ping,
+    Pong,
     Publish,
     PublishAck,
     RecordBatch,
@@ -256,6 +257,56 @@ def subscribe_creates(ctx: Context) -> None:
             publish(p, t, [b"first"])
             recs = collect_all(w, s.sub_id, 1)
             check([(r.id, r.payload) for r in recs] == [(1, b"first")], f"delivered {recs!r}")
+
+
+@case("session.pings-during-backlog", "a subscriber that reads a large backlog slowly while it pipelines PINGs gets "
+      "an intact stream: every frame whole, every PONG with its token in order, every record once, in id order and "
+      "byte-exact", layer="wire", rules=("NMQ-3.1-1", "NMQ-3.3-2", "NMQ-4.10-1", "NMQ-SEM-4-1"))
+def pings_during_backlog(ctx: Context) -> None:
+    t = ctx.topic("pingbacklog")
+    size = min(4096, ctx.max_payload)
+    per = max(1, min(64, ctx.max_batch))
+    n_batches = (2 if ctx.quick else 4) * ((4 << 20) // (size * per) or 1)  # 8-16 MiB of backlog
+    payloads = [struct.pack("<I", i) * (size // 4) for i in range(n_batches * per)]
+    with ctx.client() as w:
+        for b in range(n_batches):
+            publish(w, t, payloads[b * per : (b + 1) * per])
+    # a small receive buffer: the target's output backs up while the client reads slowly, so its
+    # answers to the PINGs meet deliveries still waiting to go out
+    with WireClient(ctx.target.host, ctx.target.port, rcvbuf=16384, ssl_context=ctx.target.ssl) as s:
+        s.hello()
+        sub = s.subscribe(t, Start.EARLIEST, 0, 0xFFFF_FFFF)
+        check(isinstance(sub, Subscribed), f"SUBSCRIBE answered {sub!r}", "NMQ-SEM-4-1")
+        assert isinstance(sub, Subscribed)
+        sent: list[int] = []
+        pongs: list[int] = []
+        got: list[tuple[int, bytes]] = []
+        token = 0x9000
+        deadline = time.monotonic() + 60
+        with ctx.step("NMQ-3.1-1", "NMQ-3.3-2", "NMQ-4.10-1"):
+            while (len(got) < len(payloads) or len(pongs) < len(sent)) and time.monotonic() < deadline:
+                if len(got) < len(payloads) and len(sent) - len(pongs) < 64:
+                    s.send(*(Ping(s.next_id(), token + k) for k in range(4)))  # pipelined, unanswered yet
+                    sent.extend(token + k for k in range(4))
+                    token += 4
+                f = s.recv(10.0)
+                if isinstance(f, Deliver):
+                    check(f.sub_id == sub.sub_id, f"a DELIVER for sub_id {f.sub_id}, not {sub.sub_id}", "NMQ-SEM-4-1")
+                    got.extend((r.id, bytes(r.payload)) for r in f.records)
+                else:
+                    check(isinstance(f, Pong), f"a {f!r} in the stream, where only DELIVERs and PONGs can be")
+                    assert isinstance(f, Pong)
+                    pongs.append(f.token)
+                    check(pongs == sent[: len(pongs)], f"PONG tokens {pongs[-5:]} (the last of {len(pongs)}) do not "
+                          f"follow the PINGs' {sent[max(0, len(pongs) - 5) : len(pongs)]}")
+                if len(got) % 512 == 0:
+                    time.sleep(0.001)  # a slow reader
+        with ctx.step("NMQ-SEM-4-1"):
+            check([i for i, _ in got] == list(range(1, len(payloads) + 1)),
+                  f"delivered {len(got)} records of {len(payloads)}, not ids 1..{len(payloads)} in order")
+            bad = next((i for i, p in got if p != payloads[i - 1]), None)
+            check(bad is None, f"record {bad}'s payload is not the one published")
+    ctx.note(f"{len(payloads)} records of {size} B read slowly with {len(sent)} PINGs pipelined among them")
 
 
 @case("session.unsubscribe", "UNSUBSCRIBE with a backlog in flight: no DELIVER after UNSUBSCRIBED; the sub_id is "
