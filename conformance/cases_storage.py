@@ -1659,3 +1659,85 @@ def storage_failed_append(ctx: Context) -> None:
         if [x.payload for x, _ in r.records] != [*before, b"d"]:
             raise Failed(f"after a failed append the topic holds {len(r.records)} records "
                          f"{[x.payload[:8] for x, _ in r.records][:6]}", ("NMQ-S6-4",))
+
+
+@case("storage.topic-ids", "on a new data directory, every topic keeps its topic id over a clean and an unclean "
+      "restart, the first one created and one holding no record included; and when its topic_id file is damaged "
+      "while its checkpoint is missing, or while the first record of its first segment is damaged too, the topic is "
+      "still listed under its id, with its records and its next id",
+      layer="storage", rules=("NMQ-SEM-1-2", "NMQ-S2-5", "NMQ-S5-4", "NMQ-S9-9"))
+def storage_topic_ids(ctx: Context) -> None:
+    _need(ctx)
+    checks = Checks()
+    # a new data directory: the topics below are the only ones, the first of them the first the target
+    # ever made (the reference numbers it 1)
+    ctx.target.fresh_start()
+    names = {k: ctx.topic(f"ti{k}") for k in ("empty", "kept", "nockpt", "firstbad")}
+    got = {k: Filled() for k in names}
+    with running_at_exit(ctx):
+        with ctx.client() as w:
+            sub = w.subscribe(names["empty"], Start.EARLIEST)  # created with no record, and it keeps none
+            checks.check(isinstance(sub, Subscribed), f"SUBSCRIBE {names['empty']} answered {sub!r}", "NMQ-SEM-1-2")
+            # the damaged ones before "kept": neither has the highest id, which a fresh id could repeat by chance
+            fill_until_segments(ctx, w, names["firstbad"], Payloads(names["firstbad"], ctx.rng), got["firstbad"], 2)
+            for k in ("nockpt", "kept"):
+                gen = Payloads(names[k], ctx.rng)
+                for _ in range(3):
+                    ps = [gen.make(200) for _ in range(4)]
+                    got[k].add(publish(w, names[k], ps), ps)
+            before = {k: metadata(w, t) for k, t in names.items()}
+        ids = {k: info.topic_id for k, info in before.items() if isinstance(info, TopicInfo)}
+        if not checks.check(len(ids) == len(names), f"METADATA of the new topics answered {before!r}", "NMQ-SEM-1-2"):
+            checks.done()
+
+        def same_ids(how: str) -> None:
+            with ctx.client() as w:
+                for k, t in names.items():
+                    info = metadata(w, t)
+                    checks.check(isinstance(info, TopicInfo) and info.topic_id == ids[k],
+                                 f"after {how}, METADATA {t} answers {info!r}: its topic id was {ids[k]}",
+                                 "NMQ-SEM-1-2")
+
+        for how in ("a clean restart", "an unclean restart"):
+            if how == "a clean restart":
+                ctx.target.stop()
+            else:
+                ctx.target.kill()
+            if not restart(ctx, checks, [], how, "NMQ-SEM-1-2"):
+                checks.done()
+            same_ids(how)
+        ctx.target.stop()
+        d = {k: ctx.target.topic_dir(t) for k, t in names.items()}
+        for k in ("nockpt", "firstbad"):
+            (d[k] / "topic_id").write_bytes(b"\xffnot an id\x00")
+        (d["nockpt"] / "checkpoint").unlink()
+        segs = segments(d["firstbad"])
+        first = segs[0].records[0]
+        flip_bit(segs[0].path, first.offset + 2, 3)  # the first record's id no longer matches its file's name
+        damaged = [names["nockpt"], names["firstbad"]]
+        if not restart(ctx, checks, damaged, "damaging topic_id files", "NMQ-S2-5"):
+            checks.done()
+        same_ids("a restart with damaged topic_id files")
+        with ctx.client() as w:
+            with checks.scenario("topic_id damaged, checkpoint missing", "NMQ-S2-5", "NMQ-S5-4"):
+                t = names["nockpt"]
+                r = read(w, t)
+                compare(checks, f"{t} with a damaged topic_id and no checkpoint", r, got["nockpt"].payloads,
+                        sorted(got["nockpt"].payloads), "NMQ-S2-5", "NMQ-S5-4")
+                a = publish(w, t, [b"next"])
+                checks.check(a.first_id == got["nockpt"].next_id, f"{t}: next id {a.first_id}, not "
+                             f"{got['nockpt'].next_id}", "NMQ-S2-5")
+            with checks.scenario("topic_id and the first record damaged", "NMQ-S2-5", "NMQ-S9-9"):
+                t = names["firstbad"]
+                later = {i: p for i, p in got["firstbad"].payloads.items() if i >= segs[1].first_id}
+                r = read(w, t, Start.ID, segs[1].first_id, count=len(later))
+                compare(checks, f"{t} from its second segment, with a damaged topic_id and the first record of its "
+                        "first segment damaged", r, later, sorted(later), "NMQ-S9-9")
+                a = publish(w, t, [b"next"])
+                checks.check(a.first_id == got["firstbad"].next_id, f"{t}: next id {a.first_id}, not "
+                             f"{got['firstbad'].next_id}", "NMQ-S2-5")
+            with checks.scenario("the others untouched", "NMQ-SEM-1-2"):
+                info = metadata(w, names["empty"])
+                checks.check(isinstance(info, TopicInfo) and info.next_id == 1,
+                             f"{names['empty']}, which never held a record, answers {info!r}", "NMQ-SEM-1-2")
+    checks.done()
