@@ -11,8 +11,8 @@ import threading
 import time
 
 from conformance.helpers import collect_all
-from conformance.registry import Context, Failed, Skipped, case
-from nanomq.protocol import Ack, PublishAck, Start, Subscribed
+from conformance.registry import Context, Failed, Skipped, case, check
+from nanomq.protocol import Ack, Deliver, Error, ErrorCode, PublishAck, Start, Subscribed
 
 
 def _ranges(ids: list[int]) -> str:
@@ -121,3 +121,51 @@ def crash_durable(ctx: Context) -> None:
       rules=("NMQ-SEM-3-2", "NMQ-SEM-3-3", "NMQ-SEM-2-1"))
 def crash_written(ctx: Context) -> None:
     _crash_loop(ctx, Ack.WRITTEN, "NMQ-SEM-3-2")
+
+
+@case("crash.graceful-stop", "a graceful stop (the target's stop: SIGTERM to its process group) tells each "
+      "connection why: an idle one and a subscribed one each get ERROR SHUTTING_DOWN with request_id 0 and an empty "
+      "rule, after every answer owed, and are then closed; every acked record is there after the restart",
+      layer="crash", rules=("NMQ-2-6", "NMQ-8-6", "NMQ-8-5", "NMQ-8-2", "NMQ-SEM-3-3"))
+def graceful_stop(ctx: Context) -> None:
+    _need_crash(ctx)
+    t = ctx.topic("stop")
+    idle = ctx.client()
+    subscriber = ctx.client()
+    try:
+        with ctx.client() as w:
+            acked = w.publish(t, [b"before the stop %d" % i for i in range(8)], Ack.WRITTEN)
+        if not isinstance(acked, PublishAck):
+            raise Failed(f"PUBLISH answered {acked!r}", ("NMQ-SEM-3-3",))
+        sub = subscriber.subscribe(t, Start.EARLIEST, 0, 1 << 20)
+        if not isinstance(sub, Subscribed):
+            raise Failed(f"SUBSCRIBE answered {sub!r}", ("NMQ-SEM-3-3",))
+        got = collect_all(subscriber, sub.sub_id, 8)
+        ctx.target.stop()
+        for label, c in (("an idle connection", idle), ("a subscribed connection", subscriber)):
+            with ctx.step("NMQ-2-6", "NMQ-8-2"):
+                try:
+                    frames = c.expect_closed(5.0)
+                except TimeoutError:
+                    raise Failed(f"{label} was still open 5 s after the target stopped") from None
+                errors = [f for f in frames if isinstance(f, Error)]
+                check(bool(errors) and errors[-1].code == ErrorCode.SHUTTING_DOWN and errors[-1].request_id == 0,
+                      f"{label} was closed by the graceful stop after {frames!r}, not ERROR SHUTTING_DOWN "
+                      "(request_id 0)", "NMQ-2-6")
+                check(all(isinstance(f, Deliver) for f in frames[:-1]), f"{label} got {frames[:-1]!r} before the "
+                      "ERROR SHUTTING_DOWN, where only deliveries can be", "NMQ-2-6")
+            with ctx.step("NMQ-8-6", "NMQ-8-5"):
+                check(errors[-1].rule == "" and bool(errors[-1].message.strip()), f"the ERROR SHUTTING_DOWN of a "
+                      f"graceful stop carries message {errors[-1].message!r} and rule {errors[-1].rule!r}: a message "
+                      "is due, and no rule (the client broke none)", "NMQ-8-6")
+    finally:
+        idle.close()
+        subscriber.close()
+        if not ctx.target.proc or ctx.target.proc.poll() is not None:
+            ctx.target.start()
+    with ctx.step("NMQ-SEM-3-3"):
+        check([r.id for r in got] == list(range(acked.first_id, acked.first_id + 8)),
+              f"before the stop the subscriber got {[r.id for r in got]}")
+        after = _read_all(ctx, t)
+        check([p for _, p in after] == [b"before the stop %d" % i for i in range(8)],
+              f"after a graceful stop and a restart the topic holds {len(after)} records, not the 8 acked")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import struct
 import time
 
-from conformance.helpers import HELLO_V1, expect_error, fatal
-from conformance.registry import Context, Failed, Unimplemented, case, check
+from conformance.helpers import HELLO_V1, check_error_text, expect_error, fatal
+from conformance.registry import Context, Failed, Unimplemented, case, check, soft_check
 from conformance.wire import Closed, WireClient
 from nanomq.protocol import (
     PROTOCOL_VERSION,
@@ -110,7 +110,8 @@ def hello_timeout(ctx: Context) -> None:
 
 
 @case("wire.frame.timeout", "a client that dribbles a frame (one byte now and then, never completing it) is closed "
-      "(within 35 s), though bytes keep arriving", layer="wire", rules=("NMQ-2-3",))
+      "(within 35 s), though bytes keep arriving; an ERROR sent first cites NMQ-2-3", layer="wire",
+      rules=("NMQ-2-3", "NMQ-8-6"))
 def frame_timeout(ctx: Context) -> None:
     with ctx.client() as w:
         # one PUBLISH of ~2.4 KB at one byte per 0.25 s: ten minutes to complete
@@ -127,6 +128,9 @@ def frame_timeout(ctx: Context) -> None:
             except (Closed, OSError):
                 return
             if isinstance(f, Error):
+                check_error_text(f)
+                soft_check(f.rule == "NMQ-2-3", f"the ERROR closing a connection for a slow frame cites rule "
+                           f"{f.rule!r}, not the one it broke, NMQ-2-3", "NMQ-8-6")
                 w.expect_closed(5.0)
                 return
 
