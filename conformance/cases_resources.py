@@ -180,7 +180,17 @@ def retention(ctx: Context) -> None:
             n += per_batch
         seg = ctx.target.spec.segment_bytes
         # The rules set no time for retention, and a correct target may run it only after the seals of
-        # the segments just written, which wait for the disk: on a busy disk that took over 5 s.
+        # the segments just written, which wait for the disk: on a busy disk (other brokers writing
+        # beside it) that took more than 30 s. So the kit first waits for the disk itself: one more
+        # record acked durable, which a target acks only once everything before it is synced too
+        # ([NMQ-SEM-3-1]); then retention has its own time.
+        synced_at = time.monotonic()
+        w.send(Publish(w.next_id(), t, Ack.DURABLE, RecordBatch.from_payloads([f"{n:08d}".encode()])))
+        f = w.recv_response(120.0)
+        check(isinstance(f, PublishAck) and f.first_id == n + 1, f"a durable PUBLISH after the writes answered {f!r}",
+              "NMQ-4.2-1")
+        n += 1
+        synced_s = time.monotonic() - synced_at
         wait = max(30.0, 5 * ctx.target.spec.retention_check_s)
         started = time.monotonic()
         deadline = started + wait
@@ -193,8 +203,8 @@ def retention(ctx: Context) -> None:
         while not settled() and time.monotonic() < deadline:
             time.sleep(0.1)
             info = topic_info(w, t)
-        ctx.note(f"{n} records of {size} bytes; retention settled {time.monotonic() - started:.1f} s after the "
-                 "last write")
+        ctx.note(f"{n} records of {size} bytes; the last, durable, acked {synced_s:.1f} s after the others; "
+                 f"retention settled {time.monotonic() - started:.1f} s after that")
         with ctx.step("NMQ-SEM-2-4", "NMQ-4.9-2", "NMQ-S11-2"):
             check(info.first_id > 1, f"{n} records of {size} bytes ({n * size >> 20} MiB) against retention of "
                   f"{limit >> 20} MiB: first_id is still 1 after {wait:.0f} s")
@@ -252,6 +262,36 @@ def _rss_anon_kb(pid: int) -> int:
     raise OSError("no RssAnon line")
 
 
+def _stuck_subscriber(ctx: Context, t: str, pid: int) -> tuple[WireClient, int, int]:
+    """A subscriber with unlimited credit on ``t`` that never reads its socket and goes on sending
+    requests whose answers it never reads; returns it (still connected), the MiB of anonymous memory
+    the broker grew by meanwhile, and the bytes of requests it got to send."""
+    before = _rss_anon_kb(pid)
+    lazy = WireClient(ctx.target.host, ctx.target.port, rcvbuf=4096, ssl_context=ctx.target.ssl)
+    try:
+        lazy.hello()
+        lazy.send(Subscribe(1, t, Start.EARLIEST, 0, 0xFFFF_FFFF, ""))
+        # ... and goes on sending requests whose answers it never reads: a server that keeps
+        # reading them while its output to this client is stuck would buffer every answer
+        # (METADATA of every topic: a 24-byte request, an answer listing 20+ topics).
+        pings = b"".join(encode(Metadata(2 + k, "")) for k in range(4096))
+        lazy.sock.settimeout(0.05)
+        sent = 0
+        deadline = time.monotonic() + (1.2 if ctx.quick else 3.0)
+        while time.monotonic() < deadline:
+            try:
+                sent += lazy.sock.send(pings)
+            except (TimeoutError, BlockingIOError):
+                pass  # the server stopped reading: what it must do
+            except OSError:
+                break
+        time.sleep(0.5)  # the broker has had time to push and buffer as much as it will
+    except BaseException:
+        lazy.close()
+        raise
+    return lazy, (_rss_anon_kb(pid) - before) // 1024, sent
+
+
 @case("resources.slow-consumer", "a subscriber with unlimited credit that never reads its socket, on a topic "
       "with a large backlog: the broker's own memory stays bounded and other clients are served",
       layer="wire", exclusive=True, rules=("NMQ-SEM-5-1", "NMQ-6.2-2", "NMQ-8-4"))
@@ -262,43 +302,38 @@ def slow_consumer(ctx: Context) -> None:
     t = ctx.topic("slow")
     mb = 64 if ctx.quick else 160
     chunk = _backlog_batch(ctx, 256)
+    bound = 10
     with ctx.client() as w:
         for _ in range(-(-(mb << 20) // sum(map(len, chunk)))):  # mb MiB of backlog
             publish(w, t, chunk)
         for k in range(20):
             publish(w, ctx.topic(f"slow-listed-{k}"), [b"x"])
-        before = _rss_anon_kb(pid)
-        lazy = WireClient(ctx.target.host, ctx.target.port, rcvbuf=4096, ssl_context=ctx.target.ssl)
+        stuck: list[WireClient] = []
         try:
-            lazy.hello()
-            lazy.send(Subscribe(1, t, Start.EARLIEST, 0, 0xFFFF_FFFF, ""))
-            # ... and goes on sending requests whose answers it never reads: a server that keeps
-            # reading them while its output to this client is stuck would buffer every answer
-            # (METADATA of every topic: a 24-byte request, an answer listing 20+ topics).
-            pings = b"".join(encode(Metadata(2 + k, "")) for k in range(4096))
-            lazy.sock.settimeout(0.05)
-            sent = 0
-            deadline = time.monotonic() + (1.2 if ctx.quick else 3.0)
-            while time.monotonic() < deadline:
-                try:
-                    sent += lazy.sock.send(pings)
-                except (TimeoutError, BlockingIOError):
-                    pass  # the server stopped reading: what it must do
-                except OSError:
-                    break
-            time.sleep(0.5)  # the broker has had time to push and buffer as much as it will
-            grown = (_rss_anon_kb(pid) - before) // 1024
+            lazy, grown, sent = _stuck_subscriber(ctx, t, pid)
+            stuck.append(lazy)
+            second = None
+            if grown > bound:
+                # The broker's memory also moves for reasons of its own (a thread's first allocation
+                # maps a new arena, more so on a loaded machine): a server that buffers for a stuck
+                # subscriber grows again by as much for a second one; a one-off does not repeat.
+                lazy2, second, _ = _stuck_subscriber(ctx, t, pid)
+                stuck.append(lazy2)
             with ctx.step("NMQ-SEM-5-1", "NMQ-6.2-2"):
-                check(grown <= 10, f"a subscriber that does not read (and sent {sent >> 20} MiB of METADATA requests) made the "
-                      f"broker's anonymous memory grow by {grown} MiB with a {mb} MiB backlog (bound: 10 MiB)")
+                check(second is None or second <= bound, f"a subscriber that does not read (and sent {sent >> 20} MiB "
+                      f"of METADATA requests) made the broker's anonymous memory grow by {grown} MiB with a {mb} MiB "
+                      f"backlog, and a second one by {second} MiB more (bound: {bound} MiB each)")
             with ctx.step("NMQ-8-4"):
                 t0 = time.monotonic()
                 for _ in range(20):
                     alive(w, "NMQ-8-4")
                 check(time.monotonic() - t0 < 2.0, "the stuck subscriber slowed another client down")
         finally:
-            lazy.close()
-    ctx.note(f"broker anonymous memory +{grown} MiB with a {mb} MiB backlog to a subscriber that does not read")
+            for c in stuck:
+                c.close()
+    ctx.note(f"broker anonymous memory +{grown} MiB with a {mb} MiB backlog to a subscriber that does not read"
+             + (f"; +{second} MiB for a second one (the first figure was over {bound} MiB)" if second is not None
+                else ""))
 
 
 # ---------------------------------------------------------------- issue 10: clients that misbehave
