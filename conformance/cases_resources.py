@@ -377,6 +377,67 @@ def fairness_errors(ctx: Context) -> None:
     _fairness(ctx, bad, "PINGs with a 7-byte body (each refused MALFORMED)")
 
 
+@case("resources.fairness-drain", "while subscribers read a large backlog as fast as they can, another client's PING "
+      "round trip stays within a small multiple of its quiet one: one subscription's backlog is delivered in turns",
+      layer="wire", exclusive=True, rules=("NMQ-6.2-4", "NMQ-8-4"))
+def fairness_drain(ctx: Context) -> None:
+    n_sub = 2
+    per = max(1, min(ctx.max_batch, 256))
+    n_records = 100_000 if ctx.quick else 200_000
+    t = ctx.topic("drain")
+    with ctx.client() as w:
+        batch = RecordBatch.from_payloads([bytes(64)] * per)
+        sent = 0
+        while sent < n_records:
+            w.send(*(Publish(w.next_id(), t, Ack.WRITTEN, batch) for _ in range(16)))
+            for _ in range(16):
+                f = w.recv_response()
+                check(isinstance(f, PublishAck), f"PUBLISH answered {f!r}", "NMQ-8-4")
+            sent += 16 * per
+    with ctx.client() as probe:
+        quiet = _median_rtt(probe, 40, 1)
+        drainers = [ctx.client() for _ in range(n_sub)]
+        stop = threading.Event()
+        subs_each = max(1, min(4, ctx.target.spec.max_subscriptions or 4))
+        for d in drainers:  # several subscriptions each: a backlog of subs_each times the topic
+            d.send(*(Subscribe(d.next_id(), t, Start.EARLIEST, 0, 0xFFFF_FFFF, "") for _ in range(subs_each)))
+
+        def drain(c: WireClient) -> None:  # as fast as it can, unparsed
+            c.sock.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    if not c.sock.recv(1 << 20):
+                        return
+                except (TimeoutError, ssl.SSLWantReadError):
+                    continue
+                except OSError:
+                    return
+
+        threads = [threading.Thread(target=drain, args=(d,), daemon=True) for d in drainers]
+        for th in threads:
+            th.start()
+        try:
+            time.sleep(0.05)  # the drains are under way
+            try:
+                flooded = _median_rtt(probe, 40, 1000)
+            except TimeoutError:
+                raise Failed(f"while {n_sub} subscribers read a backlog of {subs_each} x {sent} records, another client's PING got "
+                             "no answer within 10 s: it is starved", ("NMQ-6.2-4", "NMQ-8-4")) from None
+        finally:
+            stop.set()
+            for th in threads:
+                th.join(5)
+            for d in drainers:
+                d.close()
+        bound = max(0.02, 10 * quiet)
+        with ctx.step("NMQ-6.2-4", "NMQ-8-4"):
+            check(flooded <= bound, f"while {n_sub} subscribers read a backlog of {subs_each} x {sent} records as fast as they could, "
+                  f"another client's median PING round trip was {flooded * 1e3:.1f} ms (quiet: {quiet * 1e3:.2f} ms; "
+                  f"bound: {bound * 1e3:.1f} ms): one subscription's backlog is delivered before the others are served")
+    ctx.note(f"median PING round trip {quiet * 1e3:.2f} ms quiet, {flooded * 1e3:.2f} ms with {n_sub} subscribers "
+             f"draining {subs_each} x {sent} records")
+
+
 def _fairness(ctx: Context, chunk: bytes, what: str) -> None:
     """The probe's median PING round trip, quiet and while several clients send ``chunk`` over and
     over as fast as the target reads it (reading what comes back, unparsed)."""
