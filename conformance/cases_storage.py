@@ -469,10 +469,11 @@ class Checks:
                          + (f" | (+{len(self.failures) - 6} more)" if len(self.failures) > 6 else ""), rules)
 
 
-def restart(ctx: Context, checks: Checks, damaged: list[str], how: str = "start", *rules: str) -> bool:
-    """Start the target after the kit damaged ``damaged`` topics. If it cannot start, that fails
-    ``rules``; the damaged topics are then deleted and the target started again, so that the
-    cases after this one still have a target."""
+def restart(ctx: Context, checks: Checks, damaged: list[str], how: str = "start", *rules: str,
+            strays: tuple[bytes, ...] = ()) -> bool:
+    """Start the target after the kit damaged ``damaged`` topics (and made the files or directories
+    ``strays``). If it cannot start, that fails ``rules``; the damaged topics and the strays are then
+    deleted and the target started again, so that the cases after this one still have a target."""
     try:
         ctx.target.start()
         return True
@@ -480,6 +481,12 @@ def restart(ctx: Context, checks: Checks, damaged: list[str], how: str = "start"
         checks.check(False, f"the target did not start after {how}: {e}", *rules)
     for t in damaged:
         shutil.rmtree(ctx.target.topic_dir(t), ignore_errors=True)
+    for p in strays:
+        if os.path.isdir(p):
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(p)
     with contextlib.suppress(Exception):
         ctx.target.stop()
     ctx.target.start()
@@ -1451,13 +1458,16 @@ def storage_missing_segments(ctx: Context) -> None:
 @case("storage.stray-files", "files a topic directory may hold that are not the log's: other names are ignored and "
       "left alone, files named like segments that are not part of the log (random bytes before, inside and after "
       "its id range) are set aside without taking intact records with them, a damaged topic_id file (with a short "
-      "stray before the log) does not hide the topic or change its id, and a directory left by an unfinished topic creation is removed",
-      layer="storage", rules=("NMQ-S2-1", "NMQ-S2-5", "NMQ-S9-9"))
+      "stray before the log) does not hide the topic or change its id, a directory left by an unfinished topic "
+      "creation is removed (or, holding someone else's file, is no topic but takes one created under its name), and "
+      "names in the topics' root that are not UTF-8 are ignored", layer="storage",
+      rules=("NMQ-S2-1", "NMQ-S2-5", "NMQ-S9-9", "NMQ-SEM-1-2"))
 def storage_stray_files(ctx: Context) -> None:
     _need(ctx)
     checks = Checks()
     names = {k: ctx.topic(f"sf{k}") for k in ("names", "segs", "tid", "mid", "last")}
     unfinished = ctx.topic("sfnew")
+    leftover = ctx.topic("sfleft")
     got = {k: Filled() for k in names}
     rng = random.Random(ctx.rng.getrandbits(32))
     with running_at_exit(ctx):
@@ -1504,8 +1514,19 @@ def storage_stray_files(ctx: Context) -> None:
         du = ctx.target.topic_dir(unfinished)
         du.mkdir(parents=True)
         (du / "topic_id.tmp").write_bytes(b"")
-        if not restart(ctx, checks, [*names.values(), unfinished], "stray files were added", "NMQ-S2-1",
-                       "NMQ-S9-9", "NMQ-S2-5"):
+        # an unfinished creation's directory that also holds a file of someone else's: it stays, and is
+        # not a topic, but a PUBLISH to its name creates the topic in it
+        dl = ctx.target.topic_dir(leftover)
+        dl.mkdir(parents=True)
+        (dl / "notes.txt").write_bytes(b"an operator's file")
+        # and entries in the topics' root whose names are not UTF-8 (not topic names at all)
+        root = os.fsencode(str(du.parent))
+        odd = [root + b"/\xffnot-utf8", root + b"/bad\xfe\xfd"]
+        os.mkdir(odd[0])
+        with open(odd[1], "wb") as f:
+            f.write(b"x")
+        if not restart(ctx, checks, [*names.values(), unfinished, leftover], "stray files were added", "NMQ-S2-1",
+                       "NMQ-S9-9", "NMQ-S2-5", strays=tuple(odd)):
             checks.done()
         with ctx.client() as w:
             with checks.scenario("other names", "NMQ-S2-1"):
@@ -1562,6 +1583,19 @@ def storage_stray_files(ctx: Context) -> None:
             with checks.scenario("unfinished creation", "NMQ-S2-5"):
                 checks.check(not du.exists(), f"{du.name}: the directory of a topic creation that never finished "
                              f"(only topic_id.tmp) is still there", "NMQ-S2-5")
+            with checks.scenario("a topic's directory holding only someone else's file", "NMQ-S2-1", "NMQ-SEM-1-2"):
+                info = metadata(w, leftover)
+                checks.check(isinstance(info, Error) and info.code == ErrorCode.UNKNOWN_TOPIC,
+                             f"{leftover}: a directory holding only notes.txt (no topic_id, no log) is listed as a "
+                             f"topic: {info!r}", "NMQ-S2-1")
+                a = publish(w, leftover, [b"first"])
+                checks.check(a.first_id == 1, f"{leftover}: the first PUBLISH to a name whose directory holds only "
+                             f"someone else's file got id {a.first_id}", "NMQ-SEM-1-2")
+                checks.check((dl / "notes.txt").read_bytes() == b"an operator's file", f"{leftover}: notes.txt, a "
+                             "file of another name, was changed or removed", "NMQ-S2-1")
+            with checks.scenario("names in the topics' root that are not UTF-8", "NMQ-S2-1"):
+                checks.check(all(os.path.lexists(p) for p in odd), "entries of the topics' root whose names are not "
+                             "UTF-8 were removed (readers must ignore other names)", "NMQ-S2-1")
     checks.done()
 
 
