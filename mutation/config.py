@@ -94,6 +94,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "why": "the default target runs with the default limits, so code that uses a default where it should "
                "use the configured --max-payload (which HELLO_OK announces) behaves the same there",
     },
+    "busy-poll": {
+        "args": "--busy-poll 50",
+        "why": "the default target waits for its sockets in epoll, so the busy-polling selector of the "
+               "documented --busy-poll option (SpinningSelector) runs in no case of the default launch",
+    },
     "tls": {
         "args": "--tls-cert {tls_cert} --tls-key {tls_key}",
         "declares": {"tls_ca": "{tls_cert}"},
