@@ -294,7 +294,8 @@ def credit_limits(ctx: Context) -> None:
 
 
 @case("limits.start-ids", "SUBSCRIBE and SEEK with start id 0, 1, next−1 and next start there (0 clamps to the "
-      "first id); next+1 and 2^64−1 are OUT_OF_RANGE; also on an empty topic", layer="wire",
+      "first id); next+1 and 2^64−1 are OUT_OF_RANGE; also on an empty topic, and at records of an empty payload "
+      "that end the topic", layer="wire",
       rules=("NMQ-4.4-4", "NMQ-4.4-5", "NMQ-4.8-1", "NMQ-4.8-4", "NMQ-SEM-4-1"))
 def start_ids(ctx: Context) -> None:
     t = ctx.topic("sids")
@@ -315,6 +316,20 @@ def start_ids(ctx: Context) -> None:
         for v in (7, U64):
             with ctx.step("NMQ-4.4-4"):
                 expect_error(w.subscribe(t, Start.ID, v), ErrorCode.OUT_OF_RANGE)
+        # the smallest records at the end: start ids naming records of an empty payload (the last one
+        # ends exactly where the written bytes end)
+        tail = ctx.topic("sids-tail")
+        publish(w, tail, [b"x", b"", b""])  # ids 1..3, the last two empty
+        for v in (2, 3):
+            with ctx.step("NMQ-4.4-4", "NMQ-4.4-5", "NMQ-SEM-4-1"):
+                s = w.subscribe(tail, Start.ID, v)
+                check(isinstance(s, Subscribed) and (s.next_id, s.end_id) == (v, 4),
+                      f"SUBSCRIBE start id {v} (a record with an empty payload, the last is id 3) answered {s!r}")
+                assert isinstance(s, Subscribed)
+                got = collect_all(w, s.sub_id, 4 - v)
+                check([(r.id, bytes(r.payload)) for r in got] == [(i, b"") for i in range(v, 4)],
+                      f"start id {v} delivered {[(r.id, bytes(r.payload)) for r in got]}, expected the empty "
+                      f"records {list(range(v, 4))}")
         empty = ctx.topic("sids-empty")
         for v, ok in ((0, True), (1, True), (2, False)):
             with ctx.step("NMQ-4.4-4"):

@@ -99,6 +99,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "why": "the default target waits for its sockets in epoll, so the busy-polling selector of the "
                "documented --busy-poll option (SpinningSelector) runs in no case of the default launch",
     },
+    "fsync-never": {
+        "args": "--fsync never",
+        "why": "the default target syncs with --fsync always, so the log's code for the documented never "
+               "policy (sync only at rotation, shutdown and for durable acks) runs in no case",
+    },
+    "fsync-interval": {
+        "args": "--fsync interval --fsync-interval-ms 5",
+        "why": "the default target syncs with --fsync always, so the background syncer of the documented "
+               "interval policy runs in no case",
+    },
     "tls": {
         "args": "--tls-cert {tls_cert} --tls-key {tls_key}",
         "declares": {"tls_ca": "{tls_cert}"},
