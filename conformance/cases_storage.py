@@ -1787,3 +1787,46 @@ def storage_topic_ids(ctx: Context) -> None:
                 checks.check(isinstance(info, TopicInfo) and info.next_id == 1,
                              f"{names['empty']}, which never held a record, answers {info!r}", "NMQ-SEM-1-2")
     checks.done()
+
+
+def _record_like(last: DiskRecord, record_id: int, ts: int, payload: bytes) -> bytes:
+    """A stored record as a broker writes it ([NMQ-S3-1]): ``last``'s topic id and flags, the given
+    id, timestamp and payload, its CRC computed, padded to its span."""
+    hdr = _HDR.pack(record_id, ts, last.topic_id, len(payload), 0, 0, 0, 0, 0, bytes(12))
+    raw = hdr + payload + bytes(span(len(payload)) - HEADER - len(payload))
+    return raw[:24] + struct.pack("<I", record_crc(raw)) + raw[28:]
+
+
+@case("storage.clock-behind", "after a kill, the log's last record has a timestamp an hour ahead of the target's "
+      "clock (written while its clock was ahead): it is kept, and the records appended after the restart are "
+      "stamped no earlier than it",
+      layer="storage", rules=("NMQ-SEM-2-2", "NMQ-S3-5", "NMQ-S8-1"))
+def storage_clock_behind(ctx: Context) -> None:
+    _need(ctx)
+    checks = Checks()
+    t = ctx.topic("clock")
+    with running_at_exit(ctx):
+        with ctx.client() as w:
+            ps = [b"before-%d" % i for i in range(5)]
+            a = publish(w, t, ps)
+        ctx.target.kill()
+        seg = segments(ctx.target.topic_dir(t))[-1]
+        last = seg.records[-1]
+        ahead = last.ts + 3600 * 10**9
+        write_at(seg.path, last.end, _record_like(last, last.id + 1, ahead, b"from a clock an hour ahead"))
+        if not restart(ctx, checks, [t], "a kill", "NMQ-S8-1"):
+            checks.done()
+        with ctx.client() as w:
+            with checks.scenario("the record from the clock ahead", "NMQ-S8-1"):
+                r = read(w, t)
+                checks.check(r.ids == list(range(a.first_id, last.id + 2)), f"{t}: after the kill delivered ids "
+                             f"{_span_text(r.ids)}, not {a.first_id}..{last.id + 1} (the last written an hour ahead)",
+                             "NMQ-S8-1")
+            with checks.scenario("records appended after it", "NMQ-SEM-2-2", "NMQ-S3-5"):
+                b = publish(w, t, [b"after-0", b"after-1"])
+                r = read(w, t, Start.ID, b.first_id, count=2)
+                stamps = [rec.timestamp_ns for rec, _ in r.records]
+                checks.check(len(stamps) == 2 and all(s >= ahead for s in stamps),
+                             f"{t}: the records appended after the restart are stamped {stamps}, earlier than the "
+                             f"record before them ({ahead}): timestamps went back", "NMQ-SEM-2-2", "NMQ-S3-5")
+    checks.done()
