@@ -1830,3 +1830,48 @@ def storage_clock_behind(ctx: Context) -> None:
                              f"{t}: the records appended after the restart are stamped {stamps}, earlier than the "
                              f"record before them ({ahead}): timestamps went back", "NMQ-SEM-2-2", "NMQ-S3-5")
     checks.done()
+
+
+@case("storage.torn-length", "after a kill, the log ends in a header with the next id whose length field runs far "
+      "past the file (a torn write of a large record): the target starts, cuts it as a torn tail (copied to a "
+      ".quarantine file), keeps every record before it and gives the next record that id",
+      layer="storage", rules=("NMQ-S8-2", "NMQ-S8-3", "NMQ-S9-1", "NMQ-8-4"))
+def storage_torn_length(ctx: Context) -> None:
+    _need(ctx)
+    checks = Checks()
+    t = ctx.topic("tornlen")
+    with running_at_exit(ctx):
+        with ctx.client() as w:
+            ps = [b"kept-%d" % i for i in range(6)]
+            a = publish(w, t, ps)
+        ctx.target.kill()
+        d = ctx.target.topic_dir(t)
+        seg = segments(d)[-1]
+        last = seg.records[-1]
+        for size in (0x7FFF_FF00, seg.path.stat().st_size * 2):  # past any mapping; past the file
+            torn = _record_like(last, last.id + 1, last.ts, b"x" * 40)
+            torn = torn[:20] + struct.pack("<I", size) + torn[24:]
+            write_at(seg.path, last.end, torn)
+            if not restart(ctx, checks, [t], f"a torn header of length {size:#x} at the end of the log", "NMQ-S8-2",
+                           "NMQ-8-4"):
+                checks.done()
+            with ctx.client() as w:
+                with checks.scenario(f"a torn length of {size:#x}", "NMQ-S8-2", "NMQ-S9-1"):
+                    r = read(w, t)
+                    compare(checks, f"{t} ending in a header of length {size:#x}", r, dict(zip(range(a.first_id,
+                            a.first_id + 6), ps, strict=True)), list(range(a.first_id, a.first_id + 6)), "NMQ-S8-2",
+                            "NMQ-S9-1")
+                with checks.scenario(f"a torn length of {size:#x}: quarantined", "NMQ-S8-3"):
+                    checks.check(bool(quarantine_files(d)), f"{t}: the torn header after id {last.id} was cut but not "
+                                 f"copied to a .quarantine file (files: {sorted(p.name for p in d.iterdir())})",
+                                 "NMQ-S8-3")
+            ctx.target.kill()
+            for q in quarantine_files(d):
+                (d / q).unlink()
+        if not restart(ctx, checks, [t], "a kill", "NMQ-S8-2"):
+            checks.done()
+        with ctx.client() as w, checks.scenario("the next id", "NMQ-S8-2"):
+            b = publish(w, t, [b"next"])
+            checks.check(b.first_id == last.id + 1, f"{t}: after the torn header the next record got id {b.first_id}, "
+                         f"not {last.id + 1}", "NMQ-S8-2")
+    checks.done()
