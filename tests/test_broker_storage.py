@@ -7,6 +7,8 @@ directory left by an unfinished creation stayed forever, and a failed creation l
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import os
 import random
@@ -21,7 +23,7 @@ from nanomq.broker import topics as topics_mod
 from nanomq.broker.config import BrokerConfig
 from nanomq.broker.topics import TopicRegistry
 from nanomq.protocol import Ack, Deliver, Error, ErrorCode, PublishAck, Start, Subscribed
-from nanomq.storage import StorageError
+from nanomq.storage import StorageError, TopicLog
 from nanomq.testing import BrokerProcess
 from tests.storage.helpers import batch
 
@@ -225,3 +227,65 @@ def test_a_start_at_a_lost_id_names_the_first_record_delivered(tmp_path: Path) -
     assert t.append(batch([b"after"]), 1) == (41, 41)
     assert t.first_record_at_or_after(lost) == 41 and t.first_record_at_or_after(1) == 1
     reg.close_all()
+
+
+def test_retention_walks_the_registry_while_the_loop_adds_topics(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """apply_retention runs in a worker thread while the loop registers new topics: a topic
+    registered during its walk must not end it (it did: "dictionary changed size during
+    iteration" escaped into the broker's retention task, which then never ran again)."""
+    reg = TopicRegistry(BrokerConfig(data_dir=tmp_path, segment_bytes=1 << 20, retention_bytes=1 << 20))
+    reg.open_all()
+    reg.get_or_create("a")
+    reg.get_or_create("b")
+    real = TopicLog.apply_retention
+    created: list[str] = []
+
+    def retention_while_a_topic_is_created(self: TopicLog, now_ns: int | None = None) -> int:
+        if not created:  # what the loop thread does while the walk runs
+            created.append("created-meanwhile")
+            reg.get_or_create("created-meanwhile")
+        return real(self, now_ns)
+
+    monkeypatch.setattr(TopicLog, "apply_retention", retention_while_a_topic_is_created)
+    assert reg.apply_retention() == 0
+    assert created and reg.get("created-meanwhile") is not None
+    reg.close_all()
+
+
+def test_a_failed_retention_run_does_not_end_retention(tmp_path: Path) -> None:
+    """An exception out of one retention run is logged, and the next run comes as usual (before,
+    it ended the broker's retention task for good)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nanomq.broker.server import Broker
+
+    calls: list[int] = []
+
+    class Topics:
+        def apply_retention(self) -> int:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("dictionary changed size during iteration")
+            return 0
+
+    broker = Broker.__new__(Broker)
+    broker.config = BrokerConfig(data_dir=tmp_path, retention_bytes=1 << 20, retention_check_s=0.01)
+    broker.topics = Topics()  # type: ignore[assignment]
+    broker._executor = ThreadPoolExecutor(max_workers=1)
+
+    async def run() -> None:
+        task = asyncio.ensure_future(broker._retention())
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if len(calls) >= 3:
+                break
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(run())
+    finally:
+        broker._executor.shutdown()
+    assert len(calls) >= 3

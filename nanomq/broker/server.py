@@ -193,11 +193,18 @@ class Broker:
                                "subscription", "NMQ-2-5")
 
     async def _retention(self) -> None:
+        """Every ``retention_check_s``, apply retention to every topic (in a worker thread). A
+        failure of one run is logged and the next run comes as usual: an exception escaping here
+        would end this task, and with it retention, for the rest of the broker's life."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.config.retention_check_s)
             if self.config.retention_ms or self.config.retention_bytes:
-                deleted = await loop.run_in_executor(self._executor, self.topics.apply_retention)
+                try:
+                    deleted = await loop.run_in_executor(self._executor, self.topics.apply_retention)
+                except Exception:  # noqa: BLE001 - a bug must not stop retention [NMQ-8-4]
+                    _log.exception("retention failed; it runs again in %g s", self.config.retention_check_s)
+                    continue
                 if deleted:
                     _log.info("retention deleted %d segment(s)", deleted)
 

@@ -366,9 +366,12 @@ class TopicRegistry:
             c.waiters.set_result(topic)
 
     def apply_retention(self) -> int:
-        """Run retention on every topic; returns segments deleted."""
+        """Run retention on every topic; returns segments deleted. Runs in a worker thread while
+        the loop may register new topics: it walks a copy of the registry (iterating the dict
+        itself would fail with "dictionary changed size during iteration" when a creation finishes
+        meanwhile, and end the broker's retention)."""
         deleted = 0
-        for t in self._topics.values():
+        for t in tuple(self._topics.values()):
             try:
                 deleted += t.log.apply_retention()
             except StorageError as e:
