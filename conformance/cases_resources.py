@@ -317,6 +317,7 @@ def slow_consumer(ctx: Context) -> None:
                 # The broker's memory also moves for reasons of its own (a thread's first allocation
                 # maps a new arena, more so on a loaded machine): a server that buffers for a stuck
                 # subscriber grows again by as much for a second one; a one-off does not repeat.
+                alive(w, "NMQ-8-4")  # (and the publisher talks, so that an idle timeout does not close it)
                 lazy2, second, _ = _stuck_subscriber(ctx, t, pid)
                 stuck.append(lazy2)
             with ctx.step("NMQ-SEM-5-1", "NMQ-6.2-2"):
