@@ -99,6 +99,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "why": "the default target waits for its sockets in epoll, so the busy-polling selector of the "
                "documented --busy-poll option (SpinningSelector) runs in no case of the default launch",
     },
+    "small-frame-buffer": {
+        "args": "--max-frame-buffer 1MiB",
+        "declares": {"frame_buffer_bytes": 1 << 20},
+        "why": "the default target's frame budget (32 MiB) is larger than max_frame, so the rule that one "
+               "frame is let in when nothing is reserved, however large (NMQ-6.2-6: waiting never "
+               "deadlocks), is never needed there",
+    },
     "fsync-never": {
         "args": "--fsync never",
         "why": "the default target syncs with --fsync always, so the log's code for the documented never "
