@@ -699,6 +699,77 @@ def topic_rate(ctx: Context) -> None:
         ctx.target.fresh_start()  # a full allowance again for the cases after this one
 
 
+def _create_paced(w: WireClient, ctx: Context, topic: str, n: int, t0: float) -> Frame:
+    """PUBLISH one record to ``topic`` as the target's ``n``-th topic creation since ``t0``, late
+    enough that a declared creation rate (NMQ-6.2-5's other limit) cannot be why it is refused."""
+    rate, burst = ctx.target.spec.topic_create_rate, ctx.target.spec.topic_create_burst
+    if rate > 0 and burst > 0:
+        wait = (n - burst) / rate - (time.monotonic() - t0)
+        if wait > 0:
+            time.sleep(wait + 0.1)
+    w.send(Publish(w.next_id(), topic, Ack.WRITTEN, RecordBatch.from_payloads([b"r"])))
+    return w.recv_response()
+
+
+def _refused_creation(w: WireClient, ctx: Context, base: str, limit: int, t0: float, when: str) -> None:
+    """A PUBLISH and a SUBSCRIBE that would create topic number ``limit + 1`` are RESOURCE_LIMIT,
+    create nothing and leave the connection usable; the topics held still take records."""
+    with ctx.step("NMQ-6.2-5", "NMQ-8-2"):
+        f = _create_paced(w, ctx, f"{base}-{limit}", limit + 1, t0)
+        expect_error(f, ErrorCode.RESOURCE_LIMIT, "NMQ-6.2-5")
+        alive(w)
+        rid = w.next_id()
+        w.send(Subscribe(rid, f"{base}-sub", Start.EARLIEST, 0, 1, ""))
+        f = w.recv_response()
+        expect_error(f, ErrorCode.RESOURCE_LIMIT, "NMQ-6.2-5", request_id=rid)
+        alive(w)
+        w.send(Metadata(w.next_id(), ""))
+        md = w.recv_response()
+        check(isinstance(md, MetadataOk), f"METADATA answered {md!r}")
+        assert isinstance(md, MetadataOk)
+        names = {x.name for x in md.topics}
+        check(f"{base}-{limit}" not in names and f"{base}-sub" not in names,
+              f"{when}: a topic refused RESOURCE_LIMIT was created anyway")
+        check(len(names) == limit, f"{when}: the target holds {len(names)} topics, its declared max_topics is {limit}")
+    with ctx.step("NMQ-6.2-5"):
+        # the limit is on topics, not on records: those it holds go on taking them
+        publish(w, f"{base}-0", [b"more"])
+        publish(w, f"{base}-{limit - 1}", [b"more"])
+
+
+@case("resources.topic-limit", "a target holding its declared max_topics (counted from a fresh start): every "
+      "topic up to the limit is created, and a PUBLISH or SUBSCRIBE that would create one more is RESOURCE_LIMIT, "
+      "creates nothing, and the connection and the topics held go on; after a clean restart the topics on disk "
+      "still count", layer="wire", restarts=True, rules=("NMQ-6.2-5", "NMQ-8-2"))
+def topic_limit(ctx: Context) -> None:
+    limit = ctx.target.spec.max_topics
+    if limit <= 0:
+        raise Skipped("the target declares no max_topics")
+    if limit > 200:
+        raise Skipped(f"max_topics {limit}: the kit creates at most 200 topics to test it")
+    if not ctx.target.can_crash:
+        raise Skipped("the topics a target holds already cannot be known: needs a target the kit launched "
+                      "(it starts it afresh)")
+    ctx.target.fresh_start()  # no topic at all, and a full creation allowance
+    try:
+        base = ctx.topic("limit")
+        t0 = time.monotonic()
+        with ctx.client() as w:
+            for k in range(limit):
+                f = _create_paced(w, ctx, f"{base}-{k}", k + 1, t0)
+                with ctx.step("NMQ-6.2-5"):
+                    check(isinstance(f, PublishAck), f"the creation of topic {k + 1} of the declared max_topics "
+                          f"{limit} answered {f!r}")
+            _refused_creation(w, ctx, base, limit, t0, "at the limit")
+        ctx.target.stop()  # clean: the topics are on disk, and a restarted target must count them
+        ctx.target.start()
+        with ctx.client() as w:
+            _refused_creation(w, ctx, base, limit, time.monotonic() - 3600, "after a clean restart")
+        ctx.note(f"{limit} topics created, the next refused RESOURCE_LIMIT, before and after a clean restart")
+    finally:
+        ctx.target.fresh_start()  # the cases after this one create topics of their own
+
+
 # The cases below are not exclusive: last in this module, they run alongside the wire cases of the
 # modules after it (the runner batches consecutive non-exclusive cases), so their waits cost no time.
 

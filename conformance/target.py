@@ -124,6 +124,9 @@ class TargetSpec:
     """Topics the target creates per second at most, on average ([NMQ-6.2-5]). 0: unknown."""
     topic_create_burst: int = 0
     """Topics the target creates at once before its rate applies (with ``topic_create_rate``)."""
+    max_topics: int = 0
+    """The topics the target holds at most, those on disk included: a PUBLISH or SUBSCRIBE that
+    would create one more is RESOURCE_LIMIT ([NMQ-6.2-5]). 0: unknown, that case is skipped."""
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> TargetSpec:
@@ -134,7 +137,7 @@ class TargetSpec:
                                "storage_format", "topic_path", "max_connections", "retention_bytes",
                                "retention_check_s", "segment_bytes", "max_subscriptions", "idle_timeout_s",
                                "write_timeout_s", "max_commit_gaps", "frame_buffer_bytes", "topic_create_rate",
-                               "topic_create_burst"}
+                               "topic_create_burst", "max_topics"}
         if unknown:
             raise TargetError(f"{path}: unknown keys in [target]: {sorted(unknown)}")
         caps = data.get("capabilities", {})
@@ -149,7 +152,8 @@ class TargetSpec:
                    int(data.get("segment_bytes", 0)), int(data.get("max_subscriptions", 0)),
                    float(data.get("idle_timeout_s", 0.0)), float(data.get("write_timeout_s", 0.0)),
                    int(data.get("max_commit_gaps", 0)), int(data.get("frame_buffer_bytes", 0)),
-                   float(data.get("topic_create_rate", 0.0)), int(data.get("topic_create_burst", 0)))
+                   float(data.get("topic_create_rate", 0.0)), int(data.get("topic_create_burst", 0)),
+                   int(data.get("max_topics", 0)))
 
     def missing(self, announced: int) -> list[str]:
         """Capabilities the target.toml declares ``= true`` (the target must announce them) that

@@ -94,6 +94,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "why": "the default target runs with the default limits, so code that uses a default where it should "
                "use the configured --max-payload (which HELLO_OK announces) behaves the same there",
     },
+    "max-topics": {
+        "args": "--max-topics 20",
+        "declares": {"max_topics": 20},
+        "cases": ("resources.topic-limit",),
+        "why": "the default target allows 10,000 topics, more than the kit can create, so the refusal of a topic "
+               "beyond --max-topics (NMQ-6.2-5, resources.topic-limit) is never reached there",
+    },
     "busy-poll": {
         "args": "--busy-poll 50",
         "why": "the default target waits for its sockets in epoll, so the busy-polling selector of the "
@@ -125,7 +132,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 """Second-chance launches: a mutant that survives the default launch is run again with these
 flags (each with a coverage map of its own), because its code serves a documented configuration
 the default target does not use. A kill there counts (the mutant is a broker that breaks a rule
-when so configured); the report gives the score with and without them."""
+when so configured); the report gives the score with and without them. ``cases``, where given,
+are the only kit cases used under a variant, because its flags do not suit the others (with 20
+topics at most, the cases a mutant runs together would create more)."""
 
 
 def variant_files() -> dict[str, str]:

@@ -156,6 +156,9 @@ def build(source_hash: str, workers: int = config.WORKERS, force: bool = False, 
           variant: str = "") -> dict[str, Any]:
     """Build (or load the cached) coverage map for the current kit and snapshot (and variant)."""
     cases = list_cases()
+    only = config.VARIANTS[variant].get("cases") if variant else None
+    if only:  # a variant whose flags only suit some cases (config.VARIANTS): the others are not used
+        cases = [c for c in cases if c["id"] in only]
     key = map_key(source_hash, cases, variant)
     out_file = map_file(variant)
     if not force and out_file.exists():

@@ -53,6 +53,25 @@ def test_a_target_with_small_announced_limits_gets_no_false_failure(tmp_path: Pa
     assert not [c["id"] for c in index["cases"] if c["verdict"] in ("FAILED", "NON-STRICT")], log
 
 
+def test_a_target_with_a_topic_limit_is_refused_beyond_it_and_only_there(tmp_path: Path) -> None:
+    """resources.topic-limit runs against a reference broker launched with --max-topics 20 (it is
+    skipped against the default target, which allows 10,000) and passes; against the same broker
+    declared with a limit one higher than it has, it fails on NMQ-6.2-5."""
+    from conformance.target import REFERENCE_DECLARES, REFERENCE_LAUNCH
+
+    keys = {k: v for k, v in REFERENCE_DECLARES.items() if k != "capabilities"}
+    for declared, expect in ((20, "OK"), (21, "FAILED")):
+        lines = ["[target]", f"launch = {json.dumps(REFERENCE_LAUNCH + ' --max-topics 20')}"]
+        lines += [f"{k} = {json.dumps(v)}" for k, v in keys.items()] + [f"max_topics = {declared}"]
+        target = tmp_path / f"t{declared}.toml"
+        target.write_text("\n".join(lines) + "\n")
+        code, index, log = _kit(tmp_path / str(declared), "--target", str(target), "--only", "resources.topic-limit")
+        verdicts = {c["id"]: c["verdict"] for c in index["cases"]}
+        assert verdicts["resources.topic-limit"] == expect, log
+        if expect == "FAILED":
+            assert index["rules"]["NMQ-6.2-5"]["verdict"] == "FAILED", log
+
+
 BROKEN = [
     ("accept-bad-crc", ["vectors.invalid.publish-bad-crc", "wire.publish.atomic"], {"NMQ-5.2-1"}),
     ("ignore-seek", ["wire.seek.id"], {"NMQ-4.8-1", "NMQ-4.8-4"}),
