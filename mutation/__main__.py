@@ -1,7 +1,7 @@
 """``python -m mutation``: the mutation campaign (``make mutation``), its CI sample and helpers.
 
     python -m mutation run [--workers 2] [--only-python|--only-c] [--filter REGEX] [--sample N [--sample-c M]]
-                           [--sources head|worktree|snapshot] [--no-carry] [--fresh]
+                           [--sources head|worktree|snapshot] [--no-carry] [--again] [--fresh]
     python -m mutation report [--sample N]    # the report again from the journal (nothing is run)
     python -m mutation coverage [--force]     # (re)build the per-case coverage map only
     python -m mutation list [--filter REGEX]  # mutants, scope and the cases selected for each
@@ -183,19 +183,23 @@ def carry_kills(journal: Path, key: str, jobs: list[runner.Job], source_hash: st
         return 0
     done = runner.load_journal(journal, key)
     want = {f"{j.mutant.id}|{j.mutant.diff_key}" for j in jobs} - set(done)
-    old: dict[str, dict[str, Any]] = {}
+    latest: dict[str, dict[str, Any]] = {}
     for ln in journal.read_text().splitlines():
         try:
             r = json.loads(ln)
         except ValueError:
             continue
         k = f"{r.get('id')}|{r.get('diff_key')}"
-        # a kill by a case the kit still has, or a broker that did not even start (no case needed)
         if (k in want and r.get("key") != key and r.get("source_hash") == source_hash
-                and r.get("variant", "") == variant and r.get("verdict") == "killed"
-                and (r.get("killed_by") in cases
-                     or (not r.get("killed_by") and str(r.get("detail", "")).startswith("the broker did not start")))):
-            old[k] = r
+                and r.get("variant", "") == variant and r.get("verdict") != "error"):
+            latest[k] = r  # the journal is in time order: a later verdict replaces an earlier kill
+    # a kill by a case the kit still has, or a broker that did not even start (no case needed);
+    # only the latest verdict counts: a kill that a later run did not repeat (a suspect kill run
+    # again, --again) is not carried
+    old = {k: r for k, r in latest.items()
+           if r.get("verdict") == "killed"
+           and (r.get("killed_by") in cases
+                or (not r.get("killed_by") and str(r.get("detail", "")).startswith("the broker did not start")))}
     with open(journal, "a") as f:
         for r in old.values():
             f.write(json.dumps(dict(r, key=key, carried_from=r.get("kit_hash"))) + "\n")
@@ -291,7 +295,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     key = f"{cmap['key']}|{coverage_map.tools_hash()}"
     if args.fresh and journal.exists():
         journal.unlink()
-    if not args.no_carry:
+    if not (args.no_carry or args.again):
         carried = carry_kills(journal, key, jobs, snap["source_hash"], set(sel.cases), variant)
         if carried:
             log(f"{carried} mutant(s) killed under an earlier kit of the same sources by a case the kit still has: "
@@ -324,7 +328,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         results = runner.run_all(jobs, journal, key, workers=args.workers, progress=progress,
                                  stamp={"source_hash": snap["source_hash"], "kit_hash": kit_start,
-                                        **({"variant": variant} if variant else {})})
+                                        **({"variant": variant} if variant else {})}, again=args.again)
     except KeyboardInterrupt:
         partial = "interrupted; run `make mutation` again to resume from build/mutation/results.jsonl"
         results = runner.load_journal(journal, key)
@@ -562,6 +566,10 @@ def main(argv: list[str] | None = None) -> int:
                            help="with --variant: only survivors whose id or file matches")
             p.add_argument("--fresh", action="store_true", help="forget the results journal (no resume)")
             p.add_argument("--no-carry", action="store_true", help="run again mutants an earlier kit killed")
+            p.add_argument("--again", action="store_true",
+                           help="run the selected mutants (narrow them with --filter) again even where this "
+                                "campaign has a verdict for them, e.g. a kill suspected to be the load's; the "
+                                "new verdict replaces the old (implies --no-carry)")
             p.add_argument("--rerun-survivors", action="store_true",
                            help="after new kit cases (same sources, e.g. --sources snapshot): carry the earlier "
                            "kills and run only the mutants that survived an earlier kit; mutants never run "

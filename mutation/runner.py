@@ -241,13 +241,15 @@ def run_one(job: Job, workdir: Path) -> dict[str, Any]:
 
 def run_all(jobs: list[Job], journal: Path, key: str, workers: int = config.WORKERS,
             progress: Callable[[dict[str, Any], int, int], None] | None = None,
-            stamp: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+            stamp: dict[str, Any] | None = None, again: bool = False) -> dict[str, dict[str, Any]]:
     """Run every job on ``workers`` threads; results go to ``journal`` (JSON lines) as they come,
     so an interrupted campaign resumes where it stopped (records of another ``key`` — other
     sources, kit or settings — are ignored). ``stamp`` is added to every record (the source and
-    kit hashes, so a later campaign can tell which kit a verdict was reached with)."""
+    kit hashes, so a later campaign can tell which kit a verdict was reached with). ``again``: run
+    every job, also those with a verdict under ``key`` (the new record is the later one, so it is
+    the one :func:`load_journal` reads)."""
     done = load_journal(journal, key)
-    todo = [j for j in jobs if f"{j.mutant.id}|{j.mutant.diff_key}" not in done]
+    todo = [j for j in jobs if again or f"{j.mutant.id}|{j.mutant.diff_key}" not in done]
     results = {k: v for k, v in done.items()}
     lock = threading.Lock()
     it = iter(todo)

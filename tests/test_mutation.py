@@ -279,6 +279,34 @@ def test_variants_add_flags_and_declarations() -> None:
     assert all(v.get("why") for v in config.VARIANTS.values())
 
 
+def test_a_variant_with_cases_maps_only_those(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The max-topics variant names the one case its flags suit: its coverage map measures only
+    that case (others run together would pass its 20 topics), and the declaration reaches the target."""
+    from mutation import config, coverage_map
+
+    assert config.target_declares("max-topics")["max_topics"] == 20
+    assert "--max-topics 20" in config.broker_args("max-topics")
+    cases = [{"id": "resources.topic-limit"}, {"id": "wire.publish.ids"}, {"id": "resources.topic-rate"}]
+    measured: list[str] = []
+
+    def measure(case_id: str, variant: str = "") -> dict[str, object]:
+        measured.append(case_id)
+        return {"verdict": "OK", "duration_s": 0.1, "c_instrumented": []}
+
+    monkeypatch.setattr(coverage_map, "list_cases", lambda: cases)
+    monkeypatch.setattr(coverage_map, "measure_case", measure)
+    monkeypatch.setattr(coverage_map, "build_tree", lambda log: None)
+    monkeypatch.setattr(coverage_map, "SNAPSHOT", tmp_path)
+    monkeypatch.setattr(coverage_map, "COV", tmp_path / "cov")
+    monkeypatch.setattr(coverage_map, "map_file", lambda variant="": tmp_path / f"map-{variant}.json")
+    (tmp_path / "nanomq").mkdir()
+    m = coverage_map.build("src", workers=1, force=True, log=lambda *a: None, variant="max-topics")
+    assert measured == ["resources.topic-limit"] and list(m["cases"]) == ["resources.topic-limit"]
+    measured.clear()
+    coverage_map.build("src", workers=1, force=True, log=lambda *a: None)
+    assert sorted(measured) == sorted(c["id"] for c in cases)
+
+
 def test_report_of_a_sample_says_so() -> None:
     ms = [Mutant(f"p{i}", "python", "a.py", "f", [1], "-a\n+b") for i in range(4)]
     res = {f"p{i}|{ms[i].diff_key}": {"verdict": v} for i, v in enumerate(["killed", "killed", "survived", "killed"])}
@@ -309,3 +337,57 @@ def test_ci_sample(tmp_path: Path) -> None:
     kinds = Counter(c["want"] for c in res["checks"])
     assert kinds["killed"] >= 4 and kinds["survived"] >= 2
     assert took < 180, f"the CI sample took {took:.0f} s (budget 180 s)"
+
+
+def _journal(path: Path, *records: dict[str, object]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_run_again_replaces_a_verdict_of_the_same_campaign(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A suspect kill is run again with --again: run_all runs a mutant the journal already has a
+    verdict for under the same key, and the new record is the one read back."""
+    m = Mutant("p", "python", "nanomq/x.py", "f", [3], "d")
+    journal = tmp_path / "results.jsonl"
+    _journal(journal, {"key": "K", "id": "p", "diff_key": m.diff_key, "verdict": "killed", "killed_by": "a"})
+    ran: list[str] = []
+
+    def run_one(job: runner.Job, workdir: Path) -> dict[str, object]:
+        ran.append(job.mutant.id)
+        return {"id": job.mutant.id, "kind": "python", "diff_key": job.mutant.diff_key, "cases": job.cases,
+                "verdict": "survived", "duration_s": 1.0}
+
+    monkeypatch.setattr(runner, "run_one", run_one)
+    monkeypatch.setattr(runner.config, "scratch_root", lambda: tmp_path / "scratch")
+    job = runner.Job(m, ["a"], 10.0)
+    assert runner.run_all([job], journal, "K", workers=1)[f"p|{m.diff_key}"]["verdict"] == "killed"
+    assert ran == []  # resumed: not run again
+    assert runner.run_all([job], journal, "K", workers=1, again=True)[f"p|{m.diff_key}"]["verdict"] == "survived"
+    assert ran == ["p"]
+    assert runner.load_journal(journal, "K")[f"p|{m.diff_key}"]["verdict"] == "survived"
+
+
+def test_carry_kills_takes_only_the_latest_verdict(tmp_path: Path) -> None:
+    """An earlier campaign's kill is carried only if it is that mutant's latest verdict on these
+    sources: a kill that a later run did not repeat (a suspect kill run again) stays behind."""
+    from mutation.__main__ import carry_kills
+
+    ms = [Mutant(i, "python", "nanomq/x.py", "f", [3], i) for i in ("a", "b", "c")]
+    journal = tmp_path / "results.jsonl"
+    base = {"source_hash": "S", "variant": ""}
+    _journal(journal,
+             {**base, "key": "old", "id": "a", "diff_key": ms[0].diff_key, "verdict": "killed", "killed_by": "x"},
+             {**base, "key": "old", "id": "b", "diff_key": ms[1].diff_key, "verdict": "killed", "killed_by": "x"},
+             {**base, "key": "old2", "id": "b", "diff_key": ms[1].diff_key, "verdict": "survived"},
+             {**base, "key": "old", "id": "c", "diff_key": ms[2].diff_key, "verdict": "survived"},
+             {**base, "key": "old2", "id": "c", "diff_key": ms[2].diff_key, "verdict": "error"},
+             {**base, "key": "old", "id": "a", "diff_key": ms[0].diff_key, "verdict": "killed", "killed_by": "gone"})
+    jobs = [runner.Job(m, ["x"], 10.0) for m in ms]
+    # a: its latest kill is by a case the kit no longer has; b: its kill was not repeated; c: never killed
+    assert carry_kills(journal, "new", jobs, "S", {"x"}) == 0
+    _journal(journal,
+             {**base, "key": "old2", "id": "b", "diff_key": ms[1].diff_key, "verdict": "survived"},
+             {**base, "key": "old", "id": "b", "diff_key": ms[1].diff_key, "verdict": "killed", "killed_by": "x"},
+             {**base, "key": "old", "id": "a", "diff_key": ms[0].diff_key, "verdict": "killed", "killed_by": "x"},
+             {**base, "key": "old", "id": "a", "diff_key": ms[0].diff_key, "verdict": "error"})
+    assert carry_kills(journal, "new", jobs, "S", {"x"}) == 2  # a (the error is no verdict) and b
+    assert set(runner.load_journal(journal, "new")) == {f"a|{ms[0].diff_key}", f"b|{ms[1].diff_key}"}
