@@ -383,7 +383,9 @@ def _write_report(args: argparse.Namespace, meta: dict[str, Any], mutants: list[
     log(f"score: Python {report._pct(c['python'])}, C {report._pct(c['c'])}, total {report._pct(c['total'])}; "
         f"{meta.get('duration_s', 0) / 60:.1f} min; reports: {', '.join(str(p) for p in paths)}")
     # the whole campaign, or a sample of all of it (its summary says it is one): docs/mutation-report.md
-    if not args.filter and not meta.get("partial") and not args.only_c and not args.only_python:
+    if getattr(args, "leave_docs", False):
+        log(f"a campaign is running in {config.BUILD}: {config.DOCS_REPORT} left as it is")
+    elif not args.filter and not meta.get("partial") and not args.only_c and not args.only_python:
         shutil.copy(paths[2], config.DOCS_REPORT)
         log(f"summary copied to {config.DOCS_REPORT}")
 
@@ -424,6 +426,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     anything: after recording equivalents, or after a run under new kit cases. The timings are
     those of the campaign that produced the journal's latest report (reports/mutation/mutation.json)."""
     snap, mutants, _, mutmut_version = prepare(args, take=False)
+    # a report of a campaign still running is of a part of it: docs/mutation-report.md keeps the
+    # last finished one
+    args.leave_docs = snapshot.running()
     _report_from_journal(args, snap, mutants, mutmut_version, {})
     return 0
 

@@ -230,6 +230,22 @@ def locked() -> Iterator[None]:
         os.close(fd)
 
 
+def running() -> bool:
+    """Whether a campaign holds the lock of BUILD now (another process: this one holds no lock
+    while it asks)."""
+    try:
+        fd = os.open(BUILD / ".lock", os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing the descriptor releases a lock it took
+    return False
+
+
 def copy_tree(dst: Path, src: Path = SNAPSHOT) -> Path:
     """A copy of the snapshot's ``nanomq`` package (with its built modules) under ``dst``."""
     shutil.rmtree(dst, ignore_errors=True)

@@ -391,3 +391,23 @@ def test_carry_kills_takes_only_the_latest_verdict(tmp_path: Path) -> None:
              {**base, "key": "old", "id": "a", "diff_key": ms[0].diff_key, "verdict": "error"})
     assert carry_kills(journal, "new", jobs, "S", {"x"}) == 2  # a (the error is no verdict) and b
     assert set(runner.load_journal(journal, "new")) == {f"a|{ms[0].diff_key}", f"b|{ms[1].diff_key}"}
+
+
+def test_running_sees_a_campaign_holding_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`report` during a campaign leaves docs/mutation-report.md alone: it asks snapshot.running(),
+    true exactly while another process holds the build directory's lock."""
+    from mutation import snapshot
+
+    monkeypatch.setattr(snapshot, "BUILD", tmp_path)
+    assert not snapshot.running()  # no lock file yet
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; "
+                               f"fd = os.open({str(tmp_path / '.lock')!r}, os.O_RDWR | os.O_CREAT); "
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert snapshot.running()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not snapshot.running()
