@@ -21,6 +21,7 @@ import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -457,6 +458,46 @@ def test_new_flags_are_in_help(capsys: pytest.CaptureFixture[str]) -> None:
     for flag in ("--idle-timeout", "--write-timeout", "--max-topics", "--topic-create-rate", "--topic-create-burst",
                  "--max-commit-gaps", "--max-frame-buffer"):
         assert flag in out
+
+
+class TlsTransport(Transport):
+    """What a connection sees of asyncio's SSL transport: an sslcontext, no socket to write to."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return object() if name == "sslcontext" else super().get_extra_info(name, default)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_a_tls_connection_whose_output_stalls_gives_openssls_freed_buffers_back(
+        registry: TopicRegistry, tls: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """[NMQ-6.2-2] The memory a stuck TLS subscriber costs stays near what is buffered for it:
+    OpenSSL grows its outgoing buffer to the write limit by reallocating, and the blocks it frees
+    stay resident unless the heap is trimmed, which a stall arms 0.5 s later (at most one trim per
+    0.5 s, however many connections stall); plain TCP output needs none."""
+    from nanomq.broker import connection as connection_mod
+
+    trims: list[float] = []
+    monkeypatch.setattr(connection_mod, "_release_freed_memory", lambda: trims.append(time.monotonic()))
+
+    async def main() -> None:
+        budget = FrameBudget(64 << 20)
+        conns = []
+        for _ in range(3):
+            conn = Connection(ConnectionContext(ANNOUNCED, registry, 8, 1 << 16, lambda c: True, lambda c: None,
+                                                frame_budget=budget))
+            conn.connection_made(TlsTransport() if tls else Transport())
+            conns.append(conn)
+        for conn in conns:
+            conn.pause_writing()
+        await asyncio.sleep(0.7)
+        assert len(trims) == (1 if tls else 0), trims
+        for conn in conns:
+            conn.resume_writing()
+            conn.pause_writing()
+        await asyncio.sleep(0.7)
+        assert len(trims) == (2 if tls else 0), trims
+
+    asyncio.run(main())
 
 
 @pytest.mark.parametrize("c_plane", [False, True], ids=["python-plane", "c-plane"])
