@@ -29,7 +29,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conformance.registry import Context, Failed, Skipped, Unimplemented, case
+from conformance.helpers import known_rule
+from conformance.registry import Context, Failed, Skipped, Unimplemented, case, soft_check
 from conformance.wire import Closed, WireClient
 from nanomq._c.crc import crc32c
 from nanomq.protocol import (
@@ -979,6 +980,10 @@ def _damaged_read(checks: Checks, ctx: Context, label: str, topic: str, want: di
                          and err.code == ErrorCode.STORAGE_ERROR,
                          f"{label}: at the damage the subscription got {how} {err!r}, not ERROR STORAGE_ERROR with "
                          "request_id 0", "NMQ-S9-7")
+            if err is not None:  # no rule broken by the client, but a rule field must be empty or a rule id
+                soft_check(bool(err.message.strip()) and (not err.rule or known_rule(err.rule)), f"{label}: the ERROR "
+                           f"at the damage carries message {err.message!r} and rule {err.rule!r}, which the "
+                           "specifications do not define", "NMQ-8-6", "NMQ-8-5")
             if how == "error":
                 try:
                     w.recv(5.0)
@@ -994,7 +999,7 @@ def _damaged_read(checks: Checks, ctx: Context, label: str, topic: str, want: di
       "a record's id while the target runs, is found when first read: the subscriber gets the records before it, then ERROR STORAGE_ERROR and the connection "
       "closed, never the damaged record nor one after it; the topic keeps taking publishes and serving reads that do "
       "not meet the damage, and other topics and connections are unaffected",
-      layer="storage", rules=("NMQ-S8-6", "NMQ-S9-1", "NMQ-S9-4", "NMQ-S9-7", "NMQ-8-4"))
+      layer="storage", rules=("NMQ-S8-6", "NMQ-S9-1", "NMQ-S9-4", "NMQ-S9-7", "NMQ-8-4", "NMQ-8-5"))
 def storage_read_damage(ctx: Context) -> None:
     _need(ctx)
     checks = Checks()
@@ -1718,7 +1723,7 @@ def storage_topic_ids(ctx: Context) -> None:
     # a new data directory: the topics below are the only ones, the first of them the first the target
     # ever made (the reference numbers it 1)
     ctx.target.fresh_start()
-    names = {k: ctx.topic(f"ti{k}") for k in ("empty", "kept", "nockpt", "firstbad")}
+    names = {k: ctx.topic(f"ti{k}") for k in ("empty", "kept", "nockpt", "firstbad", "firstlong")}
     got = {k: Filled() for k in names}
     with running_at_exit(ctx):
         with ctx.client() as w:
@@ -1726,6 +1731,7 @@ def storage_topic_ids(ctx: Context) -> None:
             checks.check(isinstance(sub, Subscribed), f"SUBSCRIBE {names['empty']} answered {sub!r}", "NMQ-SEM-1-2")
             # the damaged ones before "kept": neither has the highest id, which a fresh id could repeat by chance
             fill_until_segments(ctx, w, names["firstbad"], Payloads(names["firstbad"], ctx.rng), got["firstbad"], 2)
+            fill_until_segments(ctx, w, names["firstlong"], Payloads(names["firstlong"], ctx.rng), got["firstlong"], 2)
             for k in ("nockpt", "kept"):
                 gen = Payloads(names[k], ctx.rng)
                 for _ in range(3):
@@ -1754,13 +1760,16 @@ def storage_topic_ids(ctx: Context) -> None:
             same_ids(how)
         ctx.target.stop()
         d = {k: ctx.target.topic_dir(t) for k, t in names.items()}
-        for k in ("nockpt", "firstbad"):
+        for k in ("nockpt", "firstbad", "firstlong"):
             (d[k] / "topic_id").write_bytes(b"\xffnot an id\x00")
         (d["nockpt"] / "checkpoint").unlink()
         segs = segments(d["firstbad"])
         first = segs[0].records[0]
         flip_bit(segs[0].path, first.offset + 2, 3)  # the first record's id no longer matches its file's name
-        damaged = [names["nockpt"], names["firstbad"]]
+        long_segs = segments(d["firstlong"])
+        # the first record's length runs far past its file (a torn length): no record to take the id from
+        write_at(long_segs[0].path, long_segs[0].records[0].offset + 20, b"\xff\xff\xff\xff")
+        damaged = [names["nockpt"], names["firstbad"], names["firstlong"]]
         if not restart(ctx, checks, damaged, "damaging topic_id files", "NMQ-S2-5"):
             checks.done()
         same_ids("a restart with damaged topic_id files")
@@ -1782,6 +1791,12 @@ def storage_topic_ids(ctx: Context) -> None:
                 a = publish(w, t, [b"next"])
                 checks.check(a.first_id == got["firstbad"].next_id, f"{t}: next id {a.first_id}, not "
                              f"{got['firstbad'].next_id}", "NMQ-S2-5")
+            with checks.scenario("topic_id damaged, the first record's length past its file", "NMQ-S2-5", "NMQ-S9-9"):
+                t = names["firstlong"]
+                later = {i: p for i, p in got["firstlong"].payloads.items() if i >= long_segs[1].first_id}
+                r = read(w, t, Start.ID, long_segs[1].first_id, count=len(later))
+                compare(checks, f"{t} from its second segment, with a damaged topic_id and the length of the first "
+                        "record of its first segment past the file", r, later, sorted(later), "NMQ-S9-9")
             with checks.scenario("the others untouched", "NMQ-SEM-1-2"):
                 info = metadata(w, names["empty"])
                 checks.check(isinstance(info, TopicInfo) and info.next_id == 1,

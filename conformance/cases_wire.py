@@ -100,32 +100,46 @@ def hello_version(ctx: Context) -> None:
         fatal(w, encode(Hello(1, 99, "future", b"")), ErrorCode.UNSUPPORTED_VERSION, "NMQ-4.1-5", follow=HELLO_V1)
 
 
-@case("wire.hello.timeout", "a connection that never says HELLO is closed (within 15 s); to a TLS target, also a TCP "
-      "connection that never starts the TLS handshake", layer="wire", rules=("NMQ-2-3",))
+@case("wire.hello.timeout", "a connection that never says HELLO is closed (within 15 s), an ERROR sent first citing "
+      "NMQ-2-3; to a TLS target, also a TCP connection that never starts the TLS handshake and one that stops inside it",
+      layer="wire", rules=("NMQ-2-3", "NMQ-8-6"))
 def hello_timeout(ctx: Context) -> None:
     t0 = time.monotonic()
     # Over TLS a client can fall silent before HELLO twice: before the TLS handshake (a TCP
     # connection that says nothing; the server's TLS layer holds it) and after it. Both are open at once.
     silent_tcp = socket.create_connection((ctx.target.host, ctx.target.port), timeout=20) if ctx.target.ssl else None
+    # ... and, over TLS, a client that starts the TLS handshake (a handshake record's first bytes) and stops there
+    stalled_tls = socket.create_connection((ctx.target.host, ctx.target.port), timeout=20) if ctx.target.ssl else None
     try:
+        if stalled_tls is not None:
+            stalled_tls.sendall(b"\x16\x03\x01")
         with ctx.target.raw_client(timeout=20) as w:
             try:
-                w.expect_closed(15.0)
+                got = w.expect_closed(15.0)
             except TimeoutError:
                 raise Failed("silent connection still open after 15 s", ("NMQ-2-3",)) from None
-        if silent_tcp is not None:
-            silent_tcp.settimeout(max(0.1, 15.0 - (time.monotonic() - t0)))
+        for f in got:
+            if isinstance(f, Error):
+                check_error_text(f)
+                soft_check(f.rule == "NMQ-2-3", f"the ERROR closing a connection that never said HELLO cites rule "
+                           f"{f.rule!r}, not the one it broke, NMQ-2-3", "NMQ-8-6")
+        for sock, what in ((silent_tcp, "never started the TLS handshake"), (stalled_tls, "stopped inside the TLS "
+                                                                                            "handshake")):
+            if sock is None:
+                continue
+            sock.settimeout(max(0.1, 15.0 - (time.monotonic() - t0)))
             try:
-                while silent_tcp.recv(4096):  # b"" once closed; a reset is closed too
+                while sock.recv(4096):  # b"" once closed; a reset is closed too
                     pass
             except TimeoutError:
-                raise Failed("a TCP connection to the TLS target that never started the TLS handshake was still "
-                             "open after 15 s", ("NMQ-2-3",)) from None
+                raise Failed(f"a TCP connection to the TLS target that {what} was still open after 15 s",
+                             ("NMQ-2-3",)) from None
             except OSError:
                 pass
     finally:
-        if silent_tcp is not None:
-            silent_tcp.close()
+        for sock in (silent_tcp, stalled_tls):
+            if sock is not None:
+                sock.close()
 
 
 @case("wire.frame.timeout", "a client that dribbles a frame (one byte now and then, never completing it) is closed "

@@ -101,6 +101,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "why": "the default target allows 10,000 topics, more than the kit can create, so the refusal of a topic "
                "beyond --max-topics (NMQ-6.2-5, resources.topic-limit) is never reached there",
     },
+    "no-lz4": {
+        "args": "--compression none",
+        "declares": {"capabilities": {"COMPRESSION_LZ4": False, "SEEK_TIME": True}},
+        "why": "the default target announces COMPRESSION_LZ4, so the refusal of LZ4 records by a broker that does not "
+               "(NOT_SUPPORTED, NMQ-5.3-1, NMQ-7-1), which the kit's LZ4 cases check when it is not announced, runs "
+               "in no case of the default launch",
+    },
     "busy-poll": {
         "args": "--busy-poll 50",
         "why": "the default target waits for its sockets in epoll, so the busy-polling selector of the "
