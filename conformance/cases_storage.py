@@ -403,11 +403,11 @@ def fill(w: WireClient, topic: str, gen: Payloads, got: Filled, nbytes: int, siz
 
 
 def fill_until_segments(ctx: Context, w: WireClient, topic: str, gen: Payloads, got: Filled, n_segments: int,
-                        limit: int = 160 << 20) -> None:
-    """Publish 1 MiB batches until the topic has ``n_segments`` segment files (the target's segment
-    size is unknown to the kit; the reference broker's is 8 MB)."""
+                        limit: int = 160 << 20, size: int = 16384) -> None:
+    """Publish batches of up to 1 MiB (records of ``size`` bytes) until the topic has ``n_segments``
+    segment files (the target's segment size is unknown to the kit; the reference broker's is 8 MB)."""
     d = ctx.target.topic_dir(topic)
-    size = min(16384, ctx.max_payload)
+    size = min(size, ctx.max_payload)
     per = max(1, min(64, ctx.max_batch, (1 << 20) // size))
     sent = 0
     while not d.is_dir() or len([p for p in d.iterdir() if _SEG.match(p.name)]) < n_segments:
@@ -636,6 +636,33 @@ def _check_index(checks: Checks, label: str, s: Segment, path: Path) -> None:
                  "NMQ-S4-2")
 
 
+def _fill_to_the_byte(ctx: Context, w: WireClient, topic: str, gen: Payloads, got: Filled) -> bool:
+    """Publish one batch whose records fill the active segment to exactly the declared segment size,
+    then one record more: a segment is rotated only when the next batch would not fit ([NMQ-S3-6]),
+    so the batch stays and the record starts the next segment. False when the target declares no
+    segment size, or its limits cannot make such a batch."""
+    seg_bytes = ctx.target.spec.segment_bytes
+    if seg_bytes <= 0 or seg_bytes % 8:
+        return False
+    room = seg_bytes - segments(ctx.target.topic_dir(topic))[-1].end  # records end on 8-byte boundaries
+    big = (HEADER + ctx.max_payload) // 8 * 8  # the largest span a record of at most max_payload can have
+    k, rest = divmod(room, big)
+    spans = [big] * k
+    if rest:  # split the last full span and the rest into two spans of at least a header each
+        if not spans or big + rest < 2 * HEADER:
+            return False
+        whole = spans.pop() + rest
+        half = whole // 2 // 8 * 8
+        spans += [half, whole - half]
+    if not spans or len(spans) > ctx.max_batch:
+        return False
+    ps = [gen.make(x - HEADER) for x in spans]
+    got.add(publish(w, topic, ps), ps)
+    ps = [gen.make(8)]
+    got.add(publish(w, topic, ps), ps)
+    return True
+
+
 @case("storage.format", "segment, index and checkpoint files are named and laid out as spec/storage.md §2-§6 says, "
       "byte-identical to what is delivered; the active segment is preallocated, its index written at a clean close "
       "and deleted at the next open, the checkpoint clean after a stop and unclean while running",
@@ -674,6 +701,7 @@ def storage_format(ctx: Context) -> None:
         # rotation: fill until a second segment exists, then some more in it
         fill_until_segments(ctx, w, big, gen, got, 2)
         fill(w, big, gen, got, 100_000, 1000, 50)
+        exact = _fill_to_the_byte(ctx, w, big, gen, got)
         sub = w.subscribe(big)
         if not isinstance(sub, Subscribed):
             raise Failed(f"SUBSCRIBE {big} answered {sub!r}", ("NMQ-S3-1",))
@@ -738,6 +766,8 @@ def storage_format(ctx: Context) -> None:
                 _check_index(checks, big, s, s.path.with_suffix(".idx"))
             # [NMQ-S3-6] (SHOULD): a batch is never split; a segment is sealed only when the next batch did not fit
             cap = act.path.stat().st_size
+            if not exact:
+                ctx.note("no batch filled a segment to the byte (no segment_bytes declared, or the limits cannot)")
             seg_of = {r.id: s.first_id for s in segs for r in s.records}
             for first, n in got.batches:
                 checks.check(len({seg_of.get(first + i) for i in range(n)}) == 1,
@@ -1130,10 +1160,11 @@ def _lookups(checks: Checks, w: WireClient, label: str, topic: str, segs: list[S
 
 @case("storage.index-checkpoint-damage", "index files that are missing, fail their CRC, carry a first id or a "
       "length their segment does not have, or (CRC intact) no entries but a record, a first entry that is not "
-      "the segment's first record, or entries whose ids or offsets stop increasing are ignored and rebuilt (every record delivered, lookups by id "
+      "the segment's first record, or entries whose ids or offsets stop increasing are ignored and rebuilt, and a sealed "
+      "segment with zeros after its records and no index is read to its last record (every record delivered, lookups by id "
       "and timestamp right, nothing quarantined); a garbage, missing, bad-CRC or cut-short checkpoint is ignored "
       "and every segment verified at open (damage found then, not later), ids continuing",
-      layer="storage", rules=("NMQ-S4-2", "NMQ-S4-3", "NMQ-S5-4", "NMQ-S8-1", "NMQ-S9-2", "NMQ-S9-5"))
+      layer="storage", rules=("NMQ-S4-2", "NMQ-S4-3", "NMQ-S5-4", "NMQ-S8-1", "NMQ-S9-2", "NMQ-S9-5", "NMQ-S3-7"))
 def storage_index_checkpoint_damage(ctx: Context) -> None:
     _need(ctx)
     checks = Checks()
@@ -1141,13 +1172,20 @@ def storage_index_checkpoint_damage(ctx: Context) -> None:
     # target's retention (32 MiB) and lose its oldest ones during the case
     groups = ([["bit-flip", "first-id", "length"], ["order", "offsets", "empty"]] if ctx.quick
               else [["deleted", "bit-flip", "first-id"], ["length", "order"], ["offsets", "first-entry", "empty"]])
+    # Records smaller than the index interval (4 KiB): the last record of a segment then has no entry
+    # of its own, so an index rewound by one record agrees with every entry it has, and only its
+    # length tells it from the segment's; a sealed segment that kept zeros past its records (a seal
+    # that did not truncate it, NMQ-S3-7 being a SHOULD) and has no index is scanned to its end.
+    groups.append(["zero-tail", "length"])
+    sizes = {len(groups) - 1: 1000}
     ixs = {ctx.topic(f"ixd{n}"): g for n, g in enumerate(groups)}
+    ix_size = {t: sizes.get(n, 16384) for n, t in enumerate(ixs)}
     cks = {k: ctx.topic(f"ck{k}") for k in ("garbage", "missing", "badcrc", "short")}
     got = {t: Filled() for t in (*ixs, *cks.values())}
     with running_at_exit(ctx):
         with ctx.client() as w:
             for it, variants in ixs.items():
-                fill_until_segments(ctx, w, it, Payloads(it, ctx.rng), got[it], len(variants) + 1)
+                fill_until_segments(ctx, w, it, Payloads(it, ctx.rng), got[it], len(variants) + 1, size=ix_size[it])
                 fill(w, it, Payloads(it + "b", ctx.rng), got[it], 60_000, 1000, 30)
             for t in cks.values():
                 gen = Payloads(t, ctx.rng)
@@ -1165,6 +1203,10 @@ def storage_index_checkpoint_damage(ctx: Context) -> None:
                 data = bytearray(p.read_bytes())
                 if v == "deleted":
                     p.unlink()
+                elif v == "zero-tail":  # no index, and 4 KiB of zeros after the last record
+                    p.unlink()
+                    with open(s.path, "ab") as f:
+                        f.write(bytes(4096))
                 elif v == "bit-flip":
                     data[64 + 24 + 16] ^= 0x10  # the offset of the second entry: the CRC no longer matches
                     p.write_bytes(bytes(data))
@@ -1271,6 +1313,51 @@ def storage_index_checkpoint_damage(ctx: Context) -> None:
                     a = publish(w, t, [b"next"])
                     checks.check(a.first_id == bad.id, f"{t}: after the damage at {bad.id} was cut at open, the next "
                                  f"id is {a.first_id}", "NMQ-S9-2")
+    checks.done()
+
+
+@case("storage.stale-checkpoint", "a checkpoint older than the log (its last rewrite lost: it names an earlier "
+      "segment and an offset there) vouches only for what it names: the later segment is verified record by "
+      "record, nothing is cut or quarantined, every record is delivered and ids continue",
+      layer="storage", rules=("NMQ-S5-2", "NMQ-S8-1", "NMQ-S9-5", "NMQ-SEM-3-2", "NMQ-S3-4"))
+def storage_stale_checkpoint(ctx: Context) -> None:
+    _need(ctx)
+    checks = Checks()
+    t = ctx.topic("stale")
+    got = Filled()
+    d = ctx.target.topic_dir(t)
+    gen = Payloads(t, ctx.rng)
+    with running_at_exit(ctx):
+        with ctx.client() as w:
+            fill(w, t, gen, got, 2 << 20, min(4096, ctx.max_payload), 64)
+        ctx.target.stop()
+        if not restart(ctx, checks, [t], "a clean stop", "NMQ-S9-5"):
+            checks.done()
+        with ctx.client() as w:
+            metadata(w, t)  # the log is open again: its checkpoint names the first segment's end
+            saved = (d / "checkpoint").read_bytes()
+            ck = parse_checkpoint(saved)
+            if ck is None or not ck.crc_ok:
+                raise Skipped(f"the checkpoint of {t} while it runs is not one the kit can read ({ck!r})")
+            # a second segment whose records run well past the saved checkpoint's offset (an offset in
+            # the first segment): a checkpoint taken for the later segment's would cut it there
+            fill_until_segments(ctx, w, t, gen, got, 2)
+            while segments(d)[-1].end < ck.offset + (1 << 20):
+                fill(w, t, gen, got, 1 << 20, min(16384, ctx.max_payload), 64)
+        ctx.target.stop()
+        (d / "checkpoint").write_bytes(saved)
+        if not restart(ctx, checks, [t], "putting back an older checkpoint", "NMQ-S9-5", "NMQ-S5-2"):
+            checks.done()
+        with ctx.client() as w, checks.scenario("a checkpoint older than the log", "NMQ-S5-2", "NMQ-S9-5"):
+            checks.check(not quarantine_files(d), f"{t}: with a checkpoint of segment {ck.seg} offset {ck.offset}, "
+                         f"{sorted(quarantine_files(d))} were quarantined", "NMQ-S5-2", "NMQ-S9-5", "NMQ-S8-1")
+            r = read(w, t, count=len(got.payloads))
+            compare(checks, f"{t} with a checkpoint older than its log", r, got.payloads, sorted(got.payloads),
+                    "NMQ-S5-2", "NMQ-S9-5", "NMQ-SEM-3-2")
+            a = publish(w, t, [b"next"])
+            checks.check(a.first_id == got.next_id, f"{t}: next id {a.first_id}, expected {got.next_id}",
+                         "NMQ-S3-4", "NMQ-S9-5")
+    ctx.note(f"checkpoint of segment {ck.seg} offset {ck.offset} put back under a log of {len(got.payloads)} records")
     checks.done()
 
 
