@@ -390,6 +390,64 @@ def fairness_errors(ctx: Context) -> None:
     _fairness(ctx, bad, "PINGs with a 7-byte body (each refused MALFORMED)")
 
 
+@case("resources.fairness-create", "while a client creates new topics as fast as it can within the declared "
+      "allowance (PUBLISHes to new names, pipelined), another client's PING round trip stays within a small multiple "
+      "of its quiet one: creating a topic holds up no other connection", layer="wire", restarts=True,
+      rules=("NMQ-6.2-4", "NMQ-8-4"))
+def fairness_create(ctx: Context) -> None:
+    if not ctx.target.can_crash:
+        raise Skipped("the creation allowance other cases used up cannot be known: needs a target the kit launched "
+                      "(it starts it afresh)")
+    burst = ctx.target.spec.topic_create_burst
+    n = min(burst, 50) if burst > 0 else 50
+    ctx.target.fresh_start()  # a full allowance
+    try:
+        base = ctx.topic("fcreate")
+        with ctx.client() as probe, ctx.client() as creator:
+            quiet = _median_rtt(probe, 40, 1)
+            answers: list[Frame] = []
+
+            def collect() -> None:
+                with contextlib.suppress(Closed, OSError, TimeoutError, ProtocolError):
+                    for _ in range(n):
+                        answers.append(creator.recv_response(30.0))
+
+            reader = threading.Thread(target=collect, daemon=True)
+            creator.send(*(Publish(creator.next_id(), f"{base}-{i}", Ack.WRITTEN, RecordBatch.from_payloads([b"c"]))
+                           for i in range(n)))
+            reader.start()
+            rtts: list[float] = []
+            token = 5000
+            while reader.is_alive() or not rtts:
+                t0 = time.perf_counter()
+                probe.send(Ping(probe.next_id(), token))
+                try:
+                    while True:
+                        f = probe.recv_response(10.0)
+                        if isinstance(f, Pong) and f.token == token:
+                            break
+                except TimeoutError:
+                    raise Failed(f"while another client created {n} topics, a PING got no answer within 10 s: it "
+                                 "is starved", ("NMQ-6.2-4", "NMQ-8-4")) from None
+                rtts.append(time.perf_counter() - t0)
+                token += 1
+            reader.join(30)
+            loaded = sorted(rtts)[len(rtts) // 2]
+            bound = max(0.02, 10 * quiet)
+            with ctx.step("NMQ-8-4"):
+                check(len(answers) == n and all(isinstance(f, PublishAck) for f in answers),
+                      f"{n} PUBLISHes to new topics within the declared burst got {len(answers)} answers, not all "
+                      "PUBLISH_ACK")
+            with ctx.step("NMQ-6.2-4", "NMQ-8-4"):
+                check(loaded <= bound, f"while another client created {n} topics, the median PING round trip was "
+                      f"{loaded * 1e3:.1f} ms over {len(rtts)} PINGs (quiet: {quiet * 1e3:.2f} ms; bound: "
+                      f"{bound * 1e3:.1f} ms): the creations hold up the other connections")
+        ctx.note(f"median PING round trip {quiet * 1e3:.2f} ms quiet, {loaded * 1e3:.2f} ms over {len(rtts)} PINGs "
+                 f"while {n} topics were created")
+    finally:
+        ctx.target.fresh_start()  # a full allowance again for the cases after this one
+
+
 @case("resources.fairness-drain", "while subscribers read a large backlog as fast as they can, another client's PING "
       "round trip stays within a small multiple of its quiet one: one subscription's backlog is delivered in turns",
       layer="wire", exclusive=True, rules=("NMQ-6.2-4", "NMQ-8-4"))
