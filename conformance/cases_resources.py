@@ -584,7 +584,7 @@ def frame_buffer(ctx: Context) -> None:
     per = max(1, min(ctx.max_batch, 256))
     size = min(ctx.max_payload, ((ctx.max_frame or 1 << 24) - 1024) // per - 64)
     t = ctx.topic("bigframes")
-    frame = encode(Publish(7, t, Ack.WRITTEN, RecordBatch.from_payloads([bytes(size)] * per)))
+    frame = encode(Publish(7, t, Ack.WRITTEN, RecordBatch.from_payloads([bytes(size)] * per, max_payload=ctx.max_payload)))
     if len(frame) < 4 << 20:
         raise Skipped(f"the largest frame the target allows is {len(frame) >> 20} MiB: too small to tell")
     k = 5 if ctx.quick else 8
@@ -671,7 +671,7 @@ def frame_room(ctx: Context) -> None:
     # two frames of about a third of the bound each: both fit in it at once
     size = min(ctx.max_payload, ((ctx.max_frame or 1 << 24) - 1024) // per - 64, (limit // 3) // per - 64)
     t = ctx.topic("frameroom")
-    frames = [encode(Publish(k, t, Ack.WRITTEN, RecordBatch.from_payloads([bytes([k]) * size] * per)))
+    frames = [encode(Publish(k, t, Ack.WRITTEN, RecordBatch.from_payloads([bytes([k]) * size] * per, max_payload=ctx.max_payload)))
               for k in (1, 2)]
     if len(frames[0]) < 4 << 20:
         raise Skipped(f"frames of a third of frame_buffer_bytes or within max_frame are {len(frames[0]) >> 20} MiB: "

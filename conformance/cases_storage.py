@@ -334,7 +334,7 @@ def read(w: WireClient, topic: str, start: Start = Start.EARLIEST, value: int = 
 def publish(w: WireClient, topic: str, payloads: list[bytes], ack: Ack = Ack.WRITTEN, **kw: object) -> PublishAck:
     """A PUBLISH that must be acknowledged."""
     rid = w.next_id()
-    w.send(Publish(rid, topic, ack, RecordBatch.from_payloads(payloads, **kw)))  # type: ignore[arg-type]
+    w.send(Publish(rid, topic, ack, RecordBatch.from_payloads(payloads, **{**w.batch_limits(), **kw})))  # type: ignore[arg-type]
     f = w.recv_response(30.0)
     if not isinstance(f, PublishAck) or f.count != len(payloads):
         raise Failed(f"PUBLISH of {len(payloads)} record(s) to {topic} answered {f!r}")
@@ -1792,7 +1792,7 @@ def storage_failed_append(ctx: Context) -> None:
         if n > ctx.max_batch or n * span(size) + 4096 > (ctx.max_frame or 16 << 20):
             raise Skipped(f"a batch larger than the segment ({cap} bytes) exceeds the announced batch or frame limits")
         rid = w.next_id()
-        w.send(Publish(rid, t, Ack.WRITTEN, RecordBatch.from_payloads([bytes([k & 0xFF]) * size for k in range(n)])))
+        w.send(Publish(rid, t, Ack.WRITTEN, RecordBatch.from_payloads([bytes([k & 0xFF]) * size for k in range(n)], **w.batch_limits())))
         f = w.recv_response(30.0)
         if isinstance(f, PublishAck):
             raise Skipped(f"the target stored a batch of {n} x {size} bytes, larger than its segment file ({cap} "

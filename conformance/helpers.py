@@ -141,7 +141,7 @@ def publish(w: WireClient, topic: str, payloads: Sequence[bytes], ack: Ack = Ack
     rid = w.next_id()
     from nanomq.protocol import Publish
 
-    w.send(Publish(rid, topic, ack, RecordBatch.from_payloads(list(payloads), **kw)))  # type: ignore[arg-type]
+    w.send(Publish(rid, topic, ack, RecordBatch.from_payloads(list(payloads), **{**w.batch_limits(), **kw})))  # type: ignore[arg-type]
     f = w.recv_response()
     check(isinstance(f, PublishAck), f"PUBLISH of {len(payloads)} record(s) to {topic} answered {f!r}", "NMQ-4.2-1")
     assert isinstance(f, PublishAck)

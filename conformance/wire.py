@@ -130,10 +130,16 @@ class WireClient:
         self.decoder.set_limits(max_frame=max(f.max_frame, 1 << 16), limits=Limits(f.max_payload, f.max_batch))
         return f
 
+    def batch_limits(self) -> dict[str, int]:
+        """The codec's client-side guard for batches this connection builds, at the limit HELLO_OK
+        announced (not the codec's default, which a target announcing a larger max_payload allows
+        more than); empty before HELLO."""
+        return {"max_payload": self.server.max_payload} if self.server is not None else {}
+
     def publish(self, topic: str, payloads: Iterable[bytes], ack: Ack = Ack.DURABLE) -> PublishAck | Error | None:
         """PUBLISH one batch and return its answer (None for ack none)."""
         rid = self.next_id()
-        self.send(Publish(rid, topic, ack, RecordBatch.from_payloads(list(payloads))))
+        self.send(Publish(rid, topic, ack, RecordBatch.from_payloads(list(payloads), **self.batch_limits())))
         if ack == Ack.NONE:
             return None
         f = self.recv_response()

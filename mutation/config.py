@@ -108,6 +108,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
                "(NOT_SUPPORTED, NMQ-5.3-1, NMQ-7-1), which the kit's LZ4 cases check when it is not announced, runs "
                "in no case of the default launch",
     },
+    "large-payload": {
+        "args": "--max-payload 128KiB",
+        "why": "the default target's max_payload (64 KiB) makes max_frame the codec's default, so code that uses "
+               "the codec's default frame limit where it should use the announced one (HELLO_OK's max_frame, "
+               "32 MiB with 128 KiB payloads) behaves the same there",
+    },
     "busy-poll": {
         "args": "--busy-poll 50",
         "why": "the default target waits for its sockets in epoll, so the busy-polling selector of the "
