@@ -1454,17 +1454,22 @@ def storage_vouched_damage(ctx: Context) -> None:
       "the newest or a truncated tail (three records, or only the last) after a clean stop (ids of the lost records are never handed out again, the "
       "records before them stay readable and a read across the lost ids skips them), every segment (the checkpoint "
       "remembers the next id), a middle one (a gap is corruption: what follows is quarantined, never delivered); "
-      "the marker of lost ids outlives a restart",
-      layer="storage", rules=("NMQ-S2-3", "NMQ-S3-4", "NMQ-S9-1", "NMQ-S9-2", "NMQ-S9-3", "NMQ-S9-8", "NMQ-S11-4"))
+      "the newest with a zeroed header amid the segment before it (damage, not the end of the log: the intact "
+      "records after it are cut and kept in a .quarantine file); the marker of lost ids outlives a restart",
+      layer="storage", rules=("NMQ-S2-3", "NMQ-S3-4", "NMQ-S8-3", "NMQ-S9-1", "NMQ-S9-2", "NMQ-S9-3", "NMQ-S9-8",
+                              "NMQ-S11-4"))
 def storage_missing_segments(ctx: Context) -> None:
     _need(ctx)
     checks = Checks()
-    names = {k: ctx.topic(f"ms{k}") for k in ("ends", "trunc", "trunc1", "all", "middle")}
+    names = {k: ctx.topic(f"ms{k}") for k in ("ends", "trunc", "trunc1", "all", "middle", "endzero",
+                                                           "endsame")}
     got = {k: Filled() for k in names}
     with running_at_exit(ctx):
         with ctx.client() as w:
             for k in ("ends", "middle"):
                 fill_until_segments(ctx, w, names[k], Payloads(names[k], ctx.rng), got[k], 3)
+            for k in ("endzero", "endsame"):
+                fill_until_segments(ctx, w, names[k], Payloads(names[k], ctx.rng), got[k], 2)
             for k in ("trunc", "trunc1", "all"):
                 gen = Payloads(names[k], ctx.rng)
                 for _ in range(5):
@@ -1486,6 +1491,27 @@ def storage_missing_segments(ctx: Context) -> None:
             remove_segment(s.path)
         m = segs["middle"]
         remove_segment(m[1].path)
+        # the newest segment lost, and in the segment before it (now the last) a zeroed header amid
+        # intact records, its index gone so recovery walks it: the zero header is damage, not the end
+        # of the log (NMQ-S8-7), and the intact records after it are cut and kept [NMQ-S8-3, NMQ-S9-2]
+        ez = segs["endzero"]
+        remove_segment(ez[-1].path)
+        ez_prev = ez[-2]
+        ez_prev.path.with_suffix(".idx").unlink(missing_ok=True)
+        ez_bad = ez_prev.records[len(ez_prev.records) // 2]
+        write_at(ez_prev.path, ez_bad.offset, bytes(HEADER))
+        # the same, but the zeroed header is the second-to-last record's and the last record is rewritten
+        # as an intact record carrying the zeroed one's id: no record with a LATER id follows the zero
+        # header, so it is the end of the log (NMQ-S8-7) and the lost segment's ids are never handed out
+        # again [NMQ-S9-8]
+        es = segs["endsame"]
+        remove_segment(es[-1].path)
+        es_prev = es[-2]
+        es_prev.path.with_suffix(".idx").unlink(missing_ok=True)
+        es_zero, es_last = es_prev.records[-2], es_prev.records[-1]
+        write_at(es_prev.path, es_zero.offset, bytes(HEADER))
+        write_at(es_prev.path, es_last.offset,
+                 _record_like(es_last, es_zero.id, es_last.ts, es_last.raw[HEADER:HEADER + es_last.size]))
         if not restart(ctx, checks, list(names.values()), "segments were deleted", "NMQ-S9-2", "NMQ-S9-3"):
             checks.done()
         ends_after: tuple[dict[int, bytes], list[int]] | None = None
@@ -1540,6 +1566,34 @@ def storage_missing_segments(ctx: Context) -> None:
                 r = read(w, t)
                 compare(checks, f"{t} after every segment was deleted", r, {a.first_id: b"fresh"}, [a.first_id],
                         "NMQ-S3-4")
+            t = names["endzero"]
+            with checks.scenario("newest segment deleted, a zeroed header amid the one before", "NMQ-S8-3",
+                                 "NMQ-S9-1", "NMQ-S9-2"):
+                kept = [x.id for x in ez_prev.records if x.id < ez_bad.id]
+                r = read(w, t, count=len(kept), linger=0.2)
+                compare(checks, f"{t} cut at the zeroed header of record {ez_bad.id}", r, got["endzero"].payloads,
+                        kept, "NMQ-S9-1")
+                after = ez_prev.data[ez_bad.offset + HEADER:ez_prev.end]  # the intact records after it
+                qs = quarantine_files(d["endzero"])
+                checks.check(any(after in q for q in qs.values()),
+                             f"{t}: records {ez_bad.id + 1}..{ez_prev.last_id} after the zeroed header of record "
+                             f"{ez_bad.id} are not kept in a .quarantine file ({sorted(qs)}): the zero header was "
+                             "taken for the end of the log and what followed it destroyed", "NMQ-S8-3", "NMQ-S9-2")
+                # (the next id is left unchecked: NMQ-S9-2 continues from the cut, NMQ-S9-8 forbids reusing
+                # the lost segment's ids; the reference does the former, see the seed-4 C review)
+            t = names["endsame"]
+            with checks.scenario("newest segment deleted, the log before it ends at a zeroed header",
+                                 "NMQ-S9-8", "NMQ-S3-4"):
+                kept = [x.id for x in es_prev.records if x.id < es_zero.id]
+                r = read(w, t, count=len(kept), linger=0.2)
+                compare(checks, f"{t} ending at the zeroed header of record {es_zero.id}", r, got["endsame"].payloads,
+                        kept, "NMQ-S9-8")
+                a = publish(w, t, [b"after-the-loss"])
+                checks.check(a.first_id == got["endsame"].next_id, f"{t}: the newest segment was lost and the one "
+                             f"before it ends at a zeroed header (record {es_zero.id}; after it only a record with "
+                             f"that same id, no later one): the next publish got id {a.first_id}, not the "
+                             f"checkpoint's next id {got['endsame'].next_id}: lost ids handed out again",
+                             "NMQ-S9-8", "NMQ-S3-4")
             t = names["middle"]
             with checks.scenario("middle segment deleted", "NMQ-S2-3", "NMQ-S9-1", "NMQ-S9-2"):
                 kept = [x.id for x in m[0].records]
