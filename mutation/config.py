@@ -114,6 +114,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
                "the codec's default frame limit where it should use the announced one (HELLO_OK's max_frame, "
                "32 MiB with 128 KiB payloads) behaves the same there",
     },
+    "no-topic-rate": {
+        "args": "--topic-create-rate 0",
+        "declares": {"topic_create_rate": 0.0, "topic_create_burst": 0},
+        "why": "the default target limits topic creation (10/s after 50), so the documented '0 = no limit' of "
+               "--topic-create-rate runs in no case: a broker that limits creation anyway refuses topics the "
+               "kit's cases create once more than the burst were made (NMQ-6.2-5)",
+    },
     "busy-poll": {
         "args": "--busy-poll 50",
         "why": "the default target waits for its sockets in epoll, so the busy-polling selector of the "
