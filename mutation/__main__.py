@@ -134,6 +134,27 @@ def earlier_verdicts(journal: Path, source_hash: str, variant: str, key: str) ->
     return out
 
 
+RERUN_VERDICTS = ("survived", "no-coverage", "timeout")
+"""Earlier verdicts --rerun-survivors runs again under a new kit. A timeout is one: it is counted
+as killed but never carried over (a hang under one kit may be the machine's), so leaving it out
+would drop the mutant from the new kit's results."""
+
+
+def split_for_rerun(jobs: list[runner.Job], earlier: dict[str, str], done_now: dict[str, Any],
+                    recorded: set[str]) -> tuple[list[runner.Job], list[runner.Job]]:
+    """--rerun-survivors: (the jobs to run again, those recorded in equivalent.toml that keep their
+    earlier verdict). Mutants this kit already has a verdict for, or that an earlier kit killed (their
+    kills are carried) or never ran, are in neither."""
+    rerun: list[runner.Job] = []
+    kept: list[runner.Job] = []
+    for j in jobs:
+        k = f"{j.mutant.id}|{j.mutant.diff_key}"
+        if k in done_now or earlier.get(k) not in RERUN_VERDICTS:
+            continue
+        (kept if j.mutant.id in recorded else rerun).append(j)
+    return rerun, kept
+
+
 def passes(journal: Path, source_hash: str) -> list[dict[str, Any]]:
     """Every run on these sources, in journal order: its kit, variant, the mutants it ran (not
     carried) and the sum of their run times."""
@@ -303,13 +324,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.rerun_survivors:
         earlier = earlier_verdicts(journal, snap["source_hash"], variant, key)
         done_now = runner.load_journal(journal, key)
-        rerun: list[runner.Job] = []
-        kept: list[runner.Job] = []
-        for j in jobs:
-            k = f"{j.mutant.id}|{j.mutant.diff_key}"
-            if k in done_now or earlier.get(k) not in ("survived", "no-coverage"):
-                continue
-            (kept if j.mutant.id in applied else rerun).append(j)
+        rerun, kept = split_for_rerun(jobs, earlier, done_now, set(applied))
         carry_verdicts(journal, key, kept, snap["source_hash"], variant)
         jobs = rerun
         log(f"--rerun-survivors: {len(jobs)} survivor(s) of an earlier kit run again; {len(kept)} recorded in "

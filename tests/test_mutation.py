@@ -411,3 +411,19 @@ def test_running_sees_a_campaign_holding_the_lock(tmp_path: Path, monkeypatch: p
         holder.kill()
         holder.wait()
     assert not snapshot.running()
+
+
+def test_rerun_survivors_runs_earlier_survivors_and_timeouts_again() -> None:
+    """After new kit cases, survivors and timeouts of the earlier kit run again (a timeout is not
+    carried over, so without a rerun it would drop out of the new kit's results); kills (carried),
+    mutants never run and those this kit already judged do not; recorded ones keep their verdict."""
+    from mutation.__main__ import split_for_rerun
+
+    ms = {n: Mutant(n, "c", "nanomq/_c/src/log.c", "f", [1], n) for n in "abcdefg"}
+    jobs = [runner.Job(m, ["x"], 10.0) for m in ms.values()]
+    k = {n: f"{n}|{m.diff_key}" for n, m in ms.items()}
+    earlier = {k["a"]: "survived", k["b"]: "no-coverage", k["c"]: "timeout", k["d"]: "killed", k["f"]: "survived",
+               k["g"]: "survived"}
+    rerun, kept = split_for_rerun(jobs, earlier, {k["f"]: {"verdict": "killed"}}, {"g"})
+    assert [j.mutant.id for j in rerun] == ["a", "b", "c"]
+    assert [j.mutant.id for j in kept] == ["g"]
