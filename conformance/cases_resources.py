@@ -390,18 +390,33 @@ def fairness_errors(ctx: Context) -> None:
     _fairness(ctx, bad, "PINGs with a 7-byte body (each refused MALFORMED)")
 
 
+@contextlib.contextmanager
+def _fresh_target(ctx: Context, unknown: str) -> Iterator[None]:
+    """Run the body on a target started afresh (a new data directory: no topic, a full creation
+    allowance), and start it afresh again after, for the cases that follow. ``unknown`` says what
+    could not be known otherwise: Skipped for a target the kit did not launch."""
+    if not ctx.target.can_crash:
+        raise Skipped(f"{unknown} cannot be known: needs a target the kit launched (it starts it afresh)")
+    ctx.target.fresh_start()
+    try:
+        yield
+    finally:
+        ctx.target.fresh_start()
+
+
+def _creating(w: WireClient, topic: str) -> Publish:
+    """A PUBLISH of one record to ``topic``: to a new name, a request that creates a topic."""
+    return Publish(w.next_id(), topic, Ack.WRITTEN, RecordBatch.from_payloads([b"r"]))
+
+
 @case("resources.fairness-create", "while a client creates new topics as fast as it can within the declared "
       "allowance (PUBLISHes to new names, pipelined), another client's PING round trip stays within a small multiple "
       "of its quiet one: creating a topic holds up no other connection", layer="wire", restarts=True,
       rules=("NMQ-6.2-4", "NMQ-8-4"))
 def fairness_create(ctx: Context) -> None:
-    if not ctx.target.can_crash:
-        raise Skipped("the creation allowance other cases used up cannot be known: needs a target the kit launched "
-                      "(it starts it afresh)")
     burst = ctx.target.spec.topic_create_burst
     n = min(burst, 50) if burst > 0 else 50
-    ctx.target.fresh_start()  # a full allowance
-    try:
+    with _fresh_target(ctx, "the creation allowance other cases used up"):
         base = ctx.topic("fcreate")
         with ctx.client() as probe, ctx.client() as creator:
             quiet = _median_rtt(probe, 40, 1)
@@ -413,8 +428,7 @@ def fairness_create(ctx: Context) -> None:
                         answers.append(creator.recv_response(30.0))
 
             reader = threading.Thread(target=collect, daemon=True)
-            creator.send(*(Publish(creator.next_id(), f"{base}-{i}", Ack.WRITTEN, RecordBatch.from_payloads([b"c"]))
-                           for i in range(n)))
+            creator.send(*(_creating(creator, f"{base}-{i}") for i in range(n)))
             reader.start()
             rtts: list[float] = []
             token = 5000
@@ -444,8 +458,6 @@ def fairness_create(ctx: Context) -> None:
                       f"{bound * 1e3:.1f} ms): the creations hold up the other connections")
         ctx.note(f"median PING round trip {quiet * 1e3:.2f} ms quiet, {loaded * 1e3:.2f} ms over {len(rtts)} PINGs "
                  f"while {n} topics were created")
-    finally:
-        ctx.target.fresh_start()  # a full allowance again for the cases after this one
 
 
 @case("resources.fairness-drain", "while subscribers read a large backlog as fast as they can, another client's PING "
@@ -726,17 +738,13 @@ def topic_rate(ctx: Context) -> None:
         raise Skipped("the target declares no topic_create_rate and topic_create_burst")
     if burst > 500:
         raise Skipped(f"topic_create_burst {burst}: the kit creates at most 500 topics to test it")
-    if not ctx.target.can_crash:
-        raise Skipped("the allowance other cases used up cannot be known: needs a target the kit launched "
-                      "(it starts it afresh)")
-    ctx.target.fresh_start()  # a full allowance, whatever the cases before used
-    try:
+    with _fresh_target(ctx, "the allowance other cases used up"):
         base = ctx.topic("rate")
         with ctx.client() as w:
             t0 = time.monotonic()
             made, refused = 0, None
             while refused is None:  # PUBLISH creates them (SUBSCRIBEs would meet the subscription limit)
-                w.send(Publish(w.next_id(), f"{base}-{made}", Ack.WRITTEN, RecordBatch.from_payloads([b"r"])))
+                w.send(_creating(w, f"{base}-{made}"))
                 f = w.recv_response()
                 elapsed = time.monotonic() - t0
                 if isinstance(f, PublishAck):
@@ -763,13 +771,11 @@ def topic_rate(ctx: Context) -> None:
             time.sleep(1.0 / rate + 0.05)
             with ctx.step("NMQ-6.2-5"), w2, w3:
                 for c in (w, w2, w3):
-                    c.send(Publish(c.next_id(), f"{base}-{made}", Ack.WRITTEN, RecordBatch.from_payloads([b"r"])))
+                    c.send(_creating(c, f"{base}-{made}"))
                 fs = [c.recv_response() for c in (w, w2, w3)]
                 check(all(isinstance(f, PublishAck) for f in fs), f"{1.0 / rate + 0.05:.2f} s later the same PUBLISH, "
                       f"sent by three connections at once (one topic to create), answered {fs!r}")
         ctx.note(f"{made} topics created before the first refusal (declared burst {burst}, rate {rate:g}/s)")
-    finally:
-        ctx.target.fresh_start()  # a full allowance again for the cases after this one
 
 
 def _create_paced(w: WireClient, ctx: Context, topic: str, n: int, t0: float) -> Frame:
@@ -780,7 +786,7 @@ def _create_paced(w: WireClient, ctx: Context, topic: str, n: int, t0: float) ->
         wait = (n - burst) / rate - (time.monotonic() - t0)
         if wait > 0:
             time.sleep(wait + 0.1)
-    w.send(Publish(w.next_id(), topic, Ack.WRITTEN, RecordBatch.from_payloads([b"r"])))
+    w.send(_creating(w, topic))
     return w.recv_response()
 
 
@@ -820,11 +826,7 @@ def topic_limit(ctx: Context) -> None:
         raise Skipped("the target declares no max_topics")
     if limit > 200:
         raise Skipped(f"max_topics {limit}: the kit creates at most 200 topics to test it")
-    if not ctx.target.can_crash:
-        raise Skipped("the topics a target holds already cannot be known: needs a target the kit launched "
-                      "(it starts it afresh)")
-    ctx.target.fresh_start()  # no topic at all, and a full creation allowance
-    try:
+    with _fresh_target(ctx, "the topics a target holds already"):
         base = ctx.topic("limit")
         t0 = time.monotonic()
         with ctx.client() as w:
@@ -839,8 +841,6 @@ def topic_limit(ctx: Context) -> None:
         with ctx.client() as w:
             _refused_creation(w, ctx, base, limit, time.monotonic() - 3600, "after a clean restart")
         ctx.note(f"{limit} topics created, the next refused RESOURCE_LIMIT, before and after a clean restart")
-    finally:
-        ctx.target.fresh_start()  # the cases after this one create topics of their own
 
 
 # The cases below are not exclusive: last in this module, they run alongside the wire cases of the

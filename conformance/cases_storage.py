@@ -1933,21 +1933,21 @@ def storage_topic_ids(ctx: Context) -> None:
                 a = publish(w, t, [b"next"])
                 checks.check(a.first_id == got["nockpt"].next_id, f"{t}: next id {a.first_id}, not "
                              f"{got['nockpt'].next_id}", "NMQ-S2-5")
+            def from_second_segment(k: str, second: Segment, damage: str) -> None:
+                later = {i: p for i, p in got[k].payloads.items() if i >= second.first_id}
+                r = read(w, names[k], Start.ID, second.first_id, count=len(later))
+                compare(checks, f"{names[k]} from its second segment, with a damaged topic_id and {damage}", r, later,
+                        sorted(later), "NMQ-S9-9")
+
             with checks.scenario("topic_id and the first record damaged", "NMQ-S2-5", "NMQ-S9-9"):
                 t = names["firstbad"]
-                later = {i: p for i, p in got["firstbad"].payloads.items() if i >= segs[1].first_id}
-                r = read(w, t, Start.ID, segs[1].first_id, count=len(later))
-                compare(checks, f"{t} from its second segment, with a damaged topic_id and the first record of its "
-                        "first segment damaged", r, later, sorted(later), "NMQ-S9-9")
+                from_second_segment("firstbad", segs[1], "the first record of its first segment damaged")
                 a = publish(w, t, [b"next"])
                 checks.check(a.first_id == got["firstbad"].next_id, f"{t}: next id {a.first_id}, not "
                              f"{got['firstbad'].next_id}", "NMQ-S2-5")
             with checks.scenario("topic_id damaged, the first record's length past its file", "NMQ-S2-5", "NMQ-S9-9"):
-                t = names["firstlong"]
-                later = {i: p for i, p in got["firstlong"].payloads.items() if i >= long_segs[1].first_id}
-                r = read(w, t, Start.ID, long_segs[1].first_id, count=len(later))
-                compare(checks, f"{t} from its second segment, with a damaged topic_id and the length of the first "
-                        "record of its first segment past the file", r, later, sorted(later), "NMQ-S9-9")
+                from_second_segment("firstlong", long_segs[1], "the length of the first record of its first "
+                                    "segment past the file")
             with checks.scenario("the others untouched", "NMQ-SEM-1-2"):
                 info = metadata(w, names["empty"])
                 checks.check(isinstance(info, TopicInfo) and info.next_id == 1,
