@@ -119,9 +119,11 @@ def population(mutants: list[Mutant]) -> dict[str, int]:
     return out
 
 
-def earlier_verdicts(journal: Path, source_hash: str, variant: str, key: str) -> dict[str, str]:
-    """{mutant|diff key: the latest verdict} of earlier runs on these sources (other keys)."""
-    out: dict[str, str] = {}
+def latest_earlier(journal: Path, source_hash: str, variant: str, key: str) -> dict[str, dict[str, Any]]:
+    """{mutant|diff key: its latest record} of earlier runs on these sources (other keys than
+    ``key``; harness errors are no verdict). The journal is in time order, so a later verdict
+    replaces an earlier one: a kill that a later run did not repeat is not the latest."""
+    out: dict[str, dict[str, Any]] = {}
     if journal.exists():
         for ln in journal.read_text().splitlines():
             try:
@@ -130,8 +132,13 @@ def earlier_verdicts(journal: Path, source_hash: str, variant: str, key: str) ->
                 continue
             if (r.get("key") != key and r.get("source_hash") == source_hash and r.get("variant", "") == variant
                     and r.get("verdict") != "error"):
-                out[f"{r.get('id')}|{r.get('diff_key')}"] = str(r.get("verdict"))
+                out[f"{r.get('id')}|{r.get('diff_key')}"] = r
     return out
+
+
+def earlier_verdicts(journal: Path, source_hash: str, variant: str, key: str) -> dict[str, str]:
+    """{mutant|diff key: the latest verdict} of earlier runs on these sources (other keys)."""
+    return {k: str(r.get("verdict")) for k, r in latest_earlier(journal, source_hash, variant, key).items()}
 
 
 RERUN_VERDICTS = ("survived", "no-coverage", "timeout")
@@ -178,16 +185,7 @@ def passes(journal: Path, source_hash: str) -> list[dict[str, Any]]:
 def carry_verdicts(journal: Path, key: str, jobs: list[runner.Job], source_hash: str, variant: str) -> None:
     """Journal under ``key`` the latest earlier verdict of each of ``jobs`` (same sources)."""
     want = {f"{j.mutant.id}|{j.mutant.diff_key}" for j in jobs}
-    last: dict[str, dict[str, Any]] = {}
-    for ln in journal.read_text().splitlines():
-        try:
-            r = json.loads(ln)
-        except ValueError:
-            continue
-        k = f"{r.get('id')}|{r.get('diff_key')}"
-        if (k in want and r.get("key") != key and r.get("source_hash") == source_hash
-                and r.get("variant", "") == variant and r.get("verdict") != "error"):
-            last[k] = r
+    last = {k: r for k, r in latest_earlier(journal, source_hash, variant, key).items() if k in want}
     with open(journal, "a") as f:
         for r in last.values():
             f.write(json.dumps(dict(r, key=key, carried_from=r.get("kit_hash"))) + "\n")
@@ -204,21 +202,11 @@ def carry_kills(journal: Path, key: str, jobs: list[runner.Job], source_hash: st
         return 0
     done = runner.load_journal(journal, key)
     want = {f"{j.mutant.id}|{j.mutant.diff_key}" for j in jobs} - set(done)
-    latest: dict[str, dict[str, Any]] = {}
-    for ln in journal.read_text().splitlines():
-        try:
-            r = json.loads(ln)
-        except ValueError:
-            continue
-        k = f"{r.get('id')}|{r.get('diff_key')}"
-        if (k in want and r.get("key") != key and r.get("source_hash") == source_hash
-                and r.get("variant", "") == variant and r.get("verdict") != "error"):
-            latest[k] = r  # the journal is in time order: a later verdict replaces an earlier kill
     # a kill by a case the kit still has, or a broker that did not even start (no case needed);
     # only the latest verdict counts: a kill that a later run did not repeat (a suspect kill run
     # again, --again) is not carried
-    old = {k: r for k, r in latest.items()
-           if r.get("verdict") == "killed"
+    old = {k: r for k, r in latest_earlier(journal, source_hash, variant, key).items()
+           if k in want and r.get("verdict") == "killed"
            and (r.get("killed_by") in cases
                 or (not r.get("killed_by") and str(r.get("detail", "")).startswith("the broker did not start")))}
     with open(journal, "a") as f:
