@@ -28,6 +28,8 @@ import pytest
 from nanomq._c.plane import CAP_LZ4, Plane
 from nanomq.broker.config import BrokerConfig
 from nanomq.broker.connection import (
+    _INLINE_BYTES,
+    _READ_BYTES,
     _TURN_BYTES,
     _TURN_FRAMES,
     Announcement,
@@ -81,6 +83,14 @@ def registry(tmp_path: Path) -> Iterator[TopicRegistry]:
 
 class Transport(FakeTransport):
     """FakeTransport with what the data plane path also asks of a transport."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: Any) -> None:
+        self.writes += 1
+        super().write(data)
 
     def get_write_buffer_size(self) -> int:
         return 0
@@ -187,6 +197,91 @@ def test_a_second_flood_joins_the_queue_instead_of_taking_a_turn_ahead_of_it(reg
             got_a += a.frames()
             got_b += b.frames()
         assert got_a == [Pong(2 + i, i) for i in range(n)] and got_b == got_a
+
+    asyncio.run(main())
+
+
+def test_a_c_plane_turn_answers_in_one_write_and_leaves_the_cut_frame_to_the_next_turn(
+        registry: TopicRegistry) -> None:
+    """The plane stops inside the frame the turn's byte limit cuts: that frame is the next turn's
+    first, not decoded and answered through the Python handlers (a write of its own per turn)."""
+
+    async def main() -> None:
+        p = Peer(registry, c_plane=True)
+        p.send(Hello(1))
+        p.frames()
+        writes = p.transport.writes
+        n = 3000
+        p.send(*(Ping(2 + i, i) for i in range(n)))
+        first = p.frames()
+        assert len(first) == _TURN_BYTES // 24, len(first)  # the whole PINGs within the turn's bytes
+        assert p.transport.writes - writes == 1  # all of them in one write
+        got = list(first)
+        for _ in range(10_000):
+            if len(got) == n:
+                break
+            await asyncio.sleep(0)
+            got += p.frames()
+        assert got == [Pong(2 + i, i) for i in range(n)]
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("c_plane", [False, True], ids=["python-plane", "c-plane"])
+def test_while_others_wait_for_turns_more_than_a_few_requests_wait_too(registry: TopicRegistry,
+                                                                      c_plane: bool) -> None:
+    """Light requests first ([NMQ-6.2-4]): with a flooder queued, a read of more than
+    ``_INLINE_BYTES`` of complete frames (less than a turn) joins the queue rather than being
+    handled in its own callback; a read within it is answered at once."""
+
+    async def main() -> None:
+        turns = Turns()
+        flood, some, few = (Peer(registry, c_plane=c_plane, turns=turns) for _ in range(3))
+        for p in (flood, some, few):
+            p.send(Hello(1))
+            p.frames()
+        flood.send(*(Ping(2 + i, i) for i in range(3000)))
+        assert len(turns) == 1
+        k = _INLINE_BYTES // 24 + 8  # just over the inline bound, well under a turn
+        assert k * 24 < _TURN_BYTES
+        some.send(*(Ping(2 + i, i) for i in range(k)))
+        assert some.frames() == [] and len(turns) == 2 and not some.transport.reading
+        m = _INLINE_BYTES // 24 if c_plane else _TURN_FRAMES  # a turn of the Python path is 16 frames
+        few.send(*(Ping(2 + i, i) for i in range(m)))
+        assert few.frames() == [Pong(2 + i, i) for i in range(m)]
+        got: list[Frame] = []
+        for _ in range(10_000):
+            if len(got) == k:
+                break
+            await asyncio.sleep(0)
+            got += some.frames()
+        assert got == [Pong(2 + i, i) for i in range(k)] and some.transport.reading
+
+    asyncio.run(main())
+
+
+def test_reads_take_one_turn_at_most_while_others_wait(registry: TopicRegistry) -> None:
+    """The connection is a buffered protocol: a read lands in the broker's one read buffer, all of
+    it while no connection waits for turns, one turn's worth while some do ([NMQ-6.2-4])."""
+
+    async def main() -> None:
+        turns = Turns()
+        flood, other = Peer(registry, turns=turns), Peer(registry, turns=turns)
+        buf = other.conn.get_buffer(-1)
+        assert len(buf) == _READ_BYTES
+        hello = encode(Hello(1))
+        buf[: len(hello)] = hello
+        other.conn.buffer_updated(len(hello))
+        assert isinstance(other.frames()[0], HelloOk)
+        flood.send(Hello(1))
+        flood.send(*(Ping(2 + i, i) for i in range(3000)))
+        assert len(turns) == 1
+        buf = other.conn.get_buffer(-1)
+        assert len(buf) == _TURN_BYTES
+        ping = encode(Ping(7, 7))
+        buf[: len(ping)] = ping
+        other.conn.buffer_updated(len(ping))
+        assert other.frames() == [Pong(7, 7)]
 
     asyncio.run(main())
 

@@ -59,7 +59,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -128,7 +128,13 @@ _TURN_BYTES = 32 * 1024
 frame larger than this is taken whole, alone."""
 _TURN_FRAMES = 16
 """Frames the codec and the Python handlers take from one connection in one turn."""
-_ROUND_S = 0.0002
+_INLINE_BYTES = 2 * 1024
+"""While other connections wait for turns, a connection with more complete input than this joins
+them rather than being served where its data arrives: light requests first ([NMQ-6.2-4])."""
+_READ_BYTES = 256 * 1024
+"""The most one read takes from a socket (asyncio's own read size), while no connection waits for
+turns; while some do, a read takes at most ``_TURN_BYTES``."""
+_ROUND_S = 0.0001
 """What :class:`Turns` spends on queued connections per loop iteration before the loop polls."""
 _RESERVE_OVER = 64 * 1024
 """Frames larger than this are read only once the :class:`FrameBudget` has room for all of them."""
@@ -334,6 +340,10 @@ class ConnectionContext:
     """Runs of ids committed out of order the connection's subscriptions keep, all together ([NMQ-4.7-5])."""
     topic_quota: TopicQuota | None = None
     """The broker-wide allowance of topic creations (None: unlimited)."""
+    read_buffer: memoryview = field(default_factory=lambda: memoryview(bytearray(_READ_BYTES)))
+    """Where every connection's socket reads land (:meth:`Connection.get_buffer`). One is enough for
+    all: the loop fills it for one connection and hands it over (``buffer_updated``), which copies
+    the bytes into that connection's decoder, before it reads for any other."""
 
 
 @dataclass(slots=True)
@@ -361,7 +371,7 @@ class _Failure(Exception):
         self.code, self.message, self.rule, self.fatal = code, message, rule, fatal
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     """The broker side of one client connection; everything it needs comes in ``ctx``."""
 
     def __init__(self, ctx: ConnectionContext) -> None:
@@ -526,17 +536,32 @@ class Connection(asyncio.Protocol):
             else:
                 transport.pause_reading()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Where the next read goes: the shared read buffer, all of it, or one turn's worth while
+        other connections wait for turns. So a read never takes more from one client than a turn
+        when others wait: twenty flooders resuming at once cost the others twenty short reads,
+        not twenty reads of 256 KiB and their copies ([NMQ-6.2-4])."""
+        buf = self._ctx.read_buffer
+        return buf[:_TURN_BYTES] if len(self._turns) else buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were read into :meth:`get_buffer`'s buffer."""
+        self.data_received(self._ctx.read_buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        """Bytes from the client (also called directly with what TLS delivered before the hand-over);
+        ``data`` is copied into the decoder and not kept."""
         if not self._live():
             return
         self._decoder.feed(data)
         if self._backlog or self._waiting is not None:  # a read under way when reading stopped: it waits
             return
-        if len(self._turns) and self._decoder.buffered > _TURN_BYTES and self._complete_frame_buffered():
-            # More than a turn of complete frames while others wait for turns: a client pipelining
+        if len(self._turns) and self._decoder.buffered > _INLINE_BYTES and self._complete_frame_buffered():
+            # More than a few requests while others wait for turns: most likely a client pipelining
             # as fast as it can (a flooder resumed after its backlog drained). It joins the queue
-            # rather than taking a turn ahead of them here, where every client that just sent
-            # something waits behind it ([NMQ-6.2-4]); a lone request is still handled at once.
+            # rather than taking a turn here, ahead of every client that just sent something: with
+            # twenty flooders resuming in one loop iteration, twenty turns taken here could hold a
+            # lone PING for twenty turns ([NMQ-6.2-4]). A request of a few KiB is still handled at once.
             self._queue_for_turns()
             return
         self._work()
@@ -589,11 +614,17 @@ class Connection(asyncio.Protocol):
             # waiting in the queue (its answers go out at once, so order holds, [NMQ-3.3-2]);
             # whatever it leaves, valid or not, the codec decodes below, one frame at a time.
             if plane is not None and self._state is _ACTIVE and not self._queue and decoder.buffered:
-                used = self._fast(plane, _TURN_BYTES - taken)
+                used, cut = self._fast(plane, _TURN_BYTES - taken)
                 if used:
                     completed = True
                     taken += used
                     if taken >= _TURN_BYTES or not self._live():
+                        break
+                    if cut and self._complete_frame_buffered():
+                        # The plane stopped at the turn's byte limit, inside the next frame: the
+                        # turn is spent. Decoding that frame here would answer one of the plane's
+                        # frames through the Python handlers (a write of its own per turn: a
+                        # fifth of a PING flood's cost); it is the next turn's first frame.
                         break
             before = decoder.buffered
             try:
@@ -718,9 +749,10 @@ class Connection(asyncio.Protocol):
         self._partial_since = time.monotonic()
         self._update_reading()
 
-    def _fast(self, plane: Plane, limit: int) -> int:
+    def _fast(self, plane: Plane, limit: int) -> tuple[int, bool]:
         """Run the data plane over the head of the receive buffer, about ``limit`` bytes of it (a
-        first frame larger than that whole); the bytes it took."""
+        first frame larger than that whole); the bytes it took, and whether it stopped only
+        because ``limit`` cut the next frame (not at a frame it leaves to the codec)."""
         decoder, transport = self._decoder, self._transport
         assert transport is not None
         took = 0
@@ -732,7 +764,8 @@ class Connection(asyncio.Protocol):
                 if n > limit - took:
                     first = decoder.pending_frame_size if n >= 4 else 0
                     n = max(limit - took, first)
-                part = view[:n] if n < len(view) else view
+                cut = n < len(view)
+                part = view[:n] if cut else view
                 try:
                     r = plane.feed(part, fd)
                 finally:
@@ -740,12 +773,12 @@ class Connection(asyncio.Protocol):
             finally:
                 view.release()
             if not r.frames:
-                return took
+                return took, False
             took += r.consumed
             decoder.skip(r.consumed)
             if r.send_errno in _DEAD_SOCKET:  # the peer is gone: stop at once
                 transport.abort()
-                return took
+                return took, False
             if r.unsent:
                 transport.write(r.unsent)
             topic_at = self._ctx.topic_at
@@ -755,8 +788,8 @@ class Connection(asyncio.Protocol):
                 topic.appended(nbytes)
                 topic.notify()
             if r.stop == STOP_END or r.stop == STOP_FRAME or not self._live() or self._state is not _ACTIVE:
-                return took
-        return took
+                return took, cut and r.stop == STOP_END
+        return took, False
 
     def eof_received(self) -> bool | None:
         return None  # close our side too

@@ -91,9 +91,10 @@ class Broker:
         self.topics.watch_syncs(loop)
         # TLS: a TlsAcceptor peeks at each new connection, upgrades TLS ones and tells plaintext
         # clients that TLS is expected (asyncio's own ssl= listener just drops them).
-        factory: Callable[[], asyncio.Protocol] = partial(Connection, self._connection_context())
+        connection = partial(Connection, self._connection_context())
+        factory: Callable[[], asyncio.BaseProtocol] = connection
         if self._ssl is not None:
-            factory = TlsAcceptor(factory, self._ssl, self.config.hello_timeout_s, self.config.max_connections)
+            factory = TlsAcceptor(connection, self._ssl, self.config.hello_timeout_s, self.config.max_connections)
         self._server = await loop.create_server(
             factory, self.config.host, self.config.port, reuse_address=True, backlog=1024,
         )

@@ -23,9 +23,12 @@ import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from nanomq.protocol import Error, ErrorCode, encode
+
+if TYPE_CHECKING:
+    from nanomq.broker.connection import Connection
 
 __all__ = ["TlsConfigError", "load_server_context", "TlsAcceptor", "PLAINTEXT_REFUSAL"]
 
@@ -86,7 +89,7 @@ def load_server_context(cert: Path, key: Path | None) -> ssl.SSLContext:
 class TlsAcceptor:
     """Protocol factory for a TLS listener (plain TCP underneath): see the module docstring."""
 
-    def __init__(self, make_protocol: Callable[[], asyncio.Protocol], ctx: ssl.SSLContext, timeout_s: float,
+    def __init__(self, make_protocol: Callable[[], Connection], ctx: ssl.SSLContext, timeout_s: float,
                  limit: int) -> None:
         self.make_protocol = make_protocol
         self.ctx = ctx
