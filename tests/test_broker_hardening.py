@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from nanomq._c.plane import CAP_LZ4, Plane
+from nanomq.broker import connection as connection_module
 from nanomq.broker.config import BrokerConfig
 from nanomq.broker.connection import (
     _INLINE_BYTES,
@@ -67,7 +68,7 @@ from nanomq.protocol import (
     Subscribed,
     encode,
 )
-from tests.test_broker_connection import ANNOUNCED, FakeTransport
+from tests.test_broker_connection import ANNOUNCED, FakeTransport, _hold_durable_acks
 
 # ---------------------------------------------------------------- a connection alone
 
@@ -284,6 +285,36 @@ def test_reads_take_one_turn_at_most_while_others_wait(registry: TopicRegistry) 
         assert other.frames() == [Pong(7, 7)]
 
     asyncio.run(main())
+
+
+def test_the_c_plane_takes_a_durable_publish_and_its_ack_keeps_its_place(registry: TopicRegistry,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A durable PUBLISH is appended by the C plane, not decoded by the codec; its ack waits for
+    the sync, and the answers pipelined behind it wait behind it ([NMQ-3.3-2], [NMQ-SEM-3-1])."""
+    pending = _hold_durable_acks(registry.get_or_create("t"))
+    decoded: list[int] = []
+    on_publish = Connection._on_publish
+
+    def spy(self: Connection, f: Publish) -> None:
+        decoded.append(f.request_id)
+        on_publish(self, f)
+
+    monkeypatch.setitem(connection_module._HANDLERS, Publish, spy)
+    p = Peer(registry, c_plane=True)
+    p.send(Hello(1))
+    p.frames()
+    p.send(Publish(2, "t", Ack.DURABLE, RecordBatch.from_payloads([b"a", b"b"])), Ping(3, 9),
+           Publish(4, "t", Ack.WRITTEN, RecordBatch.from_payloads([b"c"])))
+    assert p.frames() == []  # the PING and the written ack wait for the durable ack ahead of them
+    assert decoded == [4]  # the durable one went through the plane; the rest, queued, through the codec
+    (done,) = pending
+    done(None)
+    assert p.frames() == [PublishAck(2, 1, 2), Pong(3, 9), PublishAck(4, 3, 1)]
+    p.send(Publish(5, "t", Ack.DURABLE, RecordBatch.from_payloads([b"d"])))
+    pending[1](OSError(5, "EIO"))
+    (err,) = p.frames()
+    assert isinstance(err, Error) and err.request_id == 5 and err.code == ErrorCode.STORAGE_ERROR
+    assert decoded == [4]
 
 
 def test_nothing_is_handled_or_written_once_the_transport_is_closing(registry: TopicRegistry) -> None:

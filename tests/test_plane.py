@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nanomq._c.log import CLog
-from nanomq._c.plane import CAP_LZ4, STOP_END, STOP_FRAME, STOP_OUT, STOP_TOPICS, Plane
+from nanomq._c.plane import CAP_LZ4, STOP_DURABLE, STOP_END, STOP_FRAME, STOP_OUT, STOP_TOPICS, Plane
 from nanomq.protocol import (
     Ack,
     Decoder,
@@ -66,13 +66,30 @@ def test_takes_written_and_none_publishes_and_pings_in_order(plane_log) -> None:
     assert (count, first) == (4, 1)
 
 
+def test_a_durable_publish_is_appended_and_stops_the_feed_for_its_ack(plane_log) -> None:  # type: ignore[no-untyped-def]
+    """The answers before it are written; it is stored, and what its ack will say is reported; the
+    frames after it are left untouched (their answers wait behind the durable ack)."""
+    p, log = plane_log
+    head = encode(Publish(5, "t", Ack.WRITTEN, RecordBatch.from_payloads([b"a"]))) + encode(Ping(6, 9))
+    durable = encode(Publish(7, "t", Ack.DURABLE, RecordBatch.from_payloads([b"b", b"cc", b"d"])))
+    tail = encode(Ping(8, 8)) + encode(Publish(9, "t", Ack.WRITTEN, RecordBatch.from_payloads([b"e"])))
+    r = p.feed(head + durable + tail, -1)
+    assert (r.consumed, r.frames, r.stop) == (len(head) + len(durable), 3, STOP_DURABLE)
+    assert r.durable == (7, 2, 3, 0)  # request id, first id, count, topic index
+    assert _frames(r.unsent) == [PublishAck(5, 1, 1), Pong(6, 9)]  # no ack for the durable one yet
+    assert r.appended == [(0, 72 * 4)]
+    view, count, first = log.read(1, 10)
+    assert (count, first) == (4, 1)  # the durable batch is stored, nothing after it
+    r = p.feed(head, -1)
+    assert r.stop == STOP_END and r.durable is None
+
+
 @pytest.mark.parametrize("frame", [
-    encode(Publish(1, "t", Ack.DURABLE, RecordBatch.from_payloads([b"x"]))),   # durable: the Python path
     encode(Publish(1, "other", Ack.WRITTEN, RecordBatch.from_payloads([b"x"]))),  # a topic it does not know
     encode(Publish(1, "t", Ack.WRITTEN, RecordBatch.from_payloads([b"x"], producer_id=3, first_sequence=1))),
     bytes(encode(Publish(1, "t", Ack.WRITTEN, RecordBatch.from_payloads([b"xyz"]))))[:-1] + b"\x01",  # padding
     encode(Ping(1, 1))[:4] + b"\x09\x01" + encode(Ping(1, 1))[6:],                  # frame flags set
-], ids=["durable", "unknown-topic", "producer", "bad-padding", "flags"])
+], ids=["unknown-topic", "producer", "bad-padding", "flags"])
 def test_leaves_everything_else_whole_to_the_codec(plane_log, frame: bytes) -> None:  # type: ignore[no-untyped-def]
     p, log = plane_log
     r = p.feed(frame + encode(Ping(2, 2)), -1)
@@ -184,10 +201,11 @@ def _stream(draw: st.DrawFn) -> bytes:
 
 
 def _python_answer(frame: object, next_id: list[int]) -> bytes | None:
-    """What the broker's Python handlers answer to a frame the plane may take (None: nothing)."""
+    """What the broker answers at once to a frame the plane may take (nothing for ack none; a
+    durable ack comes later, after a sync)."""
     if isinstance(frame, Ping):
         return encode(Pong(frame.request_id, frame.token))
-    assert isinstance(frame, Publish) and frame.ack in (Ack.NONE, Ack.WRITTEN) and frame.topic == "t"
+    assert isinstance(frame, Publish) and frame.topic == "t"
     first = next_id[0]
     next_id[0] += frame.records.count
     return encode(PublishAck(frame.request_id, first, frame.records.count)) if frame.ack == Ack.WRITTEN else b""
@@ -224,6 +242,11 @@ def test_the_plane_takes_only_what_the_codec_accepts_and_answers_the_same(tmp_pa
             stored += [x.payload for x in RecordBatch.parse(bytes(view), n, max_payload=MAX_PAYLOAD)]
             nxt = first + n
         assert stored == records
+        if r.stop == STOP_DURABLE:  # the last frame it took is a durable PUBLISH, and only the last
+            last = taken[-1]
+            assert isinstance(last, Publish) and last.ack == Ack.DURABLE
+            assert r.durable == (last.request_id, next_id[0] - last.records.count, last.records.count, 0)
+        assert not any(isinstance(f, Publish) and f.ack == Ack.DURABLE for f in taken[:-1])
         if r.stop == STOP_FRAME:
             # what it left: a frame the codec rejects, or one that is not the plane's to take
             rest = Decoder("server", max_frame=MAX_FRAME, limits=Limits(MAX_PAYLOAD, MAX_BATCH))
@@ -233,7 +256,8 @@ def test_the_plane_takes_only_what_the_codec_accepts_and_answers_the_same(tmp_pa
             except ProtocolError:
                 return
             assert f is not None
-            assert not (isinstance(f, Ping) or (isinstance(f, Publish) and f.ack != Ack.DURABLE and f.topic == "t")), f
+            assert not (isinstance(f, Ping) or (isinstance(f, Publish) and f.topic == "t"
+                                                 and not f.records.summary()[1])), f  # producer: NOT_SUPPORTED
     finally:
         log.close(True)
 

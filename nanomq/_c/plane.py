@@ -16,7 +16,8 @@ from nanomq._c import realize_all
 from nanomq._c._log import ffi, lib
 from nanomq._c.log import Buffer, CLog, _raise
 
-__all__ = ["Plane", "FeedResult", "Delivery", "STOP_END", "STOP_FRAME", "STOP_OUT", "STOP_TOPICS", "CAP_LZ4"]
+__all__ = ["Plane", "FeedResult", "Delivery", "STOP_END", "STOP_FRAME", "STOP_OUT", "STOP_TOPICS", "STOP_DURABLE",
+           "CAP_LZ4"]
 
 realize_all(ffi, lib, "nmq_plane_limits *", "nmq_feed_result *", "nmq_deliver_result *", "const uint8_t **")
 
@@ -24,6 +25,7 @@ STOP_END = int(lib.NMQ_PLANE_STOP_END)
 STOP_FRAME = int(lib.NMQ_PLANE_STOP_FRAME)
 STOP_OUT = int(lib.NMQ_PLANE_STOP_OUT)
 STOP_TOPICS = int(lib.NMQ_PLANE_STOP_TOPICS)
+STOP_DURABLE = int(lib.NMQ_PLANE_STOP_DURABLE)
 CAP_LZ4 = int(lib.NMQ_PLANE_CAP_LZ4)
 
 _OUT_BYTES = 64 * 1024
@@ -47,12 +49,15 @@ class FeedResult:
     frames: int
     stop: int
     """Why it stopped: STOP_END (every complete frame handled), STOP_FRAME (the next frame is for
-    the codec), STOP_OUT / STOP_TOPICS (call again)."""
+    the codec), STOP_OUT / STOP_TOPICS (call again), STOP_DURABLE (the last frame handled is a
+    durable PUBLISH, appended: ``durable`` says what its ack will be)."""
     unsent: bytes
     """Answers not yet written to the socket (all of them when no fd was given), in order."""
     appended: list[tuple[int, int]]
     """(topic index, bytes appended) for every topic appended to, in first-append order."""
     send_errno: int
+    durable: tuple[int, int, int, int] | None = None
+    """With STOP_DURABLE: (request id, first record id, record count, topic index) of that PUBLISH."""
 
 
 @dataclass(slots=True)
@@ -68,7 +73,8 @@ class Delivery:
 
 
 class Plane:
-    """The broker's C fast path for PUBLISH (ack none/written), PING and DELIVER."""
+    """The broker's C fast path for PUBLISH (appended here; acked here for ack written), PING and
+    DELIVER."""
 
     __slots__ = ("_p", "_res", "_out", "_idx", "_bytes", "_dres", "_hdr", "_recs", "_pin")
 
@@ -109,8 +115,10 @@ class Plane:
         n_out, sent = res.out_len, res.out_sent
         unsent = _buffer(self._out, n_out)[sent:] if sent < n_out else b""
         idx, nb = self._idx, self._bytes
+        durable = ((res.durable_rid, res.durable_first, res.durable_count, res.durable_index)
+                   if res.stop == STOP_DURABLE else None)
         return FeedResult(res.consumed, res.frames, res.stop, unsent,
-                          [(idx[i], nb[i]) for i in range(res.appended)], res.send_errno)
+                          [(idx[i], nb[i]) for i in range(res.appended)], res.send_errno, durable)
 
     def deliver(self, log: CLog, fd: int, sub_id: int, from_id: int, credit: int, max_bytes: int) -> Delivery:
         """Build the next DELIVER of subscription ``sub_id`` (up to ``credit`` records from

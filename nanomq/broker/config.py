@@ -99,7 +99,8 @@ class BrokerConfig:
     busy_poll_us: int = 0
     """> 0: spin this many µs polling for events before each blocking wait (asyncio's loop)."""
     data_plane: Literal["c", "python"] = "c"
-    """``c``: PUBLISH (ack none/written), PING and DELIVER take the C fast path
+    """``c``: PUBLISH (appended in C for every ack mode, acked in C for none/written), PING and
+    DELIVER take the C fast path
     (``nanomq/_c/src/plane.c``); ``python``: every frame goes through the Python handlers (the
     reference the fast path is measured and tested against)."""
     verify_on_start: bool = False

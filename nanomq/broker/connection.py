@@ -20,8 +20,8 @@ pipelines requests as fast as it can therefore costs the others about one round 
 the time its whole backlog takes ([NMQ-6.2-4]).
 
 Responses leave in request order [NMQ-3.3-2] through a queue of slots: a request answered at once
-writes directly when nothing is queued; a durable PUBLISH reserves a slot that its group-commit
-callback fills later, and everything behind it waits.
+writes directly when nothing is queued; a durable PUBLISH (appended by the C plane or the codec's
+path) reserves a slot that its group-commit callback fills later, and everything behind it waits.
 
 A PUBLISH or SUBSCRIBE that names a new topic waits for the topic to be created off the loop: the
 connection stops handling its frames (and reading) at that request, and handles it again, then the
@@ -328,7 +328,8 @@ class ConnectionContext:
     """Called once the connection is gone."""
     plane: Plane | None = None
     """The C data plane (None: every frame through the Python handlers): it takes valid PUBLISHes
-    with ack none/written to open topics and PINGs straight from the receive buffer, and writes
+    to open topics (acking none/written ones itself, a durable one left for its sync) and PINGs
+    straight from the receive buffer, and writes
     DELIVERs from the log mapping to the socket ([nanomq/_c/src/plane.h])."""
     topic_at: Callable[[int], Topic] | None = None
     """The topic the data plane numbers ``index`` (with ``plane``)."""
@@ -783,6 +784,17 @@ class Connection(asyncio.BufferedProtocol):
                 transport.write(r.unsent)
             topic_at = self._ctx.topic_at
             assert topic_at is not None
+            if r.durable is not None:
+                # STOP_DURABLE: the last frame was a durable PUBLISH. As on the codec's path, its
+                # sync is asked for before anything is delivered, and its ack, with every answer
+                # after it, waits for that sync (the frames after it go to the codec meanwhile).
+                for index, nbytes in r.appended:
+                    topic_at(index).appended(nbytes)
+                rid, first, count, index = r.durable
+                self._ack_when_durable(topic_at(index), rid, first, first + count - 1, count)
+                for index, _ in r.appended:
+                    topic_at(index).notify()
+                return took, False
             for index, nbytes in r.appended:  # acked first, then delivered, as the Python path does
                 topic = topic_at(index)
                 topic.appended(nbytes)
@@ -885,20 +897,25 @@ class Connection(asyncio.BufferedProtocol):
             self._respond(ack)
             topic.notify()
             return
-        # Durable: whatever the log's background policy, the ack waits for a sync that covers
-        # the batch (group commit) [NMQ-SEM-3-1].
+        self._ack_when_durable(topic, f.request_id, first, last, f.records.count)
+        topic.notify()
+
+    def _ack_when_durable(self, topic: Topic, rid: int, first: int, last: int, count: int) -> None:
+        """Answer a durable PUBLISH of ids ``first..last`` (appended, by the codec's path or the C
+        plane) once a sync covers them: whatever the log's background policy, the ack waits for a
+        sync that covers the batch (group commit) [NMQ-SEM-3-1], and holds its place in the output
+        order meanwhile."""
         slot = self._reserve()
 
         def done(exc: BaseException | None) -> None:
             if exc is None:
-                self._fill(slot, ack)
+                self._fill(slot, PublishAck(rid, first, count))
             else:
-                self._fill(slot, Error(f.request_id, int(ErrorCode.STORAGE_ERROR),
+                self._fill(slot, Error(rid, int(ErrorCode.STORAGE_ERROR),
                                        f"sync failed; records {first}..{last} may or may not survive: {exc}",
                                        "NMQ-SEM-3-1"))
 
         topic.when_durable(last, done)
-        topic.notify()
 
     def _on_subscribe(self, f: Subscribe) -> None:
         if f.group:

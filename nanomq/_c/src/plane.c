@@ -244,7 +244,7 @@ int nmq_plane_feed(nmq_plane *p, const uint8_t *buf, uint64_t len, uint8_t *out,
             uint8_t ack = b[0];
             uint16_t tlen = ld16(b + 2), count = ld16(b + 4);
             /* the codec's order: reserved, topic length, ack mode, name, count, records */
-            if (b[1] != 0 || ld16(b + 6) != 0 || (uint32_t)8 + tlen > blen || ack > 1 /* durable: Python */ ||
+            if (b[1] != 0 || ld16(b + 6) != 0 || (uint32_t)8 + tlen > blen || ack > 2 ||
                 !valid_name(b + 8, tlen) || count == 0 || count > p->lim.max_batch) {
                 stop = NMQ_PLANE_STOP_FRAME;
                 break;
@@ -275,6 +275,18 @@ int nmq_plane_feed(nmq_plane *p, const uint8_t *buf, uint64_t len, uint8_t *out,
                 break;
             }
             note_append(appended_index, appended_bytes, appended_cap, &res->appended, t->index, rlen);
+            if (ack == 2) {
+                /* Durable: stored, and its ack waits for a sync (Python's group commit). Every
+                 * answer after it must wait behind that ack [NMQ-3.3-2], so stop here. */
+                res->durable_rid = rid;
+                res->durable_first = first;
+                res->durable_count = count;
+                res->durable_index = t->index;
+                off += size;
+                res->frames++;
+                stop = NMQ_PLANE_STOP_DURABLE;
+                break;
+            }
             if (ack == 1) {
                 uint8_t *o = out + res->out_len;
                 put_header(o, ACK_FRAME, OP_PUBLISH_ACK, rid);

@@ -12,8 +12,11 @@
  *   nmq_plane_topic(), and PINGs: it validates them exactly as the protocol says (spec/protocol.md;
  *   the sans-IO codec in nanomq/protocol is the reference), appends the records to the topic's log
  *   (nmq_log_append: one pwritev, no copy of ours) and writes the PUBLISH_ACKs and PONGs, in
- *   order, into `out`. It stops at the first frame it does not handle completely (any other
- *   opcode, a durable ack, anything invalid, an unknown topic, an append that fails) and leaves
+ *   order, into `out`. A valid PUBLISH with ack durable is appended too, and then it stops
+ *   (NMQ_PLANE_STOP_DURABLE) with what the ack will say (`durable_*`): the ack waits for a sync,
+ *   which Python's group commit arranges, and every answer after it waits behind it. It stops at
+ *   the first frame it does not handle completely (any other
+ *   opcode, anything invalid, an unknown topic, an append that fails) and leaves
  *   that frame, untouched, to the Python decoder, which answers it with the exact error or does
  *   the slow work. So nothing is ever rejected here: an error always comes from the one codec,
  *   and a frame this file takes is one the codec would have taken the same way.
@@ -44,6 +47,8 @@
 #define NMQ_PLANE_STOP_FRAME 1      /* the frame at `consumed` is for Python (complete or not yet) */
 #define NMQ_PLANE_STOP_OUT 2        /* `out` is full: write it, then call again */
 #define NMQ_PLANE_STOP_TOPICS 3     /* `appended` is full: notify, then call again */
+#define NMQ_PLANE_STOP_DURABLE 4    /* the last frame handled is a durable PUBLISH (durable_*): its
+                                       ack waits for a sync, so nothing after it is handled here */
 
 typedef struct nmq_plane nmq_plane;
 
@@ -62,6 +67,10 @@ typedef struct {
     uint32_t appended;              /* entries filled in the appended arrays */
     int stop;                       /* NMQ_PLANE_STOP_* */
     int send_errno;                 /* errno of a failed send to fd (0: none; EAGAIN is not an error) */
+    uint64_t durable_rid;           /* STOP_DURABLE: the PUBLISH's request id, */
+    uint64_t durable_first;         /* the id of its first record, */
+    uint32_t durable_count;         /* its record count, */
+    uint32_t durable_index;         /* and its topic's number (nmq_plane_topic) */
 } nmq_feed_result;
 
 typedef struct {
