@@ -124,6 +124,17 @@ class Peer:
             out.append(f)
         return out
 
+    async def collect(self, got: list[Frame], n: int) -> list[Frame]:
+        """``got`` and the frames written after it, letting the loop run turns, until there are
+        ``n`` (or 10,000 loop passes went by)."""
+        got = list(got)
+        for _ in range(10_000):
+            if len(got) == n:
+                break
+            await asyncio.sleep(0)
+            got += self.frames()
+        return got
+
 
 @pytest.mark.parametrize("c_plane", [False, True], ids=["python-plane", "c-plane"])
 def test_a_flood_is_handled_a_turn_at_a_time(registry: TopicRegistry, c_plane: bool) -> None:
@@ -138,12 +149,7 @@ def test_a_flood_is_handled_a_turn_at_a_time(registry: TopicRegistry, c_plane: b
         first = p.frames()
         assert 0 < len(first) <= per_turn, len(first)  # one turn now, not the whole read
         assert not p.transport.reading  # and no more reading until the backlog is handled
-        got = list(first)
-        for _ in range(10_000):
-            if len(got) == n:
-                break
-            await asyncio.sleep(0)
-            got += p.frames()
+        got = await p.collect(first, n)
         assert got == [Pong(2 + i, i) for i in range(n)]
         assert p.transport.reading
 
@@ -217,12 +223,7 @@ def test_a_c_plane_turn_answers_in_one_write_and_leaves_the_cut_frame_to_the_nex
         first = p.frames()
         assert len(first) == _TURN_BYTES // 24, len(first)  # the whole PINGs within the turn's bytes
         assert p.transport.writes - writes == 1  # all of them in one write
-        got = list(first)
-        for _ in range(10_000):
-            if len(got) == n:
-                break
-            await asyncio.sleep(0)
-            got += p.frames()
+        got = await p.collect(first, n)
         assert got == [Pong(2 + i, i) for i in range(n)]
 
     asyncio.run(main())
@@ -250,12 +251,7 @@ def test_while_others_wait_for_turns_more_than_a_few_requests_wait_too(registry:
         m = _INLINE_BYTES // 24 if c_plane else _TURN_FRAMES  # a turn of the Python path is 16 frames
         few.send(*(Ping(2 + i, i) for i in range(m)))
         assert few.frames() == [Pong(2 + i, i) for i in range(m)]
-        got: list[Frame] = []
-        for _ in range(10_000):
-            if len(got) == k:
-                break
-            await asyncio.sleep(0)
-            got += some.frames()
+        got = await some.collect([], k)
         assert got == [Pong(2 + i, i) for i in range(k)] and some.transport.reading
 
     asyncio.run(main())

@@ -784,21 +784,19 @@ class Connection(asyncio.BufferedProtocol):
                 transport.write(r.unsent)
             topic_at = self._ctx.topic_at
             assert topic_at is not None
+            # Acked first, then delivered, as the Python path does; a durable PUBLISH (STOP_DURABLE,
+            # the last frame taken) has its sync asked for before anything is delivered, and its
+            # ack, with every answer after it, waits for that sync (the frames after it go to the
+            # codec meanwhile).
+            for index, nbytes in r.appended:
+                topic_at(index).appended(nbytes)
             if r.durable is not None:
-                # STOP_DURABLE: the last frame was a durable PUBLISH. As on the codec's path, its
-                # sync is asked for before anything is delivered, and its ack, with every answer
-                # after it, waits for that sync (the frames after it go to the codec meanwhile).
-                for index, nbytes in r.appended:
-                    topic_at(index).appended(nbytes)
                 rid, first, count, index = r.durable
                 self._ack_when_durable(topic_at(index), rid, first, first + count - 1, count)
-                for index, _ in r.appended:
-                    topic_at(index).notify()
+            for index, _ in r.appended:
+                topic_at(index).notify()
+            if r.durable is not None:
                 return took, False
-            for index, nbytes in r.appended:  # acked first, then delivered, as the Python path does
-                topic = topic_at(index)
-                topic.appended(nbytes)
-                topic.notify()
             if r.stop == STOP_END or r.stop == STOP_FRAME or not self._live() or self._state is not _ACTIVE:
                 return took, cut and r.stop == STOP_END
         return took, False
