@@ -87,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="spin up to US microseconds polling for events before each blocking wait (lowest "
                     "latency, a core kept busy while it spins; uses asyncio's loop); default 0: block at once")
     ap.add_argument("--data-plane", choices=["c", "python"], default="c",
-                    help="c (default): publishes with ack none/written, pings and deliveries take the C fast "
-                    "path; python: every frame through the Python handlers (for comparison)")
+                    help="c (default): publishes (appended in C whatever the ack mode; a durable ack is sent "
+                    "after the group commit's sync), pings and deliveries take the C fast path; python: every "
+                    "frame through the Python handlers (for comparison)")
     ap.add_argument("--max-subscriptions", type=int, default=1024, metavar="N",
                     help="subscriptions one connection may hold at once, at least 1 (default 1024); a SUBSCRIBE "
                     "beyond it is answered RESOURCE_LIMIT")

@@ -8,7 +8,7 @@
  * here:
  *
  * - nmq_plane_feed() takes the bytes a connection has received and handles the frames at their
- *   start that are *fully valid* PUBLISHes with ack none or written, to a topic registered with
+ *   start that are *fully valid* PUBLISHes (any ack mode; see durable below), to a topic registered with
  *   nmq_plane_topic(), and PINGs: it validates them exactly as the protocol says (spec/protocol.md;
  *   the sans-IO codec in nanomq/protocol is the reference), appends the records to the topic's log
  *   (nmq_log_append: one pwritev, no copy of ours) and writes the PUBLISH_ACKs and PONGs, in
