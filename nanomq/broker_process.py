@@ -27,6 +27,7 @@ from pathlib import Path
 __all__ = ["BrokerProcess"]
 
 _READY = re.compile(r"listening on (\S+):(\d+)")
+_ADMIN = re.compile(r"admin API on http://(\S+):(\d+)")
 
 
 class BrokerProcess:
@@ -38,6 +39,8 @@ class BrokerProcess:
         self.args = list(args) if "--log-segment-size" in args else ["--log-segment-size", "8MB", *args]
         self.host = host
         self.port = 0
+        self.admin_port = 0
+        """The admin API's port once started with ``--admin-port`` (0: no admin API)."""
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.broker.log"
 
@@ -47,6 +50,13 @@ class BrokerProcess:
         if not self.port:
             raise RuntimeError("broker not started")
         return f"{self.host}:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        """``http://host:port`` of the admin API (started with ``--admin-port``)."""
+        if not self.admin_port:
+            raise RuntimeError("broker not started with --admin-port")
+        return f"http://{self.host}:{self.admin_port}"
 
     @property
     def pid(self) -> int:
@@ -72,7 +82,15 @@ class BrokerProcess:
             line = self.proc.stdout.readline()
             if not line:
                 break
-            m = _READY.search(line.decode(errors="replace"))
+            text = line.decode(errors="replace")
+            admin = _ADMIN.search(text)
+            if admin:
+                self.admin_port = int(admin.group(2))
+                if "--admin-port" in self.args:  # a restart reuses the port it picked
+                    i = self.args.index("--admin-port")
+                    self.args[i + 1] = str(self.admin_port)
+                continue
+            m = _READY.search(text)
             if m:
                 self.port = int(m.group(2))
                 return self

@@ -58,6 +58,8 @@ class FeedResult:
     send_errno: int
     durable: tuple[int, int, int, int] | None = None
     """With STOP_DURABLE: (request id, first record id, record count, topic index) of that PUBLISH."""
+    acks: int = 0
+    """Of the frames, PUBLISHes with ack written: their acks are in the answers (sent or ``unsent``)."""
 
 
 @dataclass(slots=True)
@@ -70,6 +72,8 @@ class Delivery:
     unsent: list[bytes]
     """The part of the frame the socket did not take (empty when it took all), to write in order."""
     send_errno: int
+    nbytes: int = 0
+    """Bytes of the records in it (the frame without its 24-byte header and prefix)."""
 
 
 class Plane:
@@ -118,7 +122,7 @@ class Plane:
         durable = ((res.durable_rid, res.durable_first, res.durable_count, res.durable_index)
                    if res.stop == STOP_DURABLE else None)
         return FeedResult(res.consumed, res.frames, res.stop, unsent,
-                          [(idx[i], nb[i]) for i in range(res.appended)], res.send_errno, durable)
+                          [(idx[i], nb[i]) for i in range(res.appended)], res.send_errno, durable, res.acks)
 
     def deliver(self, log: CLog, fd: int, sub_id: int, from_id: int, credit: int, max_bytes: int) -> Delivery:
         """Build the next DELIVER of subscription ``sub_id`` (up to ``credit`` records from
@@ -132,7 +136,7 @@ class Plane:
             return Delivery(0, r.first_id, [], 0)
         frame, sent = r.frame_len, r.sent
         if sent == frame:
-            return Delivery(r.count, r.first_id, [], r.send_errno)
+            return Delivery(r.count, r.first_id, [], r.send_errno, frame - 24)
         # The socket did not take it all: copy out what is left (the transport buffers it), unpin.
         unsent = []
         if sent < 24:
@@ -140,4 +144,4 @@ class Plane:
         start = max(0, sent - 24)
         unsent.append(_buffer(self._recs[0], frame - 24)[start:])
         _unpin(log.handle, self._pin[0])
-        return Delivery(r.count, r.first_id, unsent, r.send_errno)
+        return Delivery(r.count, r.first_id, unsent, r.send_errno, frame - 24)

@@ -103,6 +103,10 @@ class BrokerConfig:
     DELIVER take the C fast path
     (``nanomq/_c/src/plane.c``); ``python``: every frame goes through the Python handlers (the
     reference the fast path is measured and tested against)."""
+    admin_host: str = "127.0.0.1"
+    """Where the admin HTTP API listens (spec/admin.md); loopback unless told otherwise."""
+    admin_port: int | None = None
+    """The admin API's TCP port (0 picks a free one); None: no admin API (the default)."""
     verify_on_start: bool = False
     """Verify every record of every topic at start (``verify_all``), instead of trusting what the
     checkpoints vouch for and verifying it when first read: damage is then found and quarantined
@@ -118,6 +122,12 @@ class BrokerConfig:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ValueError(f"--port must be 0..65535 (0 picks a free port), not {self.port}")
         self._check_host()
+        if self.admin_port is not None:
+            if not isinstance(self.admin_port, int) or not 0 <= self.admin_port <= 65535:
+                raise ValueError(f"--admin-port must be 0..65535 (0 picks a free port), not {self.admin_port}")
+            if self.admin_port and self.admin_port == self.port and self.admin_host == self.host:
+                raise ValueError(f"--admin-port {self.admin_port} is the client port (--port): give it another one")
+            self._check_host(self.admin_host, "--admin-host")
         if not MIN_SEGMENT <= self.segment_bytes <= MAX_SEGMENT:
             raise ValueError(f"--log-segment-size must be at least 1 MiB and at most 1 TiB, not "
                              f"{format_size(self.segment_bytes)}")
@@ -190,11 +200,13 @@ class BrokerConfig:
             if v < 1:
                 raise ValueError(f"{name} must be at least 1, not {v}")
 
-    def _check_host(self) -> None:
-        """--host must be an address this machine can listen on (resolved as create_server would)."""
-        if self.host in ("", "0.0.0.0", "::"):  # every interface
+    def _check_host(self, host: str | None = None, flag: str = "--host") -> None:
+        """``host`` (default --host) must be an address this machine can listen on (resolved as
+        create_server would)."""
+        host = self.host if host is None else host
+        if host in ("", "0.0.0.0", "::"):  # every interface
             return
         try:
-            socket.getaddrinfo(self.host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         except (socket.gaierror, UnicodeError, ValueError) as e:
-            raise ValueError(f"--host {self.host!r} is not an address to listen on ({e})") from None
+            raise ValueError(f"{flag} {host!r} is not an address to listen on ({e})") from None

@@ -114,6 +114,7 @@ from nanomq.protocol import (
 from nanomq.storage import StorageError
 
 if TYPE_CHECKING:
+    from nanomq.broker.metrics import BrokerStats
     from nanomq.broker.topics import Topic
 
 __all__ = ["Connection", "ConnectionContext", "Announcement", "TopicDirectory"]
@@ -341,6 +342,8 @@ class ConnectionContext:
     """Runs of ids committed out of order the connection's subscriptions keep, all together ([NMQ-4.7-5])."""
     topic_quota: TopicQuota | None = None
     """The broker-wide allowance of topic creations (None: unlimited)."""
+    stats: BrokerStats | None = None
+    """Where errors and ack latencies are counted for the metrics (None: not counted)."""
     read_buffer: memoryview = field(default_factory=lambda: memoryview(bytearray(_READ_BYTES)))
     """Where every connection's socket reads land (:meth:`Connection.get_buffer`). One is enough for
     all: the loop fills it for one connection and hands it over (``buffer_updated``), which copies
@@ -382,6 +385,8 @@ class Connection(asyncio.BufferedProtocol):
                                 limits=Limits(max_payload=ann.max_payload, max_batch=ann.max_batch))
         self._transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.client_name = ""
+        """What the client called itself in HELLO (admin API; never trusted for anything)."""
         self._state = ConnectionState.NEW
         self._write_state = WriteState.FLOWING
         self._subs: dict[int, Subscription] = {}
@@ -465,6 +470,31 @@ class Connection(asyncio.BufferedProtocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self._transport.abort()
+
+    def describe(self) -> dict[str, object]:
+        """This connection as the admin API shows it (spec/admin.md, ``Connection``)."""
+        now = time.monotonic()
+        transport = self._transport
+        return {
+            "peer": self.peer,
+            "client_name": self.client_name,
+            "state": self._state.value,
+            "write_state": self._write_state.value,
+            "tls": self._tls,
+            "age_s": round(now - self._opened_at, 3),
+            "idle_s": round(now - self._heard_at, 3),
+            "buffered_in_bytes": self._decoder.buffered,
+            "buffered_out_bytes": transport.get_write_buffer_size() if transport is not None else 0,
+            "subscriptions": [
+                {"sub_id": sub.sub_id, "topic": sub.topic.name, "state": sub.state.value, "next_id": sub.next_id,
+                 "committed": sub.committed, "credit": sub.credit}
+                for sub in self._subs.values()],
+        }
+
+    def subscription_positions(self) -> Iterator[tuple[str, int]]:
+        """(topic name, next id to deliver) of each live subscription (the metrics' lag)."""
+        for sub in self._subs.values():
+            yield sub.topic.name, sub.next_id
 
     def close(self, code: ErrorCode = ErrorCode.SHUTTING_DOWN, message: str = "broker is shutting down",
               rule: str = "") -> None:
@@ -756,6 +786,7 @@ class Connection(asyncio.BufferedProtocol):
         because ``limit`` cut the next frame (not at a frame it leaves to the codec)."""
         decoder, transport = self._decoder, self._transport
         assert transport is not None
+        started = time.perf_counter()
         took = 0
         while took < limit:
             fd = self._fd if self._write_state is _FLOWING and not transport.get_write_buffer_size() else -1
@@ -782,6 +813,9 @@ class Connection(asyncio.BufferedProtocol):
                 return took, False
             if r.unsent:
                 transport.write(r.unsent)
+            stats = self._ctx.stats
+            if r.acks and stats is not None:
+                stats.ack_latency["written"].observe(time.perf_counter() - started, r.acks)
             topic_at = self._ctx.topic_at
             assert topic_at is not None
             # Acked first, then delivered, as the Python path does; a durable PUBLISH (STOP_DURABLE,
@@ -792,7 +826,7 @@ class Connection(asyncio.BufferedProtocol):
                 topic_at(index).appended(nbytes)
             if r.durable is not None:
                 rid, first, count, index = r.durable
-                self._ack_when_durable(topic_at(index), rid, first, first + count - 1, count)
+                self._ack_when_durable(topic_at(index), rid, first, first + count - 1, count, started)
             for index, _ in r.appended:
                 topic_at(index).notify()
             if r.durable is not None:
@@ -839,6 +873,8 @@ class Connection(asyncio.BufferedProtocol):
                 head.on_written()
 
     def _respond_error(self, request_id: int, code: ErrorCode, message: str, rule: str) -> None:
+        if self._ctx.stats is not None:
+            self._ctx.stats.error(code.name)
         self._respond(Error(request_id, int(code), message, rule))
 
     def _fatal(self, code: ErrorCode, message: str, rule: str = "") -> None:
@@ -846,6 +882,8 @@ class Connection(asyncio.BufferedProtocol):
         if self._transport is None or (self._state is not _ACTIVE and self._state is not _AWAITING_HELLO):
             return
         _log.info("closing %s: %s %s", self.peer, code.name, message)
+        if self._ctx.stats is not None:
+            self._ctx.stats.error(code.name)
         if not self._transport.is_closing():
             self._transport.write(encode(Error(0, int(code), message, rule)))
         self._move(ConnectionEvent.FATAL)
@@ -869,11 +907,13 @@ class Connection(asyncio.BufferedProtocol):
             raise _Failure(ErrorCode.UNSUPPORTED_VERSION, f"version {f.version} not supported (1 is)",
                            "NMQ-4.1-5", fatal=True)
         self._move(ConnectionEvent.HELLO)
+        self.client_name = f.client_name
         ann = self._ctx.announcement
         self._respond(HelloOk(f.request_id, PROTOCOL_VERSION, int(ann.capabilities), ann.max_frame,
                               ann.max_payload, ann.max_batch, ann.server_name))
 
     def _on_publish(self, f: Publish) -> None:
+        started = time.perf_counter()
         flags, has_producer = f.records.summary()
         caps = self._ctx.announcement.capabilities
         if flags & RecordFlag.LZ4 and not caps & Capability.COMPRESSION_LZ4:
@@ -893,22 +933,30 @@ class Connection(asyncio.BufferedProtocol):
             # Ack first, then deliver in the same turn: the publisher's answer is not delayed by
             # the delivery work, and subscribers do not wait for another loop iteration.
             self._respond(ack)
+            stats = self._ctx.stats
+            if stats is not None:
+                stats.ack_latency["written"].observe(time.perf_counter() - started)
             topic.notify()
             return
-        self._ack_when_durable(topic, f.request_id, first, last, f.records.count)
+        self._ack_when_durable(topic, f.request_id, first, last, f.records.count, started)
         topic.notify()
 
-    def _ack_when_durable(self, topic: Topic, rid: int, first: int, last: int, count: int) -> None:
+    def _ack_when_durable(self, topic: Topic, rid: int, first: int, last: int, count: int, started: float) -> None:
         """Answer a durable PUBLISH of ids ``first..last`` (appended, by the codec's path or the C
         plane) once a sync covers them: whatever the log's background policy, the ack waits for a
         sync that covers the batch (group commit) [NMQ-SEM-3-1], and holds its place in the output
-        order meanwhile."""
+        order meanwhile. ``started``: when the broker took the PUBLISH up (``time.perf_counter``)."""
         slot = self._reserve()
 
         def done(exc: BaseException | None) -> None:
+            stats = self._ctx.stats
             if exc is None:
                 self._fill(slot, PublishAck(rid, first, count))
+                if stats is not None:
+                    stats.ack_latency["durable"].observe(time.perf_counter() - started)
             else:
+                if stats is not None:
+                    stats.error(ErrorCode.STORAGE_ERROR.name)
                 self._fill(slot, Error(rid, int(ErrorCode.STORAGE_ERROR),
                                        f"sync failed; records {first}..{last} may or may not survive: {exc}",
                                        "NMQ-SEM-3-1"))
@@ -1095,7 +1143,10 @@ class Connection(asyncio.BufferedProtocol):
                         break
                     sub.next_id = d.first_id + d.count
                     sub.credit -= d.count
-                    sub.topic.touched_since_trim = True
+                    topic = sub.topic
+                    topic.touched_since_trim = True
+                    topic.delivered_records += d.count
+                    topic.delivered_bytes += d.nbytes
                     turns += 1
                     continue
                 log = sub.topic.log
@@ -1114,7 +1165,10 @@ class Connection(asyncio.BufferedProtocol):
                 if r.first_id != sub.next_id:  # ids below first_id were retained away
                     sub.next_id = r.first_id
                 self._deliver(sub.sub_id, r.data, r.count)
-                sub.topic.touched_since_trim = True
+                topic = sub.topic
+                topic.touched_since_trim = True
+                topic.delivered_records += r.count
+                topic.delivered_bytes += len(r.data)
                 r.data.release()
                 sub.next_id += r.count
                 sub.credit -= r.count

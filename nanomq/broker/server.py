@@ -22,6 +22,8 @@ from functools import partial
 from pathlib import Path
 
 from nanomq._c.plane import CAP_LZ4, Plane
+from nanomq.broker.admin_api import AdminApi
+from nanomq.broker.admin_http import AdminHttpServer
 from nanomq.broker.config import BrokerConfig
 from nanomq.broker.connection import (
     Announcement,
@@ -32,6 +34,8 @@ from nanomq.broker.connection import (
     Turns,
 )
 from nanomq.broker.loop import run_loop
+from nanomq.broker.metrics import BrokerStats
+from nanomq.broker.state import ConnectionState
 from nanomq.broker.tls import TlsAcceptor, load_server_context
 from nanomq.broker.topics import TopicRegistry
 from nanomq.protocol import Capability, ErrorCode
@@ -40,6 +44,9 @@ from nanomq.storage import StorageError
 __all__ = ["Broker", "BrokerLockedError", "run"]
 
 _log = logging.getLogger("nanomq.broker")
+
+_LAG_PROBE_S = 0.25
+"""How often the event-loop lag is sampled."""
 
 
 class BrokerLockedError(RuntimeError):
@@ -70,24 +77,47 @@ class Broker:
             plane = Plane(config.max_frame, config.max_payload, config.max_batch, caps)
         # New topics are created in the registry's own threads (off the loop, and never queued
         # behind a retention run in the executor above).
-        self.topics = TopicRegistry(config, plane, create_threads=2)
+        self.stats = BrokerStats()
+        """What the metrics count as it happens (nanomq/broker/metrics.py)."""
+        self.topics = TopicRegistry(config, plane, create_threads=2, stats=self.stats)
         self.connections: set[Connection] = set()
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._lock_fd: int | None = None
         self._stopped = asyncio.Event()
         self.started_at = 0.0
+        self.ready = False
+        """Recovery is done and the broker listens (the admin API's /readyz)."""
+        self.stopping = False
+        self._admin: AdminHttpServer | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Lock the data directory, recover every topic and start listening."""
+        """Lock the data directory, start the admin API (if configured), recover every topic and
+        start listening."""
         data = Path(self.config.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         self._lock(data)
-        t0 = time.monotonic()
-        self.topics.open_all()
         loop = asyncio.get_running_loop()
+        if self.config.admin_port is not None:
+            # First, so that /healthz answers and /readyz says "recovering" while recovery runs
+            # (in a worker thread: the loop stays free for the admin API meanwhile).
+            self._admin = AdminHttpServer(AdminApi(self), self.config.admin_host, self.config.admin_port)
+            try:
+                await self._admin.start()
+            except OSError:
+                self._unlock()
+                raise
+        t0 = time.monotonic()
+        try:
+            await loop.run_in_executor(self._executor, self.topics.open_all)
+        except BaseException:
+            if self._admin is not None:
+                await self._admin.stop()
+            raise
+        self.stats.recovery_seconds = time.monotonic() - t0
+        self.stats.recovered_topics = len(self.topics)
         self.topics.watch_syncs(loop)
         # TLS: a TlsAcceptor peeks at each new connection, upgrades TLS ones and tells plaintext
         # clients that TLS is expected (asyncio's own ssl= listener just drops them).
@@ -99,9 +129,44 @@ class Broker:
             factory, self.config.host, self.config.port, reuse_address=True, backlog=1024,
         )
         self._tasks = [loop.create_task(self._watchdog()), loop.create_task(self._retention()),
-                       loop.create_task(self._trim())]
+                       loop.create_task(self._trim()), loop.create_task(self._loop_lag_probe())]
         self.started_at = time.monotonic()
-        _log.info("recovered %d topic(s) in %.3f s", len(self.topics), self.started_at - t0)
+        self.ready = True
+        _log.info("recovered %d topic(s) in %.3f s", len(self.topics), self.stats.recovery_seconds)
+
+    @property
+    def topic_views(self) -> TopicRegistry:
+        """Every open topic (what the metrics and the admin API read)."""
+        return self.topics
+
+    @property
+    def listening(self) -> bool:
+        """Whether the client listener is up."""
+        return self._server is not None
+
+    @property
+    def admin_address(self) -> tuple[str, int] | None:
+        """The (host, port) of the admin API, or None when it is off."""
+        return self._admin.address if self._admin is not None else None
+
+    def uptime_s(self) -> float:
+        """Seconds since the broker began listening (0 before)."""
+        return time.monotonic() - self.started_at if self.started_at else 0.0
+
+    def connection_states(self) -> dict[str, int]:
+        """Client connections by state (every state named, zero counts included)."""
+        out = {s.value: 0 for s in ConnectionState}
+        for conn in self.connections:
+            out[conn.state.value] += 1
+        return out
+
+    def subscription_positions(self) -> dict[str, list[int]]:
+        """Topic name -> next ids of its live subscriptions (the metrics' and the admin API's lag)."""
+        out: dict[str, list[int]] = {}
+        for conn in self.connections:
+            for name, next_id in conn.subscription_positions():
+                out.setdefault(name, []).append(next_id)
+        return out
 
     @property
     def address(self) -> tuple[str, int]:
@@ -119,6 +184,8 @@ class Broker:
         if self._server is None:
             return
         server, self._server = self._server, None
+        self.ready = False
+        self.stopping = True
         server.close()
         for task in self._tasks:
             task.cancel()
@@ -135,6 +202,8 @@ class Broker:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self.topics.sync_all)
         self.topics.close_all(clean=True)
+        if self._admin is not None:
+            await self._admin.stop()
         self._executor.shutdown(wait=True)
         self._unlock()
         self._stopped.set()
@@ -158,6 +227,7 @@ class Broker:
             frame_budget=FrameBudget(cfg.frame_buffer_bytes),
             max_commit_gaps=cfg.max_commit_gaps,
             topic_quota=TopicQuota(cfg.topic_create_rate, cfg.topic_create_burst) if cfg.topic_create_rate else None,
+            stats=self.stats,
         )
 
     def admit(self, conn: Connection) -> bool:
@@ -192,6 +262,16 @@ class Broker:
                 elif (since := conn.idle_since) is not None and now - since > idle:
                     conn.close(ErrorCode.RESOURCE_LIMIT, f"idle for {cfg.idle_timeout_s:g} s: no request and no "
                                "subscription", "NMQ-2-5")
+
+    async def _loop_lag_probe(self) -> None:
+        """Every 0.25 s, how late the loop ran a timer that was due: the event-loop lag metric. A
+        loop held up by a long callback shows it here before clients notice."""
+        loop = asyncio.get_running_loop()
+        period = _LAG_PROBE_S
+        while True:
+            due = loop.time() + period
+            await asyncio.sleep(period)
+            self.stats.loop_lag.observe(max(0.0, loop.time() - due))
 
     async def _retention(self) -> None:
         """Every ``retention_check_s``, apply retention to every topic (in a worker thread). A
@@ -257,6 +337,9 @@ async def _main(config: BrokerConfig, ready: str) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
+    admin = broker.admin_address
+    if admin is not None:
+        print(f"nanomq-broker admin API on http://{admin[0]}:{admin[1]}", flush=True)
     host, port = broker.address
     print(ready.format(host=host, port=port, data_dir=config.data_dir), flush=True)
     await broker.serve_until_stopped()

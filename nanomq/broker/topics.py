@@ -14,6 +14,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 from nanomq._c.plane import Plane
 from nanomq._c.syncer import Syncer
 from nanomq.broker.config import BrokerConfig
+from nanomq.broker.metrics import BrokerStats
 from nanomq.protocol import valid_topic
 from nanomq.storage import LogIOError, StorageError, StoredTopic, TopicCatalog, TopicLog
 
@@ -39,7 +41,8 @@ DurableCallback = Callable[[BaseException | None], None]
 class Topic:
     """A named log plus the subscriptions that read it and the durable acks waiting on it."""
 
-    def __init__(self, name: str, topic_id: int, log: TopicLog, syncer: Syncer, index: int) -> None:
+    def __init__(self, name: str, topic_id: int, log: TopicLog, syncer: Syncer, index: int,
+                 stats: BrokerStats | None = None) -> None:
         self.name = name
         self.topic_id = topic_id
         self.log = log
@@ -58,6 +61,13 @@ class Topic:
         """Ids whose stored bytes failed their check when read ([NMQ-S9-7]); each is logged once."""
         self.index = index
         """This topic's number: in the registry, the data plane's topic table and the syncer."""
+        self.bytes_in = 0
+        """Bytes of records appended since the broker started (metrics)."""
+        self.delivered_records = 0
+        """Records delivered to its subscriptions since the broker started (metrics)."""
+        self.delivered_bytes = 0
+        self._stats = stats
+        self._sync_asked = 0.0
 
     def append(self, data: bytes, count: int) -> tuple[int, int]:
         """Append a validated batch (not yet synced); call :meth:`notify` once it is acked."""
@@ -80,6 +90,7 @@ class Topic:
         """Bookkeeping after ``nbytes`` of records were appended (by :meth:`append`, or by the C
         data plane straight from a connection's buffer)."""
         self.touched_since_trim = True
+        self.bytes_in += nbytes
         if self._refused:
             _log.warning("topic %s: appends accepted again, after %d refused", self.name, self._refused)
             self._refused = 0
@@ -139,6 +150,7 @@ class Topic:
     def _start_sync(self) -> None:
         self._syncing = True
         self._unsynced = 0
+        self._sync_asked = time.perf_counter()
         try:
             self._syncer.request(self.log.clog, self.index)
         except StorageError as e:  # the syncer could not queue it (out of memory): fail the waiters
@@ -148,6 +160,8 @@ class Topic:
         """The sync started by :meth:`_start_sync` ended: every id up to ``durable`` is on stable
         storage, or it failed with ``exc`` (called on the event loop, by the registry)."""
         self._syncing = False
+        if self._stats is not None:
+            self._stats.sync_latency.observe(time.perf_counter() - self._sync_asked)
         if exc is not None:
             # The records stay in the log and the next sync retries them (the C log rewrites
             # unsynced bytes), but the clients waiting now get an error: their outcome is unknown.
@@ -206,8 +220,9 @@ class TopicRegistry:
     """
 
     def __init__(self, config: BrokerConfig, plane: Plane | None = None, sync_threads: int = 4,
-                 create_threads: int = 0) -> None:
+                 create_threads: int = 0, stats: BrokerStats | None = None) -> None:
         self._config = config
+        self._stats = stats
         self._syncer = Syncer(sync_threads)
         self._watcher: asyncio.AbstractEventLoop | None = None
         self._catalog = TopicCatalog(Path(config.data_dir) / "topics", is_topic_name=valid_topic)
@@ -255,7 +270,7 @@ class TopicRegistry:
     def _register(self, stored: StoredTopic, log: TopicLog) -> Topic:
         """Make an open log a topic of the broker (on the event loop: the data plane's topic table
         and the registry are the loop's). The data plane learns of it only now, fully open."""
-        topic = Topic(stored.name, stored.topic_id, log, self._syncer, len(self._by_index))
+        topic = Topic(stored.name, stored.topic_id, log, self._syncer, len(self._by_index), self._stats)
         self._topics[stored.name] = topic
         self._by_index.append(topic)
         if self.plane is not None:

@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "Plaintext clients are answered with an ERROR saying TLS is expected")
     ap.add_argument("--tls-key", type=Path, metavar="PEM",
                     help="the PEM private key, unencrypted (needed unless it is in the --tls-cert file)")
+    ap.add_argument("--admin-port", type=int, default=None, metavar="PORT",
+                    help="serve the admin HTTP API (health, Prometheus /metrics, topics, connections; "
+                    "spec/admin.md) on this TCP port, 0 picking a free one; off by default")
+    ap.add_argument("--admin-host", default=None, metavar="HOST",
+                    help="address the admin API listens on (default 127.0.0.1: it has no authentication, "
+                    "so expose it only where its readers are trusted)")
     ap.add_argument("--verify-on-start", action="store_true",
                     help="verify the CRC of every stored record at start, quarantining damage then (reads "
                     "every log once: 0.3-0.9 s per GiB in the page cache, the disk's read time otherwise); by "
@@ -174,6 +180,8 @@ def config_from_args(args: argparse.Namespace) -> BrokerConfig:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         verify_on_start=args.verify_on_start,
+        admin_host=args.admin_host if args.admin_host is not None else "127.0.0.1",
+        admin_port=args.admin_port,
         # Room for a full batch of maximum records, within HELLO_OK's u32 field: at 16 MiB payloads
         # a full batch would not fit, and a client has to send fewer per frame.
         max_frame=min(0xFFFF_FFFF, max(DEFAULT_MAX_FRAME, MAX_BATCH * (RECORD_HEADER_SIZE + max_payload) + 1024)),
@@ -188,6 +196,8 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> BrokerC
         ap.error("--retention-check-interval only applies with --retention-days or --retention-bytes")
     if args.retention_days is not None and args.retention_days <= 0:
         ap.error(f"--retention-days must be positive, not {args.retention_days:g}")
+    if args.admin_host is not None and args.admin_port is None:
+        ap.error("--admin-host only applies with --admin-port")
     config = config_from_args(args)
     try:
         config.validate()

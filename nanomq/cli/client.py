@@ -1,4 +1,5 @@
-"""``nanomq-cli``: publish, subscribe, list and describe topics from the shell.
+"""``nanomq-cli``: publish, subscribe, list and describe topics from the shell; ``admin`` talks to the
+broker's admin HTTP API (:mod:`nanomq.cli.admin`).
 
 The connection options (``--broker``, ``--timeout``, ``--tls-ca``) are accepted anywhere on the
 line, before or after the command. Exit status: 0 ok, 1 a runtime failure (the broker
@@ -19,6 +20,7 @@ import time
 from typing import TypedDict
 
 from nanomq import __version__
+from nanomq.cli import admin
 from nanomq.client import ArgumentTypeError, InvalidArgumentError, Message, NanoMQError, Publisher, Subscriber
 from nanomq.client.args import parse_address
 from nanomq.protocol import TopicInfo, record_span, valid_topic
@@ -161,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--scan", action="store_true",
                    help="with --describe: read every retained record to count the bytes they take in the log "
                    "(64-byte headers and payloads as stored); costs a full read of each topic")
+    admin.add_parser(sub, [common])
     return ap
 
 
@@ -280,7 +283,9 @@ def _describe(address: str, conn: _Connection, topics: list[TopicInfo], scan: bo
 
 def _run(args: argparse.Namespace, tls: ssl.SSLContext | None) -> None:
     conn = _Connection(timeout=args.timeout, connect_timeout=args.timeout, ssl_context=tls)
-    if args.command == "publish":
+    if args.command == "admin":
+        admin.run(args)
+    elif args.command == "publish":
         with Publisher(args.broker, ack=args.ack, **conn) as pub:
             _publish(pub, args)
     elif args.command == "subscribe":
@@ -324,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     except (_BadInput, InvalidArgumentError, ArgumentTypeError) as e:  # input the broker's limits refuse
         print(f"nanomq-cli: {e}", file=sys.stderr)
         return 2
-    except NanoMQError as e:  # ConnectionLostError, ServerError, RequestTimeoutError
+    except (NanoMQError, admin.AdminError) as e:  # ConnectionLostError, ServerError, RequestTimeoutError; admin API
         print(f"nanomq-cli: {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # the reader went away (| head): not a failure of ours

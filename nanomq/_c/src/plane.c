@@ -294,6 +294,7 @@ int nmq_plane_feed(nmq_plane *p, const uint8_t *buf, uint64_t len, uint8_t *out,
                 st32(o + 24, count);
                 st32(o + 28, 0);
                 res->out_len += ACK_FRAME;
+                res->acks++;
             }
         } else {
             stop = NMQ_PLANE_STOP_FRAME;

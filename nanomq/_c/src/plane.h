@@ -65,6 +65,7 @@ typedef struct {
     uint64_t out_sent;              /* of those, bytes already written to fd */
     uint32_t frames;                /* frames handled */
     uint32_t appended;              /* entries filled in the appended arrays */
+    uint32_t acks;                  /* of the frames, PUBLISHes with ack written (their acks are in out) */
     int stop;                       /* NMQ_PLANE_STOP_* */
     int send_errno;                 /* errno of a failed send to fd (0: none; EAGAIN is not an error) */
     uint64_t durable_rid;           /* STOP_DURABLE: the PUBLISH's request id, */

@@ -1,0 +1,133 @@
+"""``nanomq-cli admin``: the broker's admin HTTP API (spec/admin.md) from the shell.
+
+    nanomq-cli admin --admin http://127.0.0.1:9090 topics [NAME]
+    nanomq-cli admin topics --create NAME
+    nanomq-cli admin connections --format json
+    nanomq-cli admin broker
+
+The broker serves the API only when started with ``--admin-port``. ``--format table`` (default)
+prints aligned columns, ``json`` the API's own document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+__all__ = ["DEFAULT_ADMIN", "AdminError", "add_parser", "run"]
+
+DEFAULT_ADMIN = "http://127.0.0.1:9090"
+
+
+class AdminError(Exception):
+    """The admin API could not be reached, or answered with an error (exit 1)."""
+
+
+def _url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"--admin must be an http:// or https:// URL, not {text!r}")
+    return text.rstrip("/")
+
+
+def _options(*, defaults: bool) -> argparse.ArgumentParser:
+    """--admin and --format, accepted before or after the resource (the same trick as the
+    connection options: defaults only on the outer parser)."""
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--admin", type=_url, default=default(os.environ.get("NANOMQ_ADMIN", DEFAULT_ADMIN)),
+                   help=f"URL of the admin API (default $NANOMQ_ADMIN or {DEFAULT_ADMIN})")
+    p.add_argument("--format", choices=["table", "json"], default=default("table"), help="table (default) or json")
+    return p
+
+
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Add the ``admin`` command to ``nanomq-cli``'s subcommands."""
+    a = sub.add_parser("admin", parents=[*parents, _options(defaults=True)],
+                       help="the broker's admin HTTP API: topics, connections, broker (the broker must run "
+                       "with --admin-port)")
+    inner = [_options(defaults=False)]
+    what = a.add_subparsers(dest="resource", required=True)
+    t = what.add_parser("topics", parents=inner, help="list topics, describe one (NAME), or --create one")
+    t.add_argument("name", nargs="?", help="describe only this topic")
+    t.add_argument("--create", metavar="NAME", help="create this topic (no error if it exists)")
+    what.add_parser("connections", parents=inner, help="client connections with their subscriptions")
+    what.add_parser("broker", parents=inner, help="version, configuration, capabilities, uptime, disk")
+    what.add_parser("groups", parents=inner, help="consumer groups (the broker says whether it has any)")
+
+
+def _call(base: str, method: str, path: str, body: dict[str, Any] | None, timeout: float) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, method=method,
+                                 headers={"content-type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - the URL's scheme is checked
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        try:
+            err = json.loads(e.read())["error"]
+            raise AdminError(f"{method} {path}: {e.code} {err['code']}: {err['message']}") from None
+        except (ValueError, KeyError, TypeError):
+            raise AdminError(f"{method} {path}: HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise AdminError(f"cannot reach the admin API at {base}: {getattr(e, 'reason', e)}") from None
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+_TOPIC_COLUMNS = ["name", "topic_id", "records", "first_id", "next_id", "durable_id", "disk_bytes", "segments",
+                  "subscriptions", "max_lag_records"]
+_CONN_COLUMNS = ["peer", "client_name", "state", "write_state", "age_s", "idle_s", "buffered_out_bytes", "subs"]
+
+
+def run(args: argparse.Namespace) -> None:
+    """Perform ``nanomq-cli admin ...``; raises AdminError."""
+    base, timeout, fmt = args.admin, args.timeout, args.format
+    out: Any
+    if args.resource == "topics":
+        if args.create and args.name:
+            raise AdminError("give either NAME (describe) or --create NAME, not both")
+        if args.create:
+            out = _call(base, "POST", "/v1/topics", {"name": args.create}, timeout)
+            rows = [out]
+        elif args.name:
+            out = _call(base, "GET", "/v1/topics/" + quote(args.name, safe=""), None, timeout)
+            rows = [out]
+        else:
+            out = _call(base, "GET", "/v1/topics", None, timeout)
+            rows = out["topics"]
+        text = _table(rows, _TOPIC_COLUMNS)
+    elif args.resource == "connections":
+        out = _call(base, "GET", "/v1/connections", None, timeout)
+        rows = [dict(c, subs=",".join(f"{s['topic']}@{s['next_id']}" for s in c["subscriptions"]) or "-")
+                for c in out["connections"]]
+        text = _table(rows, _CONN_COLUMNS)
+    elif args.resource == "groups":
+        out = _call(base, "GET", "/v1/groups", None, timeout)
+        text = json.dumps(out, indent=2)
+    else:
+        out = _call(base, "GET", "/v1/broker", None, timeout)
+        flat = {k: v for k, v in out.items() if not isinstance(v, dict | list)}
+        flat["capabilities"] = ",".join(out["capabilities"]) or "-"
+        flat.update({f"config.{k}": v for k, v in out["config"].items()})
+        flat.update({f"disk.{k}": v for k, v in out["disk"].items()})
+        flat["address"] = f"{out['address']['host']}:{out['address']['port']}"
+        width = max(map(len, flat))
+        text = "\n".join(f"{k.ljust(width)}  {v}" for k, v in sorted(flat.items()))
+    if fmt == "json":
+        text = json.dumps(out, indent=2, sort_keys=True)
+    sys.stdout.write(text + "\n")

@@ -1,0 +1,305 @@
+"""The admin HTTP API (spec/admin.md): resources, metrics, robustness, the CLI over it."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from nanomq.broker import BrokerConfig
+from nanomq.broker.server import Broker
+from nanomq.broker_process import BrokerProcess
+from nanomq.client import Publisher, Subscriber
+from nanomq.protocol import Capability, ErrorCode
+from nanomq.protocol.codec import Decoder, encode
+from nanomq.protocol.frames import Error, Hello, Subscribe
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    b = BrokerProcess(tmp_path_factory.mktemp("admin") / "data", ["--admin-port", "0"]).start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def request(b: BrokerProcess, method: str, path: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", b.admin_port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def get_json(b: BrokerProcess, path: str, expect: int = 200) -> object:
+    status, headers, body = request(b, "GET", path)
+    assert status == expect, (path, status, body)
+    assert headers["content-type"] == "application/json"
+    return json.loads(body)
+
+
+def metrics(b: BrokerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, headers, body = request(b, "GET", "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    out = {}
+    for fam in text_string_to_metric_families(body.decode()):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_health_and_readiness(broker: BrokerProcess) -> None:
+    assert get_json(broker, "/healthz") == {"status": "ok"}
+    assert get_json(broker, "/readyz") == {"ready": True}
+    status, headers, body = request(broker, "HEAD", "/healthz")
+    assert status == 200 and body == b"" and headers["content-length"] == str(len(b'{"status":"ok"}\n'))
+
+
+def test_broker_resource(broker: BrokerProcess) -> None:
+    doc = get_json(broker, "/v1/broker")
+    assert isinstance(doc, dict)
+    assert doc["address"]["port"] == broker.port and doc["ready"] is True and doc["protocol_version"] == 1
+    with Publisher(broker.address) as p:  # [NMQ-ADM-3-2]: what HELLO_OK announces
+        announced = p.server_info.capabilities
+    assert sorted(doc["capabilities"]) == sorted(c.name for c in Capability if announced & c)
+    assert doc["disk"]["free_bytes"] > 0 and doc["config"]["data_dir"] == str(broker.data_dir)
+
+
+def test_topics_agree_with_metadata_and_count_deliveries(broker: BrokerProcess) -> None:
+    with Publisher(broker.address, ack="written") as pub, Subscriber(broker.address) as sub:
+        sub.subscribe("adm-orders")
+        first = pub.publish("adm-orders", b"a" * 100)
+        for _ in range(4):
+            pub.publish("adm-orders", b"b" * 100)
+        got = [sub.poll(timeout=5.0) for _ in range(5)]
+        assert all(m is not None for m in got)
+        time.sleep(0.05)
+        listed = get_json(broker, "/v1/topics")
+        assert isinstance(listed, dict)
+        names = [t["name"] for t in listed["topics"]]
+        assert names == sorted(names) and "adm-orders" in names
+        t = get_json(broker, "/v1/topics/adm-orders")
+        assert isinstance(t, dict)
+        (info,) = pub.topics("adm-orders")
+        assert (t["topic_id"], t["first_id"], t["next_id"]) == (info.topic_id, info.first_id, info.next_id)
+        assert t["records"] == 5 and t["first_id"] == first
+        assert t["subscriptions"] == 1 and t["max_lag_records"] == 0
+        assert t["delivered_records"] == 5 and t["delivered_bytes"] == t["published_bytes"] > 500
+        conns = get_json(broker, "/v1/connections")
+        assert isinstance(conns, dict)
+        subs = [s for c in conns["connections"] for s in c["subscriptions"] if s["topic"] == "adm-orders"]
+        assert len(subs) == 1 and subs[0]["next_id"] == info.next_id and subs[0]["state"] == "ready"
+        assert {"nanomq-publisher", "nanomq-subscriber"} <= {c["client_name"] for c in conns["connections"]}
+        m = metrics(broker)
+        label = (("topic", "adm-orders"),)
+        assert m[("nanomq_topic_published_records_total", label)] == info.next_id - 1
+        assert m[("nanomq_topic_delivered_records_total", label)] == 5
+        assert m[("nanomq_topic_retained_records", label)] == 5
+        assert m[("nanomq_topic_subscriptions", label)] == 1
+        assert m[("nanomq_publish_ack_seconds_count", (("ack", "written"),))] >= 5
+        assert m[("nanomq_connections", (("state", "active"),))] >= 2
+
+
+def test_durable_acks_and_syncs_are_timed(broker: BrokerProcess) -> None:
+    before = metrics(broker)
+    with Publisher(broker.address, ack="durable") as pub:
+        for _ in range(3):
+            pub.publish("adm-durable", b"d")
+    after = metrics(broker)
+    key = ("nanomq_publish_ack_seconds_count", (("ack", "durable"),))
+    assert after[key] - before.get(key, 0) == 3
+    assert after[("nanomq_sync_seconds_count", ())] > before.get(("nanomq_sync_seconds_count", ()), 0)
+    assert after[("nanomq_topic_unsynced_records", (("topic", "adm-durable"),))] == 0
+
+
+def test_errors_are_counted_by_code(broker: BrokerProcess) -> None:
+    key = ("nanomq_errors_total", (("code", "NOT_SUPPORTED"),))
+    before = metrics(broker).get(key, 0)
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as s:
+        # A SUBSCRIBE with a group: this broker refuses it with NOT_SUPPORTED [NMQ-4.4-3].
+        s.sendall(encode(Hello(1, 1, "t", b"")) + encode(Subscribe(2, "adm-err", group="g")))
+        dec, frames = Decoder("client"), []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(frames) < 2:
+            dec.feed(s.recv(65536))
+            frames += list(dec)
+    assert isinstance(frames[1], Error) and frames[1].code == ErrorCode.NOT_SUPPORTED
+    assert metrics(broker)[key] == before + 1
+
+
+def test_create_topic_is_idempotent_and_validated(broker: BrokerProcess) -> None:
+    status, _, body = request(broker, "POST", "/v1/topics", json.dumps({"name": "adm-made"}).encode())
+    assert status == 201, body
+    assert json.loads(body)["name"] == "adm-made"
+    status, _, body = request(broker, "POST", "/v1/topics", json.dumps({"name": "adm-made"}).encode())
+    assert status == 200 and json.loads(body)["topic_id"] > 0
+    with Publisher(broker.address) as p:
+        assert any(t.name == "adm-made" for t in p.topics())
+    for body, code in ((b"not json", "BAD_REQUEST"), (b'{"name": 5}', "BAD_REQUEST"),
+                       (b'{"name": "a", "x": 1}', "BAD_REQUEST"), (b'{"name": "bad name!"}', "INVALID_TOPIC")):
+        status, _, answer = request(broker, "POST", "/v1/topics", body)
+        assert status == 400 and json.loads(answer)["error"]["code"] == code, (body, answer)
+
+
+def test_unknown_paths_methods_and_groups(broker: BrokerProcess) -> None:
+    status, _, body = request(broker, "GET", "/v1/topics/no-such-topic")
+    assert status == 404 and json.loads(body)["error"]["code"] == "UNKNOWN_TOPIC"
+    status, _, body = request(broker, "GET", "/v2/whatever")
+    assert status == 404 and json.loads(body)["error"]["code"] == "NOT_FOUND"
+    status, headers, body = request(broker, "DELETE", "/v1/topics/adm-orders")
+    assert status == 405 and headers["allow"] == "GET"
+    status, headers, _ = request(broker, "POST", "/metrics")
+    assert status == 405 and headers["allow"] == "GET"
+    status, _, body = request(broker, "GET", "/v1/groups")
+    assert status == 501 and json.loads(body)["error"]["code"] == "NOT_SUPPORTED"
+
+
+def _raw(b: BrokerProcess, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", b.admin_port), timeout=5) as s:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+def test_bad_requests_get_errors_and_the_broker_goes_on(broker: BrokerProcess) -> None:
+    assert _raw(broker, b"NOT HTTP AT ALL\r\n\r\n").startswith(b"HTTP/1.1 400")
+    assert _raw(broker, b"GET / HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 20000 + b"\r\n\r\n").startswith(b"HTTP/1.1 431")
+    big = b"x" * (70 * 1024)
+    head = f"POST /v1/topics HTTP/1.1\r\nhost: x\r\ncontent-length: {len(big)}\r\n\r\n".encode()
+    assert b" 413 " in _raw(broker, head + big).split(b"\r\n")[0] + b" "
+    with Publisher(broker.address, ack="written") as pub:  # clients unaffected [NMQ-ADM-1-3]
+        assert pub.publish("adm-after", b"ok") > 0
+    assert get_json(broker, "/healthz") == {"status": "ok"}
+
+
+def test_keep_alive_serves_several_requests(broker: BrokerProcess) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", broker.admin_port, timeout=5)
+    try:
+        for path in ("/healthz", "/readyz", "/v1/broker", "/metrics"):
+            conn.request("GET", path)
+            r = conn.getresponse()
+            assert r.status == 200
+            r.read()
+    finally:
+        conn.close()
+
+
+def test_too_many_admin_connections_are_refused(broker: BrokerProcess) -> None:
+    socks = []
+    try:
+        for _ in range(64):
+            socks.append(socket.create_connection(("127.0.0.1", broker.admin_port), timeout=5))
+        time.sleep(0.2)
+        assert _raw(broker, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").startswith(b"HTTP/1.1 503")
+    finally:
+        for s in socks:
+            s.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if _raw(broker, b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").startswith(b"HTTP/1.1 200"):
+            return
+        time.sleep(0.05)
+    raise AssertionError("admin connections were not freed")
+
+
+def test_readyz_says_recovering_until_recovery_is_done(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The admin API is up before recovery and says so [NMQ-ADM-2-2], [NMQ-ADM-2-3]."""
+    from nanomq.broker import topics as topics_mod
+
+    release = threading.Event()
+    real = topics_mod.TopicRegistry.open_all
+
+    def slow_open_all(self: topics_mod.TopicRegistry) -> None:
+        release.wait(10)
+        real(self)
+
+    monkeypatch.setattr(topics_mod.TopicRegistry, "open_all", slow_open_all)
+
+    async def get(port: int, path: str) -> tuple[int, bytes]:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(f"GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode())
+        data = await r.read()
+        w.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split()[1]), body
+
+    async def scenario() -> None:
+        broker = Broker(BrokerConfig(port=0, data_dir=tmp_path / "d", admin_port=0))
+        start = asyncio.create_task(broker.start())
+        while broker.admin_address is None:
+            await asyncio.sleep(0.01)
+        port = broker.admin_address[1]
+        assert await get(port, "/healthz") == (200, b'{"status":"ok"}\n')
+        status, body = await get(port, "/readyz")
+        assert status == 503 and json.loads(body) == {"ready": False, "reason": "recovering"}
+        status, body = await get(port, "/v1/topics")
+        assert status == 503 and json.loads(body)["error"]["code"] == "NOT_READY"
+        status, body = await get(port, "/metrics")
+        assert status == 200 and b"nanomq_up 0.0" in body and b"nanomq_topic" not in body
+        release.set()
+        await start
+        assert (await get(port, "/readyz"))[0] == 200
+        await broker.stop()
+
+    asyncio.run(scenario())
+
+
+def test_flags(tmp_path: Path) -> None:
+    def broker(*flags: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "nanomq.cli.broker", "--data-dir", str(tmp_path / "d"),
+                               "--port", "0", *flags], capture_output=True, text=True, timeout=30)
+
+    r = broker("--admin-host", "127.0.0.1")
+    assert r.returncode == 2 and "--admin-host only applies with --admin-port" in r.stderr
+    r = broker("--admin-port", "70000")
+    assert r.returncode == 2 and "--admin-port must be 0..65535" in r.stderr
+
+
+def test_cli_admin(broker: BrokerProcess) -> None:
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "nanomq.cli.client", "admin", "--admin", broker.admin_url,
+                               *argv], capture_output=True, text=True, timeout=30)
+
+    r = cli("topics", "--create", "adm-cli")
+    assert r.returncode == 0 and "adm-cli" in r.stdout
+    r = cli("topics", "--format", "json")
+    assert r.returncode == 0 and "adm-cli" in {t["name"] for t in json.loads(r.stdout)["topics"]}
+    r = cli("topics", "adm-cli")
+    assert r.returncode == 0 and r.stdout.splitlines()[0].split()[:2] == ["NAME", "TOPIC_ID"]
+    r = cli("broker")
+    assert r.returncode == 0 and f"127.0.0.1:{broker.port}" in r.stdout
+    r = cli("connections", "--format", "json")
+    assert r.returncode == 0 and "connections" in json.loads(r.stdout)
+    r = cli("topics", "no-such-topic")
+    assert r.returncode == 1 and "404 UNKNOWN_TOPIC" in r.stderr
+    r = cli("groups")
+    assert r.returncode == 1 and "NOT_SUPPORTED" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "nanomq.cli.client", "admin", "--admin", "ftp://x", "broker"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    r = subprocess.run([sys.executable, "-m", "nanomq.cli.client", "admin", "--admin", "http://127.0.0.1:1",
+                        "broker"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "cannot reach the admin API" in r.stderr
+
+
+def test_no_admin_api_by_default(tmp_path: Path) -> None:
+    with BrokerProcess(tmp_path / "d") as b:
+        assert b.admin_port == 0
+        with pytest.raises(RuntimeError):
+            _ = b.admin_url
