@@ -18,9 +18,11 @@ update is a bisect and two additions, and ``prometheus_client`` still does the e
 
 from __future__ import annotations
 
+import shutil
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -116,6 +118,10 @@ class BrokerView(Protocol):
     def topic_views(self) -> Iterable[TopicView]:
         """Every open topic."""
 
+    @property
+    def data_dir(self) -> Path:
+        """The data directory (its file system's space is exported)."""
+
     def uptime_s(self) -> float:
         """Seconds since the broker began listening."""
 
@@ -148,6 +154,15 @@ class BrokerCollector(Collector):
                                 value=b.uptime_s())
         yield GaugeMetricFamily("nanomq_recovery_seconds", "Seconds the start-up recovery of every topic took.",
                                 value=s.recovery_seconds)
+        try:
+            usage = shutil.disk_usage(b.data_dir)
+        except OSError:
+            pass
+        else:
+            yield GaugeMetricFamily("nanomq_disk_total_bytes", "Size of the file system holding the data directory.",
+                                    value=usage.total)
+            yield GaugeMetricFamily("nanomq_disk_free_bytes", "Free bytes on the file system holding the data "
+                                    "directory.", value=usage.free)
         if not b.ready:  # recovering (the registry is being filled in a worker thread) or stopping
             return
         rec = CounterMetricFamily("nanomq_topic_published_records", "Records appended to the topic, ever (ids "

@@ -140,6 +140,11 @@ class Broker:
         return self.topics
 
     @property
+    def data_dir(self) -> Path:
+        """The data directory."""
+        return Path(self.config.data_dir)
+
+    @property
     def listening(self) -> bool:
         """Whether the client listener is up."""
         return self._server is not None
