@@ -1,7 +1,8 @@
 """The spec's rules, read from the normative text: ID, level and sentence.
 
 A rule is a line of spec/*.md that carries ``[NMQ-…]`` followed by MUST, SHOULD or MAY. The kit's
-coverage report is over all three specs: protocol.md and semantics.md are checked over the wire;
+coverage report is over all four specs: protocol.md and semantics.md are checked over the wire,
+admin.md over the target's admin HTTP API when it declares one (``admin`` in target.toml);
 storage.md rules are checked over the wire plus, for targets that declare the reference on-disk
 format (``storage_format = "nanomq-v1"``), by inspecting and damaging their files between a stop
 and a start. Rules no case can check are listed, with the reason, in :mod:`conformance.untestable`.
@@ -17,8 +18,8 @@ from pathlib import Path
 
 __all__ = ["Rule", "load_rules", "spec_root", "spec_file", "WIRE_SPECS"]
 
-WIRE_SPECS = ("protocol.md", "semantics.md", "storage.md")
-_RULE = re.compile(r"\[(NMQ-(?:SEM-|S)?\d[\d.]*-\d+)\]\**\s*(MUST|SHOULD|MAY)\b\**:?\s*(.*)")
+WIRE_SPECS = ("protocol.md", "semantics.md", "storage.md", "admin.md")
+_RULE = re.compile(r"\[(NMQ-(?:SEM-|ADM-|S)?\d[\d.]*-\d+)\]\**\s*(MUST|SHOULD|MAY)\b\**:?\s*(.*)")
 
 
 def spec_root() -> Traversable:

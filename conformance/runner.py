@@ -198,6 +198,7 @@ def _run_lane(cases: list[Case], part: list[int], ctx: Context, rules: dict[str,
 def all_cases() -> list[Case]:
     """Every registered case, layers in order (importing the case modules registers them)."""
     from conformance import (  # noqa: F401
+        cases_admin,
         cases_budgets,
         cases_capabilities,
         cases_content,

@@ -8,10 +8,12 @@ A target is described by a TOML file, flags or environment variables::
     kill = "kill -9 {pid}"              # optional; default SIGKILL to the launched process group
     ready_timeout = 20                  # seconds to wait for the port to answer HELLO
     tls_ca = "ca.pem"                   # optional: speak TLS, trusting this certificate
+    admin = "http://127.0.0.1:{admin_port}"   # optional: its admin HTTP API (spec/admin.md)
     [target.capabilities]               # false: test as if not announced; true: must be announced
     COMPRESSION_LZ4 = false
 
-Placeholders: ``{port}`` (a free port the kit picked), ``{data_dir}`` (a fresh directory the kit
+Placeholders: ``{port}`` (a free port the kit picked), ``{admin_port}`` (another, for an admin API
+in the launch command and ``admin``), ``{data_dir}`` (a fresh directory the kit
 owns), ``{pid}`` (kill only: the broker's own pid, see :meth:`Target.broker_pid`), ``{python}``
 (this interpreter). The launch command is run by ``/bin/sh``, so it may set variables
 (``RUST_LOG=warn mybroker …``), be compound (``cd /opt/x && ./broker …``) or name a bare command on
@@ -54,7 +56,8 @@ TRACE_SYSCALLS = ("fsync", "fdatasync", "msync", "sync_file_range", "syncfs", "s
 """The system calls the strace wrapper records (``trace_syncs``). strace runs with ``-y``, so each
 file descriptor is printed with its path and a sync can be attributed to the file it synced."""
 
-REFERENCE_LAUNCH = ("{python} -m nanomq.cli.broker --port {port} --data-dir {data_dir} --log-level warning "
+REFERENCE_LAUNCH = ("{python} -m nanomq.cli.broker --port {port} --admin-port {admin_port} --data-dir {data_dir} "
+                    "--log-level warning "
                     "--log-segment-size 8MB --handshake-timeout 2 --frame-timeout 2 --max-connections 64 --max-subscriptions 32 "
                     "--retention-bytes 32MB --retention-check-interval 0.2 --idle-timeout 3 --write-timeout 2 "
                     "--max-commit-gaps 64 --max-frame-buffer 32MiB --topic-create-rate 10 --topic-create-burst 50")
@@ -69,7 +72,8 @@ REFERENCE_DECLARES = {"storage_format": "nanomq-v1", "max_connections": 64, "ret
                       "retention_check_s": 0.2, "segment_bytes": 8 << 20, "max_subscriptions": 32,
                       "idle_timeout_s": 3.0, "write_timeout_s": 2.0, "max_commit_gaps": 64,
                       "frame_buffer_bytes": 32 << 20, "topic_create_rate": 10.0, "topic_create_burst": 50,
-                      "capabilities": {"COMPRESSION_LZ4": True, "SEEK_TIME": True}}
+                      "capabilities": {"COMPRESSION_LZ4": True, "SEEK_TIME": True},
+                      "admin": "http://127.0.0.1:{admin_port}"}
 """What the kit knows of its default target beyond HELLO_OK (the keys of a target.toml)."""
 
 
@@ -127,6 +131,10 @@ class TargetSpec:
     max_topics: int = 0
     """The topics the target holds at most, those on disk included: a PUBLISH or SUBSCRIBE that
     would create one more is RESOURCE_LIMIT ([NMQ-6.2-5]). 0: unknown, that case is skipped."""
+    admin: str = ""
+    """The base URL of the target's admin HTTP API (spec/admin.md), ``{admin_port}`` allowed (the
+    kit picks it, as ``{port}``). Empty: the target declares none, the admin cases are
+    UNIMPLEMENTED."""
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> TargetSpec:
@@ -137,7 +145,7 @@ class TargetSpec:
                                "storage_format", "topic_path", "max_connections", "retention_bytes",
                                "retention_check_s", "segment_bytes", "max_subscriptions", "idle_timeout_s",
                                "write_timeout_s", "max_commit_gaps", "frame_buffer_bytes", "topic_create_rate",
-                               "topic_create_burst", "max_topics"}
+                               "topic_create_burst", "max_topics", "admin"}
         if unknown:
             raise TargetError(f"{path}: unknown keys in [target]: {sorted(unknown)}")
         caps = data.get("capabilities", {})
@@ -153,7 +161,7 @@ class TargetSpec:
                    float(data.get("idle_timeout_s", 0.0)), float(data.get("write_timeout_s", 0.0)),
                    int(data.get("max_commit_gaps", 0)), int(data.get("frame_buffer_bytes", 0)),
                    float(data.get("topic_create_rate", 0.0)), int(data.get("topic_create_burst", 0)),
-                   int(data.get("max_topics", 0)))
+                   int(data.get("max_topics", 0)), str(data.get("admin", "")))
 
     def missing(self, announced: int) -> list[str]:
         """Capabilities the target.toml declares ``= true`` (the target must announce them) that
@@ -268,6 +276,8 @@ class Target:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="nanomq-conformance-"))
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.admin_port = 0
+        """The port the kit picked for ``{admin_port}`` (0 until a launch needs one)."""
         self.host = "127.0.0.1"
         self.data_dir = self.workdir / "data"
         self.trace_path = self.workdir / "syncs.strace"
@@ -310,6 +320,16 @@ class Target:
         return Target(self.spec, log_dir=self._log_dir, log_name=log_name)
 
     @property
+    def admin_url(self) -> str:
+        """The admin API's base URL without a trailing slash ("" when the target declares none)."""
+        if not self.spec.admin:
+            return ""
+        try:
+            return self.spec.admin.format(admin_port=self.admin_port).rstrip("/")
+        except (KeyError, IndexError, ValueError) as e:
+            raise TargetError(f"bad placeholder in admin {self.spec.admin!r}: {e!r} (known: {{admin_port}})") from None
+
+    @property
     def can_crash(self) -> bool:
         """Whether the kit can kill and restart the target (it has a launch command)."""
         return bool(self.spec.launch)
@@ -317,9 +337,9 @@ class Target:
     def _format(self, cmd: str, pid: int = 0) -> str:
         try:
             return cmd.format(port=self.port, data_dir=shlex.quote(str(self.data_dir)),
-                              python=shlex.quote(sys.executable), pid=pid)
+                              python=shlex.quote(sys.executable), pid=pid, admin_port=self.admin_port)
         except (KeyError, IndexError, ValueError) as e:
-            raise TargetError(f"bad placeholder in {cmd!r}: {e!r} (known: {{port}} {{data_dir}} {{python}}, "
+            raise TargetError(f"bad placeholder in {cmd!r}: {e!r} (known: {{port}} {{admin_port}} {{data_dir}} {{python}}, "
                               "and {pid} in the kill command; write {{ and }} for literal braces)") from None
 
     def launch_command(self) -> str:
@@ -340,6 +360,10 @@ class Target:
                 raise TargetError("target already running")
             if not self.port or not self.spec.address:
                 self.port = self.port or _free_port()
+            if not self.admin_port and "{admin_port}" in self.spec.launch + self.spec.admin:
+                while (p := _free_port()) == self.port:
+                    pass
+                self.admin_port = p
             self.data_dir.mkdir(parents=True, exist_ok=True)
             cmd = self.launch_command()
             self.log_path.parent.mkdir(parents=True, exist_ok=True)

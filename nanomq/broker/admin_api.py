@@ -19,7 +19,7 @@ from prometheus_client.registry import CollectorRegistry
 from nanomq import __version__
 from nanomq.broker.admin_http import HttpRequest, HttpResponse, error_response, json_response
 from nanomq.broker.config import BrokerConfig
-from nanomq.broker.metrics import CONTENT_TYPE_LATEST, BrokerCollector, BrokerView, TopicView, exposition
+from nanomq.broker.metrics import CONTENT_TYPE, BrokerCollector, BrokerView, TopicView, exposition
 from nanomq.protocol import Capability, valid_topic
 from nanomq.storage import StorageError
 
@@ -80,7 +80,7 @@ class AdminApi:
         if parts == ["readyz"]:
             return self._only(method, "GET") or self._readyz()
         if parts == ["metrics"]:
-            return self._only(method, "GET") or HttpResponse(200, exposition(self._registry), CONTENT_TYPE_LATEST)
+            return self._only(method, "GET") or HttpResponse(200, exposition(self._registry), CONTENT_TYPE)
         if not parts or parts[0] != "v1" or len(parts) < 2:
             return error_response(404, "NOT_FOUND", f"no resource {path!r} (spec/admin.md lists them)")
         resource, rest = parts[1], parts[2:]

@@ -26,13 +26,17 @@ from pathlib import Path
 from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from nanomq.storage import TopicLog
 
-__all__ = ["CONTENT_TYPE_LATEST", "BrokerCollector", "BrokerStats", "BrokerView", "LatencyHistogram", "TopicView",
+__all__ = ["CONTENT_TYPE", "BrokerCollector", "BrokerStats", "BrokerView", "LatencyHistogram", "TopicView",
            "exposition"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""What /metrics is ([NMQ-ADM-1-2]): the classic text format. Every name here is a legacy Prometheus
+name, so what ``generate_latest`` writes is that format whatever newer one the library defaults to."""
 
 LATENCY_BOUNDS_S: tuple[float, ...] = (
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,

@@ -1,0 +1,287 @@
+"""The admin HTTP API of spec/admin.md, for a target that declares one (``admin`` in target.toml).
+
+A target without one gets UNIMPLEMENTED: the API is optional as a whole. Every case talks plain
+HTTP/1.1 (http.client) to the declared base URL and checks what the wire protocol shows at the same
+time (HELLO_OK's capabilities, METADATA's ids, a subscription's position), so the API is checked
+against the broker's own answers, never against the reference implementation.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import socket
+import time
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from conformance.helpers import HELLO_V1, alive, publish, subscribe, topic_info
+from conformance.registry import Context, Failed, Unimplemented, case, check
+from nanomq.protocol import Capability
+
+_ERROR_CODES = {"BAD_REQUEST", "TOO_LARGE", "TOO_MANY_CONNECTIONS", "NOT_FOUND", "METHOD_NOT_ALLOWED", "NOT_READY",
+                "UNKNOWN_TOPIC", "INVALID_TOPIC", "RESOURCE_LIMIT", "STORAGE_ERROR", "NOT_SUPPORTED", "INTERNAL"}
+
+
+class _Admin:
+    """One admin API, by its base URL."""
+
+    def __init__(self, ctx: Context) -> None:
+        url = ctx.target.admin_url
+        if not url:
+            raise Unimplemented("the target declares no admin API (admin = URL in target.toml)")
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname or not parts.port:
+            raise Failed(f"admin {url!r}: the kit speaks http://host:port", ())
+        self.host, self.port, self.base = parts.hostname, parts.port, parts.path.rstrip("/")
+
+    def call(self, method: str, path: str, body: bytes | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        try:
+            conn.request(method, self.base + path, body=body, headers=headers or {})
+            r = conn.getresponse()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        finally:
+            conn.close()
+
+    def json(self, method: str, path: str, expect: int, body: bytes | None = None, rule: str = "") -> Any:
+        status, headers, data = self.call(method, path, body)
+        check(status == expect, f"{method} {path}: status {status}, expected {expect} ({data[:200]!r})", *(
+            (rule,) if rule else ()))
+        ctype = headers.get("content-type", "")
+        check(ctype.split(";")[0].strip() == "application/json", f"{method} {path}: content-type {ctype!r}, not "
+              "application/json", "NMQ-ADM-1-2")
+        try:
+            return json.loads(data)
+        except ValueError as e:
+            raise Failed(f"{method} {path}: the body is not JSON ({e}): {data[:200]!r}", ("NMQ-ADM-1-2",)) from None
+
+    def error(self, method: str, path: str, expect: int, code: str, body: bytes | None = None) -> dict[str, str]:
+        doc = self.json(method, path, expect, body)
+        err = doc.get("error") if isinstance(doc, dict) else None
+        check(isinstance(err, dict) and isinstance(err.get("code"), str) and isinstance(err.get("message"), str),
+              f"{method} {path}: error body {doc!r} is not {{\"error\": {{\"code\", \"message\"}}}}", "NMQ-ADM-1-4")
+        assert isinstance(err, dict)
+        check(err["code"] == code, f"{method} {path}: error code {err['code']!r}, expected {code!r}")
+        check(err["code"] in _ERROR_CODES, f"{method} {path}: error code {err['code']!r} is not one of §4",
+              "NMQ-ADM-1-4")
+        return err
+
+    def raw(self, data: bytes, timeout: float = 5.0) -> bytes:
+        """Send ``data`` on a fresh connection; what comes back until the server closes or
+        ``timeout`` passes."""
+        out = b""
+        with socket.create_connection((self.host, self.port), timeout=timeout) as s:
+            s.sendall(data)
+            deadline = time.monotonic() + timeout
+            try:
+                while time.monotonic() < deadline:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    out += chunk
+            except (TimeoutError, ConnectionResetError):
+                pass
+        return out
+
+
+def _status(raw: bytes) -> int:
+    m = re.match(rb"HTTP/1\.[01] (\d{3}) ", raw)
+    return int(m.group(1)) if m else 0
+
+
+@case("admin.health", "GET /healthz answers 200 {\"status\": \"ok\"}; /readyz 200 {\"ready\": true} on a serving broker",
+      layer="wire", rules=("NMQ-ADM-2-1", "NMQ-ADM-2-2", "NMQ-ADM-1-2"))
+def admin_health(ctx: Context) -> None:
+    a = _Admin(ctx)
+    with ctx.step("NMQ-ADM-2-1"):
+        doc = a.json("GET", "/healthz", 200)
+        check(doc == {"status": "ok"}, f"/healthz answered {doc!r}")
+    with ctx.step("NMQ-ADM-2-2"):
+        doc = a.json("GET", "/readyz", 200)
+        check(doc.get("ready") is True, f"/readyz answered {doc!r} on a broker that serves clients")
+
+
+@case("admin.separate-port", "the admin API is HTTP on a port of its own: the wire protocol is not spoken there, "
+      "and the client port does not answer HTTP", layer="wire", rules=("NMQ-ADM-1-1",))
+def admin_separate_port(ctx: Context) -> None:
+    a = _Admin(ctx)
+    check(a.port != ctx.target.port, f"the admin API is on the client port {a.port}")
+    answer = a.raw(HELLO_V1, timeout=2.0)
+    check(not answer or answer.startswith(b"HTTP/1."), f"a HELLO sent to the admin port got {answer[:40]!r}, "
+          "not an HTTP answer or a close")
+    with ctx.client() as w:
+        alive(w, "NMQ-ADM-1-1")
+
+
+@case("admin.errors", "unknown path 404 NOT_FOUND, a method not taken 405 METHOD_NOT_ALLOWED with allow, HEAD as GET "
+      "without a body; every error has the error body", layer="wire", rules=("NMQ-ADM-1-4",))
+def admin_errors(ctx: Context) -> None:
+    a = _Admin(ctx)
+    a.error("GET", "/v1/no-such-resource", 404, "NOT_FOUND")
+    a.error("GET", "/nothing/here", 404, "NOT_FOUND")
+    status, headers, _ = a.call("DELETE", "/healthz")
+    check(status == 405 and "GET" in headers.get("allow", ""), f"DELETE /healthz: {status}, allow "
+          f"{headers.get('allow')!r}")
+    a.error("PUT", "/v1/broker", 405, "METHOD_NOT_ALLOWED")
+    _, get_headers, get_body = a.call("GET", "/healthz")
+    status, headers, body = a.call("HEAD", "/healthz")
+    check(status == 200 and body == b"", f"HEAD /healthz: {status} with {len(body)} body bytes")
+    check(headers.get("content-length") == get_headers.get("content-length", str(len(get_body))),
+          f"HEAD /healthz content-length {headers.get('content-length')!r}, GET's {get_headers.get('content-length')!r}")
+
+
+@case("admin.bad-requests", "malformed, oversized and half-sent requests get an error or a closed connection, and "
+      "clients of the wire protocol are served meanwhile", layer="wire", rules=("NMQ-ADM-1-3",))
+def admin_bad_requests(ctx: Context) -> None:
+    a = _Admin(ctx)
+    with ctx.client() as w:
+        for data in (b"NOT HTTP AT ALL\r\n\r\n", b"GET / HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * (256 * 1024) + b"\r\n\r\n",
+                     b"\x16\x03\x01\x00\xff" + bytes(300), b"GET /healthz HTTP/1.1\r\nhost: x\r\ncontent-length: zz\r\n\r\n"):
+            answer = a.raw(data, timeout=3.0)
+            status = _status(answer)
+            check(not answer or 400 <= status < 500, f"{data[:30]!r}...: answered {answer[:60]!r}, not a 4xx or a close")
+            alive(w, "NMQ-ADM-1-3")
+        big = b"x" * (8 << 20)
+        head = f"POST /v1/topics HTTP/1.1\r\nhost: x\r\ncontent-length: {len(big)}\r\n\r\n".encode()
+        answer = a.raw(head + big, timeout=5.0)
+        check(not answer or 400 <= _status(answer) < 500, f"an 8 MiB body got {answer[:60]!r}")
+        # A request that never ends, held open while the broker serves others.
+        with socket.create_connection((a.host, a.port), timeout=5) as slow:
+            slow.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+            alive(w, "NMQ-ADM-1-3")
+            doc = a.json("GET", "/healthz", 200)
+            check(doc == {"status": "ok"}, f"/healthz beside a half-sent request: {doc!r}")
+
+
+@case("admin.broker", "GET /v1/broker carries its required fields, and capabilities are exactly HELLO_OK's",
+      layer="wire", rules=("NMQ-ADM-3-1", "NMQ-ADM-3-2"))
+def admin_broker(ctx: Context) -> None:
+    a = _Admin(ctx)
+    doc = a.json("GET", "/v1/broker", 200)
+    with ctx.step("NMQ-ADM-3-1"):
+        for key, kind in (("version", str), ("server_name", str), ("protocol_version", int), ("address", dict),
+                          ("ready", bool), ("uptime_s", (int, float)), ("recovery_s", (int, float)),
+                          ("capabilities", list), ("connections", int), ("disk", dict), ("config", dict)):
+            check(isinstance(doc.get(key), kind), f"/v1/broker: {key} is {doc.get(key)!r}")
+        check(doc["protocol_version"] == 1, f"protocol_version {doc['protocol_version']!r}")
+        check(doc["ready"] is True, "ready is not true on a serving broker")
+    with ctx.step("NMQ-ADM-3-2"):
+        with ctx.target.raw_client() as w:
+            ok = w.hello()
+        announced = sorted(c.name for c in Capability if c.name is not None and ok.capabilities & c)
+        check(sorted(doc["capabilities"]) == announced, f"/v1/broker capabilities {sorted(doc['capabilities'])}, "
+              f"HELLO_OK announced {announced}")
+
+
+def _check_topic(doc: Any, where: str) -> None:
+    check(isinstance(doc.get("name"), str), f"{where}: name is {doc.get('name')!r}", "NMQ-ADM-3-1")
+    for key in ("topic_id", "first_id", "next_id", "durable_id", "records", "disk_bytes", "segments",
+                "last_timestamp_ns", "subscriptions", "max_lag_records", "published_bytes", "delivered_records",
+                "delivered_bytes", "last_sync_errno"):
+        check(isinstance(doc.get(key), int) and not isinstance(doc.get(key), bool), f"{where}: {key} is "
+              f"{doc.get(key)!r}", "NMQ-ADM-3-1")
+    check(isinstance(doc.get("read_only"), bool), f"{where}: read_only is {doc.get('read_only')!r}", "NMQ-ADM-3-1")
+
+
+@case("admin.topics", "GET /v1/topics lists topics sorted by name, /v1/topics/NAME agrees with METADATA, an unknown "
+      "one is 404 UNKNOWN_TOPIC", layer="wire", rules=("NMQ-ADM-3-3", "NMQ-ADM-3-1"))
+def admin_topics(ctx: Context) -> None:
+    a = _Admin(ctx)
+    t = ctx.topic("adm")
+    with ctx.client() as w:
+        publish(w, t, [b"r%d" % i for i in range(7)])
+        info = topic_info(w, t)
+        doc = a.json("GET", "/v1/topics/" + quote(t, safe=""), 200)
+        _check_topic(doc, f"/v1/topics/{t}")
+        with ctx.step("NMQ-ADM-3-3"):
+            check((doc["name"], doc["topic_id"], doc["first_id"], doc["next_id"]) ==
+                  (t, info.topic_id, info.first_id, info.next_id),
+                  f"/v1/topics/{t}: {doc['topic_id']}, {doc['first_id']}..{doc['next_id']}; METADATA: "
+                  f"{info.topic_id}, {info.first_id}..{info.next_id}")
+            check(doc["records"] == info.next_id - info.first_id == 7, f"records {doc['records']}")
+            listed = a.json("GET", "/v1/topics", 200)
+            names = [x.get("name") for x in listed.get("topics", [])]
+            check(t in names, f"{t} missing from /v1/topics")
+            check(names == sorted(names), "/v1/topics is not sorted by name")
+            a.error("GET", "/v1/topics/" + quote(ctx.topic("absent"), safe=""), 404, "UNKNOWN_TOPIC")
+
+
+@case("admin.create-topic", "POST /v1/topics creates a topic (201, then 200: idempotent) that METADATA shows; bad "
+      "names and bodies are 400", layer="wire", rules=("NMQ-ADM-3-4",))
+def admin_create_topic(ctx: Context) -> None:
+    a = _Admin(ctx)
+    t = ctx.topic("admmade")
+    doc = a.json("POST", "/v1/topics", 201, json.dumps({"name": t}).encode())
+    _check_topic(doc, "POST /v1/topics")
+    check(doc["name"] == t, f"created {doc['name']!r}, asked for {t!r}")
+    again = a.json("POST", "/v1/topics", 200, json.dumps({"name": t}).encode())
+    check(again["topic_id"] == doc["topic_id"], "creating an existing topic changed its id")
+    with ctx.client() as w:
+        info = topic_info(w, t)
+        check(info.topic_id == doc["topic_id"], f"METADATA id {info.topic_id}, the API's {doc['topic_id']}")
+    a.error("POST", "/v1/topics", 400, "INVALID_TOPIC", json.dumps({"name": "bad name!"}).encode())
+    a.error("POST", "/v1/topics", 400, "INVALID_TOPIC", json.dumps({"name": "x" * 256}).encode())
+    a.error("POST", "/v1/topics", 400, "BAD_REQUEST", b"{not json")
+    a.error("POST", "/v1/topics", 400, "BAD_REQUEST", json.dumps({"topic": t}).encode())
+
+
+@case("admin.connections", "GET /v1/connections lists every connection with every subscription and its position",
+      layer="wire", rules=("NMQ-ADM-3-6", "NMQ-ADM-3-1"))
+def admin_connections(ctx: Context) -> None:
+    a = _Admin(ctx)
+    t = ctx.topic("admconn")
+    with ctx.client() as p, ctx.client() as s:
+        publish(p, t, [b"a", b"b", b"c"])
+        sub = subscribe(s, t, credit=0)
+        doc = a.json("GET", "/v1/connections", 200)
+        conns = doc.get("connections")
+        check(isinstance(conns, list) and len(conns) >= 2, f"/v1/connections: {str(doc)[:200]}")
+        for c in conns:
+            for key, kind in (("peer", str), ("client_name", str), ("state", str), ("write_state", str),
+                              ("tls", bool), ("age_s", (int, float)), ("idle_s", (int, float)),
+                              ("buffered_in_bytes", int), ("buffered_out_bytes", int), ("subscriptions", list)):
+                check(isinstance(c.get(key), kind), f"a connection's {key} is {c.get(key)!r}", "NMQ-ADM-3-1")
+        with ctx.step("NMQ-ADM-3-6"):
+            mine = [x for c in conns for x in c["subscriptions"] if x.get("topic") == t]
+            check(len(mine) == 1, f"{len(mine)} subscriptions of {t} listed, 1 held")
+            check(mine[0].get("sub_id") == sub.sub_id and mine[0].get("next_id") == sub.next_id,
+                  f"listed {mine[0]}, SUBSCRIBED said sub {sub.sub_id} next {sub.next_id}")
+
+
+@case("admin.groups", "GET /v1/groups: 501 NOT_SUPPORTED on a broker without CONSUMER_GROUPS", layer="wire",
+      rules=("NMQ-ADM-3-7",))
+def admin_groups(ctx: Context) -> None:
+    a = _Admin(ctx)
+    if ctx.has(Capability.CONSUMER_GROUPS):
+        raise Unimplemented("the kit checks /v1/groups only on brokers without groups (spec/admin.md §3.4)")
+    a.error("GET", "/v1/groups", 501, "NOT_SUPPORTED")
+
+
+@case("admin.metrics", "GET /metrics is the Prometheus text format, every family prefixed nanomq_ with HELP and "
+      "TYPE, counters ending _total", layer="wire", rules=("NMQ-ADM-5-1", "NMQ-ADM-1-2"))
+def admin_metrics(ctx: Context) -> None:
+    a = _Admin(ctx)
+    with ctx.client() as w:
+        publish(w, ctx.topic("admmetrics"), [b"m"])
+    status, headers, body = a.call("GET", "/metrics")
+    check(status == 200, f"/metrics: {status}")
+    with ctx.step("NMQ-ADM-1-2"):
+        ctype = headers.get("content-type", "")
+        check(ctype.startswith("text/plain") and "version=0.0.4" in ctype, f"/metrics content-type {ctype!r}")
+        text = body.decode("utf-8")
+    with ctx.step("NMQ-ADM-5-1"):
+        families = list(text_string_to_metric_families(text))
+        check(families, "/metrics exports nothing")
+        helps = set(re.findall(r"^# HELP (\S+) ", text, re.M))
+        types = dict(re.findall(r"^# TYPE (\S+) (\S+)", text, re.M))
+        for name, kind in types.items():
+            check(name.startswith("nanomq_"), f"metric {name} lacks the nanomq_ prefix")
+            check(name in helps, f"metric {name} has no HELP line")
+            check(kind != "counter" or name.endswith("_total"), f"counter {name} does not end in _total")
+            check(not re.search(r"_(milliseconds|ms|us|micros|kb|mb|percent)(_total)?$", name),
+                  f"metric {name} is not in a base unit")
