@@ -62,6 +62,7 @@ def test_takes_written_and_none_publishes_and_pings_in_order(plane_log) -> None:
     r = p.feed(data, -1)
     assert (r.consumed, r.frames, r.stop, r.appended) == (len(data), 4, STOP_END, [(0, 72 * 3 + 72)])
     assert _frames(r.unsent) == [PublishAck(5, 1, 2), Pong(6, 99), PublishAck(8, 4, 1)]
+    assert r.acks == 2  # the written PUBLISHes (the metrics time their acks): not the PING, not ack none
     view, count, first = log.read(1, 10)
     assert (count, first) == (4, 1)
 
@@ -76,6 +77,7 @@ def test_a_durable_publish_is_appended_and_stops_the_feed_for_its_ack(plane_log)
     r = p.feed(head + durable + tail, -1)
     assert (r.consumed, r.frames, r.stop) == (len(head) + len(durable), 3, STOP_DURABLE)
     assert r.durable == (7, 2, 3, 0)  # request id, first id, count, topic index
+    assert r.acks == 1  # the written one before it; the durable ack comes after the sync
     assert _frames(r.unsent) == [PublishAck(5, 1, 1), Pong(6, 9)]  # no ack for the durable one yet
     assert r.appended == [(0, 72 * 4)]
     view, count, first = log.read(1, 10)
@@ -139,7 +141,7 @@ def test_writes_answers_and_deliveries_to_the_socket(plane_log) -> None:  # type
         r = p.feed(encode(Publish(3, "t", Ack.WRITTEN, RecordBatch.from_payloads([b"hello"]))), a.fileno())
         assert r.unsent == b"" and _frames(b.recv(100)) == [PublishAck(3, 1, 1)]
         d = p.deliver(log, a.fileno(), 9, 1, 5, 1 << 20)
-        assert (d.count, d.first_id, d.unsent) == (1, 1, [])
+        assert (d.count, d.first_id, d.unsent, d.nbytes) == (1, 1, [], 72)  # one record: 64-byte header + 8
         (f,) = _frames(b.recv(1000))
         assert isinstance(f, Deliver) and f.sub_id == 9 and [r.payload for r in f.records] == [b"hello"]
     finally:

