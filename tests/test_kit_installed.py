@@ -8,6 +8,7 @@ import ast
 import configparser
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -103,7 +104,7 @@ def test_spec_texts_come_from_the_source_tree_in_a_checkout() -> None:
     assert Path(str(spec_root())).resolve() == ROOT / "spec"
     assert spec_file("vectors/invalid.json").read_text() == (ROOT / "spec" / "vectors" / "invalid.json").read_text()
     rules = load_rules()
-    assert {r.source for r in rules.values()} == {"protocol.md", "semantics.md", "storage.md"}
+    assert {r.source for r in rules.values()} == {"protocol.md", "semantics.md", "storage.md", "admin.md"}
 
 
 def test_spec_files_open_only_through_the_accessor() -> None:
@@ -149,9 +150,12 @@ def test_lint_env_installs_what_mypy_imports() -> None:
     tox.read(ROOT / "tox.ini")
     extras = [e.strip() for e in tox["testenv:lint"]["extras"].replace(",", "\n").split() if e.strip()]
     reqs = list(py["project"]["dependencies"]) + [r for e in extras for r in py["project"]["optional-dependencies"][e]]
-    names = {r.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].split("~")[0].strip().lower()
+    def norm(name: str) -> str:  # PEP 503: prometheus-client and prometheus_client are one distribution
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    names = {norm(r.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].split("~")[0].strip())
              for r in reqs}
     dist_of = packages_distributions()
     for mod in sorted(needed):
-        provided_by = {d.lower() for d in dist_of.get(mod, [mod])}
+        provided_by = {norm(d) for d in dist_of.get(mod, [mod])}
         assert provided_by & names, f"mypy needs {mod} ({provided_by}); tox -e lint installs {sorted(names)}"

@@ -133,7 +133,7 @@ def test_launch_commands_run_from_the_tree() -> None:
     # `python -m` puts the working directory first on sys.path: without -C the kit's checkout wins
     cmd = pymutants.launch("nanomq.broker.topics.xǁTopicǁappend__mutmut_1", Path("/t/mutants"))
     assert cmd.startswith("env -C /t/mutants PYTHONPATH=/t/mutants MUTANT_UNDER_TEST=")
-    assert "{python} -m nanomq.cli.broker --port {port} --data-dir {data_dir}" in cmd
+    assert "{python} -m nanomq.cli.broker --port {port} --admin-port {admin_port} --data-dir {data_dir}" in cmd
     assert cmutants.launch(Path("/b/x")).startswith("env -C /b/x PYTHONPATH=/b/x {python} -m nanomq.cli.broker")
 
 
