@@ -146,11 +146,6 @@ class Principal:
         """Whether METADATA may show ``topic``: publish, subscribe or admin on it ([NMQ-10-4])."""
         return self.allowed(topic, Action.PUBLISH | Action.SUBSCRIBE)
 
-    def knows(self, topic: str) -> bool:
-        """Whether any grant names ``topic`` at all: only then may an answer depend on whether the
-        topic exists ([NMQ-10-4], [NMQ-10-5])."""
-        return self.allowed(topic, Action.PUBLISH | Action.SUBSCRIBE | Action.CREATE)
-
     @property
     def publishes_anywhere(self) -> bool:
         """Allowed to publish to every topic with no publish quota: its PUBLISHes may take the C
