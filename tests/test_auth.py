@@ -103,6 +103,22 @@ def test_failures_are_rate_limited_per_address(tmp_path: Path, caplog: pytest.Lo
     assert not auth.limited("10.0.0.1")
 
 
+def test_refusals_are_logged_as_a_count(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A client hammering the broker after its failures cannot flood the audit log, and its
+    refusals do not keep the address locked out once it stops."""
+    auth = Authenticator(tmp_path / "unused")
+    for _ in range(10):
+        auth.failed("10.0.0.3", "wrong token")
+    caplog.clear()
+    for _ in range(500):
+        assert auth.limited("10.0.0.3")
+        auth.refused("10.0.0.3")
+    lines = [r for r in caplog.records if "refused unchecked" in r.getMessage()]
+    assert len(lines) == 1 and "1 HELLO" in lines[0].getMessage()
+    time.sleep(0.6)
+    assert not auth.limited("10.0.0.3")
+
+
 def test_unknown_principal_costs_a_full_check(tmp_path: Path) -> None:
     """A token naming no principal is checked against a dummy hash: its failure takes about as
     long as a wrong token of a real principal ([NMQ-10-12])."""

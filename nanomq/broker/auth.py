@@ -28,8 +28,10 @@ costs a dictionary lookup and a constant-time comparison; a reload forgets them 
 
 Failures cost a client address one token of a bucket (10, refilled at 2 per second); with the
 bucket empty a HELLO from that address is refused without its token being looked at
-([NMQ-10-11]). Every failure is logged on the ``nanomq.audit`` logger with the address, the
-reason and the principal's name if the token named one, never the token ([NMQ-10-13]).
+([NMQ-10-11]), so it gets at most 2 checked guesses a second. Every checked failure is logged on
+the ``nanomq.audit`` logger with the address, the reason and the principal's name if the token
+named one, never the token ([NMQ-10-13]); refusals without a check as one line per address and
+second, with their count.
 
 Quotas live in a :class:`Usage` per principal name, which survives reloads (the connections and
 topics counted stay counted; new limits apply from the reload on).
@@ -70,6 +72,8 @@ _TOPIC_PATTERN_RE = re.compile(r"[A-Za-z0-9._-]{0,255}\*?")
 FAILURE_BURST = 10.0
 """Failed authentications one client address may have at once before it is refused unchecked."""
 FAILURE_REFILL_PER_S = 2.0
+REFUSAL_REPORT_S = 1.0
+"""Refusals of one address without a check are logged as one line per this many seconds."""
 _MAX_ADDRESSES = 65536
 """Addresses whose failures are remembered at most (the oldest are forgotten first)."""
 
@@ -334,6 +338,9 @@ def principal_from_certificate(peercert: Mapping[str, Any] | None) -> list[str]:
 class _Failures:
     level: float
     stamp: float
+    refused: int = 0
+    """HELLOs refused unchecked since the last line that reported them."""
+    reported_at: float = float("-inf")
 
 
 @dataclass(slots=True)
@@ -434,6 +441,23 @@ class Authenticator:
         f.level = min(FAILURE_BURST, f.level + (now - f.stamp) * FAILURE_REFILL_PER_S)
         f.stamp = now
         return f.level < 1.0
+
+    def refused(self, address: str) -> None:
+        """Audit-log a HELLO refused unchecked ([NMQ-10-11]): one line per address per
+        ``REFUSAL_REPORT_S`` with the count, so a client hammering the broker cannot flood its log.
+        Refusals do not count against the allowance, which refills as usual: an address gets at
+        most ``FAILURE_REFILL_PER_S`` checked guesses a second, and a right token gets in soon
+        after the guessing stops."""
+        f = self._failures.get(address)
+        if f is None:  # forgotten meanwhile (the table is bounded): count it as a failure
+            self.failed(address, "too many failed attempts")
+            return
+        f.refused += 1
+        now = time.monotonic()
+        if now - f.reported_at >= REFUSAL_REPORT_S:
+            audit.warning("authentication refused unchecked from %s: %d HELLO(s) after too many failures",
+                          address, f.refused)
+            f.refused, f.reported_at = 0, now
 
     def failed(self, address: str, reason: str, claimed: str = "") -> None:
         """Count and audit-log one failed authentication (never the token, [NMQ-10-13])."""

@@ -923,7 +923,7 @@ class Connection(asyncio.BufferedProtocol):
         principal: Principal | None = None
         if self._verifying is None:
             if auth.limited(address):
-                auth.failed(address, "too many failed attempts, refused unchecked", claimed)
+                auth.refused(address)
                 raise _Failure(ErrorCode.AUTH_FAILED, "too many failed authentications from this address: "
                                "try again later", "NMQ-10-11", fatal=True)
             if token:
