@@ -16,7 +16,15 @@ from conformance.registry import LAYERS, Context
 from conformance.report import write_reports
 from conformance.rules import load_rules, spec_file
 from conformance.runner import CaseResult, all_cases, run_cases
-from conformance.target import REFERENCE_DECLARES, REFERENCE_LAUNCH, Target, TargetError, TargetSpec
+from conformance.target import (
+    REFERENCE_AUTH,
+    REFERENCE_DECLARES,
+    REFERENCE_LAUNCH,
+    AuthSpec,
+    Target,
+    TargetError,
+    TargetSpec,
+)
 from conformance.verdicts import coverage_lines
 from conformance.wire import WireClient
 
@@ -32,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--address", default=os.environ.get("NANOMQ_TARGET_ADDRESS", ""),
                     help="host:port of a running broker (no crash cases without --launch)")
     ap.add_argument("--launch", default=os.environ.get("NANOMQ_TARGET_LAUNCH", ""),
-                    help="command that starts the broker; placeholders {port} {data_dir} {python}")
+                    help="command that starts the broker; placeholders {port} {admin_port} {data_dir} {python}")
     ap.add_argument("--kill", default=os.environ.get("NANOMQ_TARGET_KILL", ""),
                     help="command that crashes it ({pid}); default SIGKILL to the launched process group")
     ap.add_argument("--tls-ca", default=os.environ.get("NANOMQ_TARGET_TLS_CA", ""),
@@ -118,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in REFERENCE_DECLARES.items():
             if not getattr(spec, key) or key == "retention_check_s":
                 setattr(spec, key, value)
+        if spec.auth is None:
+            spec.auth = AuthSpec(**REFERENCE_AUTH)  # type: ignore[arg-type]
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
 
     try:
@@ -130,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         with WireClient(target.host, target.port, ssl_context=target.ssl) as w:
-            hello = w.hello()
+            hello = w.hello(token=spec.token.encode())
         missing = spec.missing(hello.capabilities)
         if missing:
             print(f"nanomq-conformance: the target does not announce {', '.join(missing)}, which its target "
@@ -144,6 +154,16 @@ def main(argv: list[str] | None = None) -> int:
                       hello.max_batch, hello.max_payload, quick=args.quick, max_frame=hello.max_frame)
         print(f"target {target.host}:{target.port} ({hello.server_name!r}, capabilities 0x{caps:x}); "
               f"{len(cases)} cases; seed {seed}", flush=True)
+        auth_target = None
+        if spec.auth is not None and any(c.id.startswith("security.") for c in cases):
+            try:
+                auth_target = _auth_instance(target, spec, args.report_dir)
+            except TargetError as e:
+                print(f"nanomq-conformance: the authenticating instance of [target.auth] did not start: {e}",
+                      file=sys.stderr)
+                return 2
+            ctx.auth, ctx.auth_target = spec.auth, auth_target
+            print(f"security cases on {auth_target.host}:{auth_target.port}", flush=True)
 
         def progress(r: CaseResult) -> None:
             if args.quiet and r.verdict in ("OK", "INFORMATIONAL", "UNIMPLEMENTED"):
@@ -181,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                             side=other_instance if use_twin else None)
         finally:
             twin_meta = [{"address": f"{t.host}:{t.port}", **t.report_meta()[0]} for t in twins if t.proc is not None]
+            if auth_target is not None and auth_target is not target:
+                twins.append(auth_target)  # stopped (or kept) with the other instances
             for twin in twins:
                 if args.keep_data:
                     twin.stop()
@@ -213,6 +235,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"failed: {', '.join(r.case.id for r in failed + soft)} (reproduce with --seed {seed})")
     print(f"reports: {args.report_dir}/index.html, index.json, junit.xml ({run.duration_s:.1f} s)")
     return 1 if failed or (args.strict and soft) else 0
+
+
+def _auth_instance(target: Target, spec: TargetSpec, report_dir: Path) -> Target:
+    """The instance the security cases run on, started: the one ``[target.auth]`` launches or
+    names, or the main target itself when it names neither."""
+    auth = spec.auth
+    assert auth is not None
+    if not auth.launch and not auth.address:
+        return target
+    other = dataclasses.replace(spec, launch=auth.launch, address=auth.address, token=auth.token, auth=None,
+                                trace_syncs=False)
+    t = Target(other, log_dir=report_dir, log_name="target-auth.log")
+    try:
+        t.start()
+    except TargetError:
+        t.cleanup()
+        raise
+    return t
 
 
 if __name__ == "__main__":

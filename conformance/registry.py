@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from nanomq.protocol import Capability
 
 if TYPE_CHECKING:
-    from conformance.target import Target
+    from conformance.target import AuthSpec, Target
     from conformance.wire import WireClient
 
 __all__ = ["Case", "Context", "Failed", "Unimplemented", "Skipped", "case", "CASES", "LAYERS"]
@@ -166,6 +166,10 @@ class Context:
     quick: bool = False
     """The fast mode (--quick): cases shrink their workloads; every rule is still checked."""
     max_frame: int = 0
+    auth: AuthSpec | None = None
+    """The principals of the security cases (``[target.auth]``); None: those cases are skipped."""
+    auth_target: Target | None = None
+    """The instance that authenticates (the main target, or one the kit started for them)."""
     rng: random.Random = field(init=False)
     notes: list[str] = field(default_factory=list)
     soft: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)

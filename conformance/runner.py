@@ -210,6 +210,7 @@ def all_cases() -> list[Case]:
         cases_limits,
         cases_resources,
         cases_restart,
+        cases_security,
         cases_session,
         cases_storage,
         cases_vectors,

@@ -9,8 +9,14 @@ A target is described by a TOML file, flags or environment variables::
     ready_timeout = 20                  # seconds to wait for the port to answer HELLO
     tls_ca = "ca.pem"                   # optional: speak TLS, trusting this certificate
     admin = "http://127.0.0.1:{admin_port}"   # optional: its admin HTTP API (spec/admin.md)
+    token = "admin:secret"              # optional: the token every connection of the kit sends
     [target.capabilities]               # false: test as if not announced; true: must be announced
     COMPRESSION_LZ4 = false
+    [target.auth]                       # optional: the security cases (spec/protocol.md §10)
+    launch = "mybroker --auth users.toml --port {port} --data {data_dir}"  # or address = ...; or neither:
+                                        # the target above itself authenticates
+    token = "admin:..."                 # a principal with admin on "*"
+    restricted_token = "mallory:..."    # see AuthSpec for the grants it must have
 
 Placeholders: ``{port}`` (a free port the kit picked), ``{admin_port}`` (another, for an admin API
 in the launch command and ``admin``), ``{data_dir}`` (a fresh directory the kit
@@ -46,7 +52,7 @@ from typing import Any
 from conformance.wire import WireClient
 from nanomq.protocol import Capability, Metadata, MetadataOk
 
-__all__ = ["TargetSpec", "Target", "REFERENCE_LAUNCH", "TargetError", "TRACE_SYSCALLS"]
+__all__ = ["AuthSpec", "TargetSpec", "Target", "REFERENCE_LAUNCH", "REFERENCE_AUTH", "TargetError", "TRACE_SYSCALLS"]
 
 TRACE_SYSCALLS = ("fsync", "fdatasync", "msync", "sync_file_range", "syncfs", "sync",
                   # which file each write, mapping and creation touched (conformance/strace.py);
@@ -77,8 +83,66 @@ REFERENCE_DECLARES = {"storage_format": "nanomq-v1", "max_connections": 64, "ret
 """What the kit knows of its default target beyond HELLO_OK (the keys of a target.toml)."""
 
 
+REFERENCE_USERS = Path(__file__).with_name("reference_users.toml")
+"""The principals of the reference's authenticating instance (hashed tokens; the tokens are below)."""
+
+REFERENCE_AUTH = {
+    "launch": REFERENCE_LAUNCH + " --auth-file " + shlex.quote(str(REFERENCE_USERS)).replace("{", "{{").replace("}", "}}"),
+    "token": "cf-admin:" + "A" * 32, "restricted_token": "cf-mallory:" + "M" * 32, "quota_token": "cf-quota:" + "Q" * 32,
+    "prefix": "cf-sec-", "quota_max_connections": 3, "quota_max_topics": 3, "quota_publish_bytes_per_s": 20000.0,
+    "quota_publish_burst_bytes": 20000, "failure_burst": 10, "failure_refill_per_s": 2.0,
+}
+"""The default target's ``[target.auth]``: a second reference broker started with
+``reference_users.toml`` (test credentials only: never use them for a real broker)."""
+
+
 class TargetError(RuntimeError):
     """The target could not be reached, started or stopped."""
+
+
+@dataclass(slots=True)
+class AuthSpec:
+    """``[target.auth]``: an instance of the target that authenticates (spec/protocol.md §10) and
+    the principals the security cases use. The kit cannot configure a broker's principals, so it
+    states what it expects of them; with ``P`` = ``prefix``:
+
+    - ``token``: a principal with ``admin`` on ``*``;
+    - ``restricted_token``: exactly ``P + "rw-*"`` publish, subscribe, create; ``P + "ro-*"``
+      subscribe; ``P + "nc-*"`` publish, subscribe (no create); nothing else, no quotas;
+    - ``quota_token``: ``P + "q-*"`` publish, subscribe, create, and the quotas below (0: that
+      quota is not configured, its case is skipped);
+    - ``failure_burst`` / ``failure_refill_per_s``: the failed authentications one address may
+      have before it is refused unchecked, and how fast that allowance comes back ([NMQ-10-11]).
+    """
+
+    launch: str = ""
+    """A launch command for the authenticating instance (placeholders as ``launch``)."""
+    address: str = ""
+    """Or where an authenticating instance runs; neither: the main target is that instance."""
+    token: str = ""
+    restricted_token: str = ""
+    quota_token: str = ""
+    prefix: str = "cf-sec-"
+    quota_max_connections: int = 0
+    quota_max_topics: int = 0
+    quota_publish_bytes_per_s: float = 0.0
+    quota_publish_burst_bytes: int = 0
+    failure_burst: int = 0
+    failure_refill_per_s: float = 0.0
+
+    @classmethod
+    def from_table(cls, path: object, data: dict[str, Any]) -> AuthSpec:
+        """Read ``[target.auth]``; TargetError on unknown keys or a missing token."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise TargetError(f"{path}: unknown keys in [target.auth]: {sorted(unknown)} (known: {sorted(known)})")
+        if not data.get("token") or not data.get("restricted_token"):
+            raise TargetError(f"{path}: [target.auth] needs token and restricted_token")
+        out = cls()
+        for key, value in data.items():
+            setattr(out, key, type(getattr(out, key))(value))
+        return out
 
 
 @dataclass(slots=True)
@@ -135,6 +199,11 @@ class TargetSpec:
     """The base URL of the target's admin HTTP API (spec/admin.md), ``{admin_port}`` allowed (the
     kit picks it, as ``{port}``). Empty: the target declares none, the admin cases are
     UNIMPLEMENTED."""
+    token: str = ""
+    """The auth token every HELLO of the kit's own connections carries (a target that requires
+    authentication; empty: none)."""
+    auth: AuthSpec | None = None
+    """The security cases' instance and principals (None: those cases are skipped)."""
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> TargetSpec:
@@ -145,7 +214,7 @@ class TargetSpec:
                                "storage_format", "topic_path", "max_connections", "retention_bytes",
                                "retention_check_s", "segment_bytes", "max_subscriptions", "idle_timeout_s",
                                "write_timeout_s", "max_commit_gaps", "frame_buffer_bytes", "topic_create_rate",
-                               "topic_create_burst", "max_topics", "admin"}
+                               "topic_create_burst", "max_topics", "admin", "token", "auth"}
         if unknown:
             raise TargetError(f"{path}: unknown keys in [target]: {sorted(unknown)}")
         caps = data.get("capabilities", {})
@@ -161,7 +230,8 @@ class TargetSpec:
                    float(data.get("idle_timeout_s", 0.0)), float(data.get("write_timeout_s", 0.0)),
                    int(data.get("max_commit_gaps", 0)), int(data.get("frame_buffer_bytes", 0)),
                    float(data.get("topic_create_rate", 0.0)), int(data.get("topic_create_burst", 0)),
-                   int(data.get("max_topics", 0)), str(data.get("admin", "")))
+                   int(data.get("max_topics", 0)), str(data.get("admin", "")), str(data.get("token", "")),
+                   AuthSpec.from_table(path, data["auth"]) if "auth" in data else None)
 
     def missing(self, announced: int) -> list[str]:
         """Capabilities the target.toml declares ``= true`` (the target must announce them) that
@@ -395,7 +465,7 @@ class Target:
                 raise TargetError(f"target exited with {self.proc.returncode} during start-up{self._log_hint()}")
             try:
                 with WireClient(self.host, self.port, timeout=2.0, ssl_context=self.ssl) as w:
-                    w.hello()
+                    w.hello(token=self.spec.token.encode())
                 return
             except Exception as e:  # not up yet
                 last = e
@@ -559,10 +629,14 @@ class Target:
         """The directory holding ``topic`` on disk (targets with a ``storage_format`` only)."""
         return Path(self.spec.topic_path.format(data_dir=self.data_dir, topic=topic))
 
-    def client(self, timeout: float = 10.0) -> WireClient:
-        """A new connection that has done HELLO."""
+    def client(self, timeout: float = 10.0, token: str | None = None) -> WireClient:
+        """A new connection that has done HELLO (with ``token``, default the target's own)."""
         w = WireClient(self.host, self.port, timeout=timeout, ssl_context=self.ssl)
-        w.hello()
+        try:
+            w.hello(token=(self.spec.token if token is None else token).encode())
+        except BaseException:
+            w.close()
+            raise
         return w
 
     def raw_client(self, timeout: float = 10.0) -> WireClient:

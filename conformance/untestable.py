@@ -65,5 +65,10 @@ UNTESTABLE: dict[str, str] = {
     "NMQ-ADM-5-2": "a cost of the implementation, measured by benchmarks (docs/operations.md, "
                    "benchmarks/bench_metrics_cost.py), not a behaviour the kit can observe",
     "NMQ-ADM-1-5": "needs authentication (capability AUTH), which the reference broker does not have yet",
+    # spec/protocol.md §10
+    "NMQ-10-6": "a reload is caused by the target's operator (the reference: SIGHUP after editing --auth-file), not over "
+                "the wire, and the kit cannot change a target's principals; tests/test_auth.py checks the reference",
+    "NMQ-10-12": "how tokens are stored and compared is inside the target; a timing difference of a comparison is far "
+                 "below what a network round trip lets the kit measure. tests/test_auth.py checks the reference",
 }
 """Rule ID -> why no black-box case can check it."""

@@ -94,6 +94,13 @@ class BrokerConfig:
     """PEM certificate chain; with it the broker speaks only TLS and announces capability TLS."""
     tls_key: Path | None = None
     """PEM private key (omit when the certificate file holds it too)."""
+    tls_client_ca: Path | None = None
+    """PEM certificate(s) of the authority that signs client certificates: a client presenting a
+    certificate it signed proves the principal the certificate names (needs ``tls_cert`` and
+    ``auth_file``; spec/protocol.md [NMQ-10-1])."""
+    auth_file: Path | None = None
+    """The principals (nanomq/broker/auth.py): with it the broker announces AUTH, every HELLO must
+    prove a principal, and every request is checked against its permissions and quotas."""
     loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     """The event loop: ``auto`` is uvloop when installed, else asyncio's (nanomq/broker/loop.py)."""
     busy_poll_us: int = 0
@@ -168,6 +175,10 @@ class BrokerConfig:
             raise ValueError(f"--max-connections must be 1 .. {MAX_CONNECTIONS}, not {self.max_connections}")
         if self.tls_key is not None and self.tls_cert is None:
             raise ValueError("--tls-key needs --tls-cert")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert (client certificates are checked inside TLS)")
+        if self.tls_client_ca is not None and self.auth_file is None:
+            raise ValueError("--tls-client-ca needs --auth-file (the principals that certificates name)")
         for flag, value in (("--handshake-timeout", self.hello_timeout_s), ("--frame-timeout", self.frame_timeout_s),
                             ("--write-timeout", self.write_timeout_s)):
             if not MIN_TIMEOUT_S <= value <= MAX_TIMEOUT_S:

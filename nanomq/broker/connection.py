@@ -43,6 +43,15 @@ larger than ``_RESERVE_OVER`` is read only once its whole size is reserved, so a
 each sending part of a 16 MiB frame cannot make the broker hold more than the budget (plus one read
 each); the others wait, unread, and a reservation always belongs to a frame that can complete.
 
+With ``ctx.auth`` (``--auth-file``), HELLO binds the connection to a principal
+(:mod:`nanomq.broker.auth`): a token not seen since the last reload is checked in a worker thread,
+HELLO waiting the way a request waits for its topic's creation. Every request is then checked
+against the principal's grants before anything about its topic is looked at ([NMQ-10-3],
+[NMQ-10-4]), and a PUBLISH is charged to the principal's publish bucket ([NMQ-10-9]). The C data
+plane does not check permissions, so only connections whose principal may publish to every topic
+without a publish quota feed it (``_fast_publish``); the others take the Python path for PUBLISH
+and PING (deliveries still leave through the plane: a subscription was checked when it was made).
+
 Once the transport is closing (the peer reset the connection, or the broker closed it), nothing is
 handled or written any more: asyncio logs every write to a lost connection.
 """
@@ -61,9 +70,17 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from nanomq._c.plane import STOP_END, STOP_FRAME, Delivery, Plane
+from nanomq.broker.auth import (
+    Action,
+    Authenticator,
+    Principal,
+    Usage,
+    principal_from_certificate,
+    verify_hash,
+)
 from nanomq.broker.state import (
     CONNECTION_TRANSITIONS,
     WRITE_TRANSITIONS,
@@ -114,6 +131,8 @@ from nanomq.protocol import (
 from nanomq.storage import StorageError
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     from nanomq.broker.metrics import BrokerStats
     from nanomq.broker.topics import Topic
 
@@ -344,6 +363,10 @@ class ConnectionContext:
     """The broker-wide allowance of topic creations (None: unlimited)."""
     stats: BrokerStats | None = None
     """Where errors and ack latencies are counted for the metrics (None: not counted)."""
+    auth: Authenticator | None = None
+    """The principals (spec/protocol.md §10); None: no authentication, every client may do everything."""
+    auth_executor: Executor | None = None
+    """Where tokens are checked (one scrypt each, off the loop); None: the loop's default executor."""
     read_buffer: memoryview = field(default_factory=lambda: memoryview(bytearray(_READ_BYTES)))
     """Where every connection's socket reads land (:meth:`Connection.get_buffer`). One is enough for
     all: the loop fills it for one connection and hands it over (``buffer_updated``), which copies
@@ -360,9 +383,10 @@ class _Slot:
 
 
 class _Wait(Exception):
-    """A request that waits for its topic to be created: handled again once ``creation`` is done."""
+    """A request that waits for its topic to be created (or a HELLO for its token to be checked):
+    handled again once ``creation`` is done."""
 
-    def __init__(self, creation: asyncio.Future[Topic]) -> None:
+    def __init__(self, creation: asyncio.Future[Any]) -> None:
         super().__init__("waiting for a topic creation")
         self.creation = creation
 
@@ -417,6 +441,18 @@ class Connection(asyncio.BufferedProtocol):
         """Runs of ids committed out of order, over all subscriptions ([NMQ-4.7-5])."""
         self._waiting: Frame | None = None
         """The request waiting for its topic to be created (nothing after it is handled; reading stopped)."""
+        self._principal: Principal | None = None
+        """Who this connection acts for, from HELLO on (always None without ``ctx.auth``)."""
+        self._usage: Usage | None = None
+        """The principal's quotas in use; set once this connection counts among its connections."""
+        self._fast_publish = True
+        """PUBLISH (and PING) may take the C data plane: no auth, or a principal that may publish
+        to every topic without a publish quota (the plane does not check permissions)."""
+        self._verifying: asyncio.Future[tuple[int, str | None]] | None = None
+        """HELLO's token being checked in a worker thread."""
+        self._token: bytes | None = None
+        """The token that proved the principal (None: a certificate did), kept in memory only, so
+        that a reload that changes the principal's stored hash can check it again ([NMQ-10-6])."""
 
     def _move(self, event: ConnectionEvent) -> None:
         self._state = next_state(CONNECTION_TRANSITIONS, self._state, event)
@@ -519,6 +555,9 @@ class Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._move(ConnectionEvent.LOST)
+        if self._usage is not None:
+            self._usage.connections -= 1
+            self._usage = None
         for sub in self._subs.values():
             self._detach(sub)
             sub.end()
@@ -644,7 +683,7 @@ class Connection(asyncio.BufferedProtocol):
             # The C fast path takes the hot frames at the head of the buffer while no answer is
             # waiting in the queue (its answers go out at once, so order holds, [NMQ-3.3-2]);
             # whatever it leaves, valid or not, the codec decodes below, one frame at a time.
-            if plane is not None and self._state is _ACTIVE and not self._queue and decoder.buffered:
+            if plane is not None and self._state is _ACTIVE and self._fast_publish and not self._queue and decoder.buffered:
                 used, cut = self._fast(plane, _TURN_BYTES - taken)
                 if used:
                     completed = True
@@ -694,7 +733,7 @@ class Connection(asyncio.BufferedProtocol):
         elif completed or self._partial_since is None:
             self._partial_since = self._heard_at if completed else time.monotonic()
 
-    def _wait_for_topic(self, frame: Frame, creation: asyncio.Future[Topic]) -> None:
+    def _wait_for_topic(self, frame: Frame, creation: asyncio.Future[Any]) -> None:
         """Stop handling (and reading) at ``frame`` until the topic it names has been created."""
         self._waiting = frame
         self._partial_since = None  # what the client sends meanwhile is not late: the broker holds it
@@ -703,7 +742,7 @@ class Connection(asyncio.BufferedProtocol):
         self._update_reading()
         creation.add_done_callback(partial(self._topic_ready, frame))
 
-    def _topic_ready(self, frame: Frame, creation: asyncio.Future[Topic]) -> None:
+    def _topic_ready(self, frame: Frame, creation: asyncio.Future[Any]) -> None:
         """The creation ``frame`` waited for is over (on the loop, after the registry took the
         topic): handle ``frame`` again, or answer the creation's failure; then the frames behind it."""
         exc = None if creation.cancelled() else creation.exception()  # retrieved, whoever is left to answer
@@ -906,14 +945,134 @@ class Connection(asyncio.BufferedProtocol):
         if f.version != PROTOCOL_VERSION:
             raise _Failure(ErrorCode.UNSUPPORTED_VERSION, f"version {f.version} not supported (1 is)",
                            "NMQ-4.1-5", fatal=True)
+        if self._ctx.auth is not None:
+            self._authenticate(self._ctx.auth, f.auth_token)
         self._move(ConnectionEvent.HELLO)
         self.client_name = f.client_name
         ann = self._ctx.announcement
         self._respond(HelloOk(f.request_id, PROTOCOL_VERSION, int(ann.capabilities), ann.max_frame,
                               ann.max_payload, ann.max_batch, ann.server_name))
 
+    def _authenticate(self, auth: Authenticator, token: bytes) -> None:
+        """Bind the connection to a principal ([NMQ-10-1]), or fail HELLO with AUTH_FAILED. A token
+        not seen since the last reload is checked in a worker thread (:class:`_Wait`): HELLO is
+        handled again when that is done."""
+        address = self._address()
+        claimed = auth.named_by(token) if token else ""
+        principal: Principal | None = None
+        if self._verifying is None:
+            if auth.limited(address):
+                auth.refused(address)
+                raise _Failure(ErrorCode.AUTH_FAILED, "too many failed authentications from this address: "
+                               "try again later", "NMQ-10-11", fatal=True)
+            if token:
+                principal = auth.cached(token)
+                if principal is None:
+                    loop = asyncio.get_running_loop()
+                    self._verifying = loop.run_in_executor(self._ctx.auth_executor, auth.verify, token)
+                    raise _Wait(self._verifying)
+                how = "token"
+            else:
+                transport = self._transport
+                names = principal_from_certificate(transport.get_extra_info("peercert")) if transport else []
+                principal = auth.by_certificate(names)
+                how = "certificate"
+                if principal is None:
+                    auth.failed(address, "a certificate naming no principal that accepts certificates" if names
+                                else "no token and no client certificate", ", ".join(names))
+        else:
+            generation, name = self._verifying.result()
+            self._verifying = None
+            how = "token"
+            if name is not None:
+                principal = auth.remember(generation, token, name)
+                if principal is None:  # a reload came in between: check against the new principals
+                    return self._authenticate(auth, token)
+            else:
+                auth.failed(address, "wrong token", claimed)
+        if principal is None:
+            raise _Failure(ErrorCode.AUTH_FAILED, "authentication failed", "NMQ-10-1", fatal=True)
+        usage = auth.usage_of(principal)
+        if principal.max_connections and usage.connections >= principal.max_connections:
+            raise _Failure(ErrorCode.TOO_MANY_CONNECTIONS, f"principal {principal.name!r} already has its quota of "
+                           f"{principal.max_connections} connections", "NMQ-10-7", fatal=True)
+        usage.connections += 1
+        self._usage = usage
+        self._token = token if how == "token" else None
+        self._set_principal(principal)
+        auth.succeeded(address, principal.name, how)
+
+    def _set_principal(self, principal: Principal) -> None:
+        self._principal = principal
+        self._fast_publish = principal.publishes_anywhere
+
+    def _address(self) -> str:
+        transport = self._transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+
+    @property
+    def principal(self) -> Principal | None:
+        """The principal this connection acts for (None: not authenticated, or no auth)."""
+        return self._principal
+
+    def reauthorize(self, auth: Authenticator) -> None:
+        """The principals were reloaded ([NMQ-10-6]): go on with the new permissions, or close with
+        AUTH_FAILED if this connection's principal is gone, is no longer proved the same way, or
+        may no longer hold one of its subscriptions."""
+        old = self._principal
+        if old is None or not self._live():
+            return
+        new = auth.principals.get(old.name)
+        why = ""
+        token = self._token
+        if new is None:
+            why = f"principal {old.name!r} was removed"
+        elif token is None and not new.certificate or token is not None and not new.token_hash:
+            why = f"principal {old.name!r} may no longer prove itself this way"
+        else:
+            lost = [s.topic.name for s in self._subs.values() if not new.allowed(s.topic.name, Action.SUBSCRIBE)]
+            if lost:
+                why = f"principal {old.name!r} may no longer subscribe to {lost[0]!r}"
+        if why:
+            self._fatal(ErrorCode.AUTH_FAILED, f"{why}: reconnect", "NMQ-10-6")
+            return
+        assert new is not None
+        self._set_principal(new)
+        if token is not None and new.token_hash != old.token_hash:
+            # The stored hash changed (a new salt, or a new token): check this connection's token
+            # against it, off the loop; the connection goes on meanwhile, and is closed if it fails.
+            loop = asyncio.get_running_loop()
+            check = loop.run_in_executor(self._ctx.auth_executor, verify_hash, new.token_hash, token)
+            check.add_done_callback(partial(self._rechecked, new))
+
+    def _rechecked(self, principal: Principal, check: asyncio.Future[bool]) -> None:
+        """A reload's check of this connection's token is done: close unless it still holds."""
+        ok = not check.cancelled() and check.exception() is None and check.result()
+        if not ok and self._principal is principal:
+            self._fatal(ErrorCode.AUTH_FAILED, f"the token of principal {principal.name!r} changed: reconnect",
+                        "NMQ-10-6")
+
+    def _allow(self, topic: str, action: Action) -> None:
+        """PERMISSION_DENIED unless the principal may do ``action`` on ``topic`` ([NMQ-10-2]). The
+        message names only the request's own action and topic, the same whether the topic exists
+        or not ([NMQ-10-4])."""
+        p = self._principal
+        if p is not None and not p.allowed(topic, action):
+            raise _Failure(ErrorCode.PERMISSION_DENIED, f"principal {p.name!r} may not "
+                           f"{action.name.lower()} topic {topic!r}", "NMQ-10-2")  # type: ignore[union-attr]
+
+    def _charge_publish(self, nbytes: int) -> None:
+        """Take ``nbytes`` from the principal's publish allowance, or RESOURCE_LIMIT ([NMQ-10-9])."""
+        usage = self._usage
+        bucket = usage.bucket if usage is not None else None
+        if bucket is not None and (wait := bucket.take(nbytes)):
+            raise _Failure(ErrorCode.RESOURCE_LIMIT, f"publish quota of {bucket.rate:g} bytes/s exceeded: nothing "
+                           f"appended; retry in {wait:.2f} s", "NMQ-10-9")
+
     def _on_publish(self, f: Publish) -> None:
         started = time.perf_counter()
+        self._allow(f.topic, Action.PUBLISH)
         flags, has_producer = f.records.summary()
         caps = self._ctx.announcement.capabilities
         if flags & RecordFlag.LZ4 and not caps & Capability.COMPRESSION_LZ4:
@@ -921,6 +1080,7 @@ class Connection(asyncio.BufferedProtocol):
         if has_producer and not caps & Capability.IDEMPOTENT:
             raise _Failure(ErrorCode.NOT_SUPPORTED, "idempotent publish is not supported", "NMQ-4.2-6")
         topic = self._topic(f.topic)
+        self._charge_publish(len(f.records.data))
         try:
             first, last = topic.append(f.records.data, f.records.count)
         except StorageError as e:
@@ -964,6 +1124,7 @@ class Connection(asyncio.BufferedProtocol):
         topic.when_durable(last, done)
 
     def _on_subscribe(self, f: Subscribe) -> None:
+        self._allow(f.topic, Action.SUBSCRIBE)
         if f.group:
             raise _Failure(ErrorCode.NOT_SUPPORTED, "consumer groups are not supported by this broker", "NMQ-4.4-3")
         if len(self._subs) >= self._ctx.max_subscriptions:
@@ -1022,13 +1183,17 @@ class Connection(asyncio.BufferedProtocol):
 
     def _on_metadata(self, f: Metadata) -> None:
         directory = self._ctx.topics
+        p = self._principal
         if f.topic:
+            if p is not None and not p.visible(f.topic):  # the same answer whether it exists or not [NMQ-10-4]
+                raise _Failure(ErrorCode.PERMISSION_DENIED, f"principal {p.name!r} may not see topic {f.topic!r}",
+                               "NMQ-10-2")
             t = directory.get(f.topic)
             if t is None:
                 raise _Failure(ErrorCode.UNKNOWN_TOPIC, f"no topic {f.topic!r}", "NMQ-4.9-1")
             topics = [t]
         else:
-            topics = sorted(directory, key=lambda t: t.name)
+            topics = sorted((t for t in directory if p is None or p.visible(t.name)), key=lambda t: t.name)
         self._respond(MetadataOk(f.request_id, tuple(
             TopicInfo(t.topic_id, t.name, t.log.first_id, t.log.next_id) for t in topics)))
 
@@ -1044,6 +1209,13 @@ class Connection(asyncio.BufferedProtocol):
             return topic
         creation = directory.creating(name)
         if creation is None:  # a new topic: the allowance counts it now, while it is being created
+            p = self._principal
+            usage = self._usage
+            if p is not None:
+                self._allow(name, Action.CREATE)
+                if p.max_topics and usage is not None and usage.topics_created >= p.max_topics:
+                    raise _Failure(ErrorCode.RESOURCE_LIMIT, f"topic {name!r} not created: principal {p.name!r} has "
+                                   f"created its quota of {p.max_topics} topics", "NMQ-10-8")
             quota = self._ctx.topic_quota
             if quota is not None and not quota.take():
                 raise _Failure(ErrorCode.RESOURCE_LIMIT, f"topic {name!r} not created: the broker creates at most "
@@ -1055,8 +1227,12 @@ class Connection(asyncio.BufferedProtocol):
                 raise _Failure(ErrorCode.RESOURCE_LIMIT, str(e), "NMQ-6.2-5") from e
             except StorageError as e:
                 raise _Failure(ErrorCode.STORAGE_ERROR, str(e), "NMQ-SEM-3-4") from e
+            if usage is not None:
+                usage.topics_created += 1
             if not asyncio.isfuture(made):
                 return made
+            if usage is not None:  # a creation that fails made nothing to count
+                made.add_done_callback(partial(_uncount, usage))
             creation = made
         raise _Wait(creation)
 
@@ -1202,6 +1378,11 @@ class Connection(asyncio.BufferedProtocol):
         assert self._transport is not None
         self._transport.write(frame_header(Opcode.DELIVER, 0, 8 + len(records))
                              + Deliver.prefix(sub_id, count) + records)
+
+
+def _uncount(usage: Usage, creation: asyncio.Future[Topic]) -> None:
+    if creation.cancelled() or creation.exception() is not None:
+        usage.topics_created -= 1
 
 
 _HANDLERS: dict[type[Frame], Callable[[Connection, Frame], None]] = {

@@ -24,6 +24,7 @@ from pathlib import Path
 from nanomq._c.plane import CAP_LZ4, Plane
 from nanomq.broker.admin_api import AdminApi
 from nanomq.broker.admin_http import AdminHttpServer
+from nanomq.broker.auth import AuthConfigError, Authenticator
 from nanomq.broker.config import BrokerConfig
 from nanomq.broker.connection import (
     Announcement,
@@ -66,8 +67,18 @@ class Broker:
         if config.tls_cert is not None:
             # Loaded here, before anything else starts, so a bad certificate or key is a clear
             # start-up error (TlsConfigError, naming the file) rather than a failed handshake later.
-            self._ssl = load_server_context(config.tls_cert, config.tls_key)
+            self._ssl = load_server_context(config.tls_cert, config.tls_key, config.tls_client_ca)
             self.capabilities |= Capability.TLS
+        self.auth: Authenticator | None = None
+        self._auth_executor: ThreadPoolExecutor | None = None
+        if config.auth_file is not None:
+            # Loaded here too: a bad file is a start-up error (AuthConfigError, naming the file).
+            self.auth = Authenticator(Path(config.auth_file))
+            self.auth.load()
+            self.capabilities |= Capability.AUTH
+            # Tokens are checked here (one scrypt each), never on the loop, and never queued
+            # behind a retention run in the executor below.
+            self._auth_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="nanomq-auth")
         # Retention, trimming and the final sync run here; durable acks' syncs run in the
         # registry's C sync threads.
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="nanomq-io")
@@ -210,6 +221,8 @@ class Broker:
         if self._admin is not None:
             await self._admin.stop()
         self._executor.shutdown(wait=True)
+        if self._auth_executor is not None:
+            self._auth_executor.shutdown(wait=True, cancel_futures=True)
         self._unlock()
         self._stopped.set()
 
@@ -233,7 +246,26 @@ class Broker:
             max_commit_gaps=cfg.max_commit_gaps,
             topic_quota=TopicQuota(cfg.topic_create_rate, cfg.topic_create_burst) if cfg.topic_create_rate else None,
             stats=self.stats,
+            auth=self.auth,
+            auth_executor=self._auth_executor,
         )
+
+    def reload_auth(self) -> bool:
+        """Read the auth file again (SIGHUP) and apply it to every open connection without closing
+        those still allowed what they use ([NMQ-10-6]). A file that does not load is logged and the
+        principals stay as they were. Whether it loaded."""
+        if self.auth is None:
+            _log.warning("SIGHUP: nothing to reload (no --auth-file)")
+            return False
+        try:
+            n = self.auth.load()
+        except AuthConfigError as e:
+            _log.error("SIGHUP: %s; the previous principals stay in force", e)
+            return False
+        for conn in tuple(self.connections):
+            conn.reauthorize(self.auth)
+        _log.info("SIGHUP: reloaded %d principal(s) from %s", n, self.auth.path)
+        return True
 
     def admit(self, conn: Connection) -> bool:
         """Register a new connection; False when over the connection limit [NMQ-6.2-1]."""
@@ -345,6 +377,8 @@ async def _main(config: BrokerConfig, ready: str) -> int:
     admin = broker.admin_address
     if admin is not None:
         print(f"nanomq-broker admin API on http://{admin[0]}:{admin[1]}", flush=True)
+    if broker.auth is not None:  # without an auth file SIGHUP keeps its default action
+        loop.add_signal_handler(signal.SIGHUP, broker.reload_auth)
     host, port = broker.address
     print(ready.format(host=host, port=port, data_dir=config.data_dir), flush=True)
     await broker.serve_until_stopped()

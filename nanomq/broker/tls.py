@@ -51,9 +51,11 @@ def _read(flag: str, path: Path) -> str:
         raise TlsConfigError(f"{flag} {path}: cannot read it: {e.strerror or e}") from None
 
 
-def load_server_context(cert: Path, key: Path | None) -> ssl.SSLContext:
+def load_server_context(cert: Path, key: Path | None, client_ca: Path | None = None) -> ssl.SSLContext:
     """The broker's TLS context (TLS 1.2 or newer) for certificate chain ``cert`` and private key
-    ``key`` (None: the key is in the certificate file)."""
+    ``key`` (None: the key is in the certificate file). With ``client_ca``, clients may present a
+    certificate, which must verify against it (a client without one still connects, and proves a
+    principal by token: spec/protocol.md [NMQ-10-1])."""
     cert_text = _read("--tls-cert", cert)
     if "-----BEGIN CERTIFICATE-----" not in cert_text:
         raise TlsConfigError(f"--tls-cert {cert}: no PEM certificate in it (expected a "
@@ -83,6 +85,15 @@ def load_server_context(cert: Path, key: Path | None) -> ssl.SSLContext:
         raise TlsConfigError(f"{files}: cannot load the certificate and key ({reason})") from None
     except OSError as e:
         raise TlsConfigError(f"--tls-cert {cert}: cannot load it: {e.strerror or e}") from None
+    if client_ca is not None:
+        ca_text = _read("--tls-client-ca", client_ca)
+        if "-----BEGIN CERTIFICATE-----" not in ca_text:
+            raise TlsConfigError(f"--tls-client-ca {client_ca}: no PEM certificate in it")
+        try:
+            ctx.load_verify_locations(cafile=str(client_ca))
+        except ssl.SSLError as e:
+            raise TlsConfigError(f"--tls-client-ca {client_ca}: cannot load it: {e.reason or e}") from None
+        ctx.verify_mode = ssl.CERT_OPTIONAL
     return ctx
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from nanomq import __version__
 from nanomq.broker import BrokerConfig, BrokerLockedError, default_data_dir, run
+from nanomq.broker.auth import AuthConfigError, hash_token, load_principals, make_token
 from nanomq.broker.tls import TlsConfigError, load_server_context
 from nanomq.cli.sizes import format_size, parse_size
 from nanomq.protocol import DEFAULT_MAX_FRAME, MAX_BATCH, RECORD_HEADER_SIZE
@@ -48,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a NanoMQ broker: topics stored in a crash-safe write-ahead log, served over "
         "NanoMQ wire protocol v1. Stop it with Ctrl-C or SIGTERM (it syncs and marks the log clean). "
         "Every flag is checked at start: a value that cannot work exits 2 with a message.",
-        epilog="SIZE: a number of bytes with an optional binary suffix, e.g. 65536, 64KiB, 100MB, 1GiB "
+        epilog="Subcommand: 'nanomq-broker hash-token NAME' makes a token and the --auth-file entry for "
+        "principal NAME (see nanomq-broker hash-token --help). "
+        "SIZE: a number of bytes with an optional binary suffix, e.g. 65536, 64KiB, 100MB, 1GiB "
         "(K/M/G/T are powers of 1024). Exit status: 0 clean stop, 1 could not start (port in use, data "
         "directory locked, storage error), 2 bad flags.",
     )
@@ -136,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--admin-host", default=None, metavar="HOST",
                     help="address the admin API listens on (default 127.0.0.1: it has no authentication, "
                     "so expose it only where its readers are trusted)")
+    ap.add_argument("--auth-file", type=Path, metavar="TOML",
+                    help="require authentication: the principals, their salted token hashes (nanomq-broker "
+                    "hash-token), permissions and quotas (docs/user-guide.md, Security). Announces AUTH; a HELLO "
+                    "that proves no principal is answered AUTH_FAILED. Reloaded on SIGHUP without dropping "
+                    "connections")
+    ap.add_argument("--tls-client-ca", type=Path, metavar="PEM",
+                    help="with --tls-cert and --auth-file: accept client certificates signed by this authority; "
+                    "a client without a token proves the principal its certificate names (a DNS or URI "
+                    "subjectAltName, else the subject CN) if that principal has certificate = true")
     ap.add_argument("--verify-on-start", action="store_true",
                     help="verify the CRC of every stored record at start, quarantining damage then (reads "
                     "every log once: 0.3-0.9 s per GiB in the page cache, the disk's read time otherwise); by "
@@ -179,6 +191,8 @@ def config_from_args(args: argparse.Namespace) -> BrokerConfig:
         frame_buffer_bytes=args.max_frame_buffer,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        auth_file=args.auth_file,
         verify_on_start=args.verify_on_start,
         admin_host=args.admin_host if args.admin_host is not None else "127.0.0.1",
         admin_port=args.admin_port,
@@ -202,7 +216,9 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> BrokerC
     try:
         config.validate()
         if config.tls_cert is not None:
-            load_server_context(config.tls_cert, config.tls_key)
+            load_server_context(config.tls_cert, config.tls_key, config.tls_client_ca)
+        if config.auth_file is not None:
+            load_principals(config.auth_file)
     except ValueError as e:
         ap.error(str(e))
     _check_data_dir(ap, Path(config.data_dir), config.segment_bytes)
@@ -251,8 +267,51 @@ def _check_fd_limit(ap: argparse.ArgumentParser, max_connections: int, explicit:
     _log.warning("%s; connections beyond about %d will be refused by the system", msg, target - _FD_MARGIN)
 
 
+def build_hash_parser() -> argparse.ArgumentParser:
+    """The parser of ``nanomq-broker hash-token``."""
+    ap = argparse.ArgumentParser(
+        prog="nanomq-broker hash-token",
+        description="Make the --auth-file entry of principal NAME: a salted scrypt hash of its token "
+        "(the file never holds the token itself). Without --token-file a new random token is made; the "
+        "token goes to stdout on its own line first (give it to the client: --token-file, NANOMQ_TOKEN or "
+        "token=), then the TOML entry to add to the auth file. Tokens are NAME:SECRET.")
+    ap.add_argument("name", metavar="NAME", help="the principal (1-128 of A-Z a-z 0-9 . _ @ -)")
+    ap.add_argument("--token-file", type=Path, metavar="FILE",
+                    help="hash the token in FILE (one line, NAME:SECRET; '-' reads stdin) instead of making one")
+    return ap
+
+
+def hash_token_main(argv: list[str]) -> int:
+    """``nanomq-broker hash-token NAME``: print a token (unless given) and its auth-file entry."""
+    ap = build_hash_parser()
+    args = ap.parse_args(argv)
+    try:
+        if args.token_file is None:
+            token = make_token(args.name)
+            print(token)
+        else:
+            text = sys.stdin.read() if str(args.token_file) == "-" else args.token_file.read_text()
+            token = text.strip()
+            if not token.startswith(f"{args.name}:") or len(token) <= len(args.name) + 1:
+                ap.error(f"the token must be {args.name}:SECRET (the broker finds the principal by the part "
+                         "before ':')")
+            if len(token) - len(args.name) - 1 < 16:
+                ap.error("the secret after ':' is shorter than 16 characters: too easy to guess")
+            make_token(args.name)  # checks the name
+    except ValueError as e:
+        ap.error(str(e))
+    except OSError as e:
+        ap.error(f"--token-file {args.token_file}: {e.strerror or e}")
+    print(f"\n[principals.{args.name}]\ntoken = \"{hash_token(token)}\"\n"
+          f"[principals.{args.name}.permissions]\n\"{args.name}.*\" = [\"publish\", \"subscribe\", \"create\"]")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``nanomq-broker``."""
+    """Entry point of ``nanomq-broker`` (and of its subcommand ``hash-token``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["hash-token"]:
+        return hash_token_main(argv[1:])
     ap = build_parser()
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -260,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     config = check_args(ap, args)
     try:
         return run(config)
-    except TlsConfigError as e:  # a file changed between the check and the start
+    except (TlsConfigError, AuthConfigError) as e:  # a file changed between the check and the start
         print(f"nanomq-broker: {e}", file=sys.stderr)
         return 2
     except ssl.SSLError as e:

@@ -17,6 +17,7 @@ import os
 import ssl
 import sys
 import time
+from pathlib import Path
 from typing import TypedDict
 
 from nanomq import __version__
@@ -120,6 +121,15 @@ def _connection_options(*, defaults: bool) -> argparse.ArgumentParser:
                    help=f"host:port of the broker (default {DEFAULT_BROKER}; port 1..65535); tls://host:port for TLS")
     g.add_argument("--tls-ca", default=default(None), metavar="PEM",
                    help="connect with TLS, trusting this CA (or self-signed) certificate")
+    g.add_argument("--token", default=default(None), metavar="TOKEN",
+                   help="authenticate with this token (NAME:SECRET; default $NANOMQ_TOKEN). It is visible to other "
+                   "users of this machine in the process list: prefer --token-file or $NANOMQ_TOKEN")
+    g.add_argument("--token-file", default=default(None), metavar="FILE",
+                   help="authenticate with the token in FILE (its first line; '-' reads stdin)")
+    g.add_argument("--tls-cert", default=default(None), metavar="PEM",
+                   help="present this client certificate (PEM; with its key unless --tls-key) to a broker with "
+                   "--tls-client-ca; needs --tls-ca or a tls:// --broker")
+    g.add_argument("--tls-key", default=default(None), metavar="PEM", help="the private key of --tls-cert")
     g.add_argument("--timeout", type=_seconds, default=default(DEFAULT_TIMEOUT),
                    help=f"seconds to wait for the broker, a finite number > 0 (default {DEFAULT_TIMEOUT:g})")
     return p
@@ -257,6 +267,7 @@ class _Connection(TypedDict):
     timeout: float
     connect_timeout: float
     ssl_context: ssl.SSLContext | None
+    token: str | None
 
 
 def _describe(address: str, conn: _Connection, topics: list[TopicInfo], scan: bool) -> None:
@@ -281,8 +292,8 @@ def _describe(address: str, conn: _Connection, topics: list[TopicInfo], scan: bo
     print(f"nanomq-cli: {NOT_OVER_THE_WIRE}", file=sys.stderr)
 
 
-def _run(args: argparse.Namespace, tls: ssl.SSLContext | None) -> None:
-    conn = _Connection(timeout=args.timeout, connect_timeout=args.timeout, ssl_context=tls)
+def _run(args: argparse.Namespace, tls: ssl.SSLContext | None, token: str | None) -> None:
+    conn = _Connection(timeout=args.timeout, connect_timeout=args.timeout, ssl_context=tls, token=token)
     if args.command == "admin":
         admin.run(args)
     elif args.command == "publish":
@@ -310,6 +321,23 @@ def _run(args: argparse.Namespace, tls: ssl.SSLContext | None) -> None:
                 print(f"{t.name}\tid={t.topic_id}\trecords={t.next_id - t.first_id}\tfirst={t.first_id}\tnext={t.next_id}")
 
 
+def _token(ap: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """The token of --token or --token-file (None: the client's default, ``$NANOMQ_TOKEN``)."""
+    if args.token is not None and args.token_file is not None:
+        ap.error("give --token or --token-file, not both")
+    if args.token_file is None:
+        return args.token  # type: ignore[no-any-return]
+    try:
+        text = sys.stdin.readline() if args.token_file == "-" else Path(args.token_file).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        ap.error(f"cannot read --token-file {args.token_file}: {e}")
+    lines = text.splitlines()
+    token = lines[0].strip() if lines else ""
+    if not token:
+        ap.error(f"--token-file {args.token_file} is empty")
+    return token
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``nanomq-cli``; exit 0 ok, 1 runtime failure, 2 bad input, 130 interrupted."""
     ap = build_parser()
@@ -322,8 +350,19 @@ def main(argv: list[str] | None = None) -> int:
             tls = ssl.create_default_context(cafile=args.tls_ca)
         except (OSError, ssl.SSLError) as e:
             ap.error(f"cannot load --tls-ca {args.tls_ca}: {e}")
+    if args.tls_key and not args.tls_cert:
+        ap.error("--tls-key needs --tls-cert")
+    if args.tls_cert:
+        if tls is None and not args.broker.startswith("tls://"):
+            ap.error("--tls-cert needs TLS: --tls-ca PEM or a tls://host:port --broker")
+        tls = tls if tls is not None else ssl.create_default_context()
+        try:
+            tls.load_cert_chain(args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError) as e:
+            ap.error(f"cannot load --tls-cert {args.tls_cert}: {e}")
+    token = _token(ap, args)
     try:
-        _run(args, tls)
+        _run(args, tls, token)
     except KeyboardInterrupt:
         return 130
     except (_BadInput, InvalidArgumentError, ArgumentTypeError) as e:  # input the broker's limits refuse

@@ -8,6 +8,7 @@ Each function returns the value in the form the client uses, or raises
 from __future__ import annotations
 
 import math
+import os
 import re
 import ssl
 from collections.abc import Iterable, Sequence
@@ -19,7 +20,7 @@ from nanomq.protocol import Ack, Start, valid_topic
 __all__ = [
     "ACK_MODES", "DEFAULT_PORT", "START_POSITIONS", "Options", "ack_mode", "compression_threshold", "max_msgs",
     "options", "parse_address", "payload", "payloads", "poll_timeout", "record_id", "record_ids", "spin_us",
-    "start_position", "tls_context", "topic", "u64", "window",
+    "start_position", "tls_context", "auth_token", "topic", "u64", "window",
 ]
 
 DEFAULT_PORT = 9000
@@ -99,15 +100,53 @@ class Options:
     client_name: str
 
 
+def auth_token(token: str | bytes | None) -> bytes:
+    """HELLO's auth_token: ``token`` (str as UTF-8), else ``$NANOMQ_TOKEN``, else none."""
+    if token is None:
+        token = os.environ.get("NANOMQ_TOKEN", "")
+    if isinstance(token, str):
+        token = token.encode()
+    if not isinstance(token, bytes):
+        raise ArgumentTypeError(f"token must be str or bytes, not {type(token).__name__}")
+    if len(token) > 0xFFFF:
+        raise InvalidArgumentError("token must be at most 65535 bytes")
+    return token
+
+
 def options(address: str, *, client_name: str, timeout: float, connect_timeout: float,
-            ssl_context: ssl.SSLContext | None) -> Options:
-    """Every connection argument of a client, checked."""
+            ssl_context: ssl.SSLContext | None, tls_cert: str | os.PathLike[str] | None = None,
+            tls_key: str | os.PathLike[str] | None = None, tls_ca: str | os.PathLike[str] | None = None) -> Options:
+    """Every connection argument of a client, checked. ``tls_cert`` / ``tls_key``: a client
+    certificate (PEM) presented to the broker; ``tls_ca``: the PEM certificate(s) to trust for the
+    broker's instead of the system's (both for a ``tls://`` address)."""
     host, port = parse_address(address)
+    tls = tls_context(address, ssl_context)
+    if tls_ca is not None:
+        if ssl_context is not None:
+            raise InvalidArgumentError("tls_ca with ssl_context: give one of them")
+        if tls is None:
+            raise InvalidArgumentError("tls_ca needs a tls://host:port address")
+        try:
+            tls = ssl.create_default_context(cafile=os.fspath(tls_ca))
+        except (OSError, ssl.SSLError) as e:
+            raise InvalidArgumentError(f"cannot load tls_ca {os.fspath(tls_ca)}: {e}") from None
+    if tls_key is not None and tls_cert is None:
+        raise InvalidArgumentError("tls_key needs tls_cert")
+    if tls_cert is not None:
+        if ssl_context is not None:
+            raise InvalidArgumentError("tls_cert with ssl_context: load the certificate into your context "
+                                       "(ssl_context.load_cert_chain) instead")
+        if tls is None:
+            raise InvalidArgumentError("tls_cert needs a tls://host:port address")
+        try:
+            tls.load_cert_chain(os.fspath(tls_cert), os.fspath(tls_key) if tls_key is not None else None)
+        except (OSError, ssl.SSLError) as e:
+            raise InvalidArgumentError(f"cannot load the client certificate {os.fspath(tls_cert)}: {e}") from None
     if not isinstance(client_name, str):
         raise ArgumentTypeError(f"client_name must be a str, not {type(client_name).__name__}")
     if len(client_name.encode()) > 255:
         raise InvalidArgumentError("client_name must be at most 255 bytes of UTF-8")
-    return Options(address, host, port, tls_context(address, ssl_context),
+    return Options(address, host, port, tls,
                    _seconds("timeout", timeout, allow_zero=False),
                    _seconds("connect_timeout", connect_timeout, allow_zero=False), client_name)
 

@@ -19,6 +19,7 @@ Reconnects and errors are logged to ``logging.getLogger("nanomq.client")``.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import time
 from collections.abc import Generator, Iterable, Sequence
@@ -230,9 +231,12 @@ class ClientBase:
     """Arguments, core and flows common to publishers and subscribers."""
 
     def __init__(self, address: str, *, client_name: str, timeout: float, connect_timeout: float,
-                 ssl_context: ssl.SSLContext | None) -> None:
-        self._core = ClientCore(args.options(address, client_name=client_name, timeout=timeout,
-                                             connect_timeout=connect_timeout, ssl_context=ssl_context))
+                 ssl_context: ssl.SSLContext | None, token: str | bytes | None = None,
+                 tls_cert: str | os.PathLike[str] | None = None, tls_key: str | os.PathLike[str] | None = None,
+                 tls_ca: str | os.PathLike[str] | None = None) -> None:
+        opts = args.options(address, client_name=client_name, timeout=timeout, connect_timeout=connect_timeout,
+                            ssl_context=ssl_context, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
+        self._core = ClientCore(opts, auth_token=args.auth_token(token))
 
     def _start(self) -> None:
         """The transport's set-up, called once the arguments are checked (the blocking client
@@ -281,7 +285,10 @@ class PublisherBase(ClientBase):
 
     ``ack`` is the default acknowledgement mode: ``"durable"`` (fsynced before the ack; the
     default), ``"written"`` (in the broker's log, not yet synced) or ``"none"``. TLS: a
-    ``tls://host:port`` address (system CAs), or ``ssl_context=`` for your own.
+    ``tls://host:port`` address (system CAs), or ``ssl_context=`` for your own. Authentication
+    (a broker with ``--auth-file``): ``token=`` (default ``$NANOMQ_TOKEN``), or a client
+    certificate, ``tls_cert=`` / ``tls_key=`` (PEM files; with a ``tls://`` address; ``tls_ca=``
+    trusts the broker's certificate authority instead of the system's).
     """
 
     def __init__(
@@ -293,12 +300,16 @@ class PublisherBase(ClientBase):
         timeout: float = 30.0,
         connect_timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
+        token: str | bytes | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
     ) -> None:
         self._ack = args.ack_mode(ack)
         self._compress_above: int | None = None
         self._batcher = Batcher()
         super().__init__(address, client_name=client_name, timeout=timeout, connect_timeout=connect_timeout,
-                         ssl_context=ssl_context)
+                         ssl_context=ssl_context, token=token, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
         self._start()
 
     def _publish_batches(self, topic: str, payloads: Sequence[bytes]) -> Flow[list[int]]:
@@ -402,6 +413,10 @@ class SubscriberBase(ClientBase):
         timeout: float = 30.0,
         connect_timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
+        token: str | bytes | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
     ) -> None:
         self._window = args.window(window)
         self._spin = args.spin_us(spin_us)
@@ -409,7 +424,7 @@ class SubscriberBase(ClientBase):
             raise ArgumentTypeError(f"consumer_group must be a str, not {type(consumer_group).__name__}")
         self.consumer_group = consumer_group
         super().__init__(address, client_name=client_name, timeout=timeout, connect_timeout=connect_timeout,
-                         ssl_context=ssl_context)
+                         ssl_context=ssl_context, token=token, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
         if consumer_group:
             self._core.requirements.append((Capability.CONSUMER_GROUPS, f"consumer group {consumer_group!r}"))
         self._start()

@@ -65,6 +65,7 @@ class ErrorCode(IntEnum):
     RESOURCE_LIMIT = 18
     SHUTTING_DOWN = 19
     INTERNAL = 20
+    PERMISSION_DENIED = 21
 
 
 class Capability(IntFlag):
