@@ -19,18 +19,22 @@ from urllib.parse import quote, urlsplit
 from prometheus_client.parser import text_string_to_metric_families
 
 from conformance.helpers import HELLO_V1, alive, publish, subscribe, topic_info
-from conformance.registry import Context, Failed, Unimplemented, case, check
+from conformance.registry import Context, Failed, Skipped, Unimplemented, case, check
+from conformance.target import Target
 from nanomq.protocol import Capability
 
 _ERROR_CODES = {"BAD_REQUEST", "TOO_LARGE", "TOO_MANY_CONNECTIONS", "NOT_FOUND", "METHOD_NOT_ALLOWED", "NOT_READY",
-                "UNKNOWN_TOPIC", "INVALID_TOPIC", "RESOURCE_LIMIT", "STORAGE_ERROR", "NOT_SUPPORTED", "INTERNAL"}
+                "UNKNOWN_TOPIC", "INVALID_TOPIC", "RESOURCE_LIMIT", "STORAGE_ERROR", "NOT_SUPPORTED", "INTERNAL",
+                "UNAUTHENTICATED", "PERMISSION_DENIED", "TOO_MANY_FAILURES"}
 
 
 class _Admin:
     """One admin API, by its base URL."""
 
-    def __init__(self, ctx: Context) -> None:
-        url = ctx.target.admin_url
+    def __init__(self, ctx: Context, target: Target | None = None, token: str = "") -> None:
+        url = (target or ctx.target).admin_url
+        self.token = token
+        """Sent as ``Authorization: Bearer`` (empty: no header)."""
         if not url:
             raise Unimplemented("the target declares no admin API (admin = URL in target.toml)")
         parts = urlsplit(url)
@@ -41,15 +45,19 @@ class _Admin:
     def call(self, method: str, path: str, body: bytes | None = None,
              headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        headers = dict(headers or {})
+        if self.token and "authorization" not in {k.lower() for k in headers}:
+            headers["authorization"] = f"Bearer {self.token}"
         try:
-            conn.request(method, self.base + path, body=body, headers=headers or {})
+            conn.request(method, self.base + path, body=body, headers=headers)
             r = conn.getresponse()
             return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
         finally:
             conn.close()
 
-    def json(self, method: str, path: str, expect: int, body: bytes | None = None, rule: str = "") -> Any:
-        status, headers, data = self.call(method, path, body)
+    def json(self, method: str, path: str, expect: int, body: bytes | None = None, rule: str = "",
+             headers: dict[str, str] | None = None) -> Any:
+        status, headers, data = self.call(method, path, body, headers)
         check(status == expect, f"{method} {path}: status {status}, expected {expect} ({data[:200]!r})", *(
             (rule,) if rule else ()))
         ctype = headers.get("content-type", "")
@@ -60,8 +68,9 @@ class _Admin:
         except ValueError as e:
             raise Failed(f"{method} {path}: the body is not JSON ({e}): {data[:200]!r}", ("NMQ-ADM-1-2",)) from None
 
-    def error(self, method: str, path: str, expect: int, code: str, body: bytes | None = None) -> dict[str, str]:
-        doc = self.json(method, path, expect, body)
+    def error(self, method: str, path: str, expect: int, code: str, body: bytes | None = None,
+              headers: dict[str, str] | None = None) -> dict[str, str]:
+        doc = self.json(method, path, expect, body, headers=headers)
         err = doc.get("error") if isinstance(doc, dict) else None
         check(isinstance(err, dict) and isinstance(err.get("code"), str) and isinstance(err.get("message"), str),
               f"{method} {path}: error body {doc!r} is not {{\"error\": {{\"code\", \"message\"}}}}", "NMQ-ADM-1-4")
@@ -285,3 +294,38 @@ def admin_metrics(ctx: Context) -> None:
             check(kind != "counter" or name.endswith("_total"), f"counter {name} does not end in _total")
             check(not re.search(r"_(milliseconds|ms|us|micros|kb|mb|percent)(_total)?$", name),
                   f"metric {name} is not in a base unit")
+
+
+@case("admin.auth", "with authentication on, the admin API needs a bearer token of an admin principal: none or a "
+      "bad one is 401, a principal without admin 403 whether a topic exists or not; the probes stay open",
+      layer="wire", rules=("NMQ-ADM-1-5",))
+def admin_auth(ctx: Context) -> None:
+    if ctx.auth is None or ctx.auth_target is None:
+        raise Skipped("no [target.auth] in the target description (an authenticating instance and its principals)")
+    auth, target = ctx.auth, ctx.auth_target
+    anonymous = _Admin(ctx, target)
+    admin = _Admin(ctx, target, auth.token)
+    restricted = _Admin(ctx, target, auth.restricted_token)
+    check(anonymous.json("GET", "/healthz", 200) == {"status": "ok"}, "/healthz needs no token")
+    check(anonymous.json("GET", "/readyz", 200).get("ready") is True, "/readyz needs no token")
+    existing = ctx.topic("admauth")
+    admin.json("POST", "/v1/topics", 201, json.dumps({"name": existing}).encode())
+    absent = ctx.topic("admauth-absent")
+    for path in ("/v1/broker", "/v1/topics", "/v1/connections", "/metrics", f"/v1/topics/{existing}"):
+        status, headers, _ = anonymous.call("GET", path)
+        check(status == 401 and headers.get("www-authenticate", "").lower().startswith("bearer"),
+              f"GET {path} without a token: {status}, www-authenticate {headers.get('www-authenticate')!r}")
+        status, _, _ = anonymous.call("GET", path, headers={"authorization": "Bearer nobody:" + "x" * 32})
+        check(status == 401, f"GET {path} with a token that proves no principal: {status}")
+    for path in ("/v1/broker", "/v1/topics", "/v1/connections", "/metrics"):
+        restricted.error("GET", path, 403, "PERMISSION_DENIED")
+    # No leak: the same refusal for a topic that exists and one that does not ([NMQ-10-4]).
+    a = restricted.error("GET", f"/v1/topics/{existing}", 403, "PERMISSION_DENIED")
+    b = restricted.error("GET", f"/v1/topics/{absent}", 403, "PERMISSION_DENIED")
+    check(a["message"].replace(existing, "T") == b["message"].replace(absent, "T"),
+          f"the refusals differ: {a['message']!r} / {b['message']!r}")
+    restricted.error("POST", "/v1/topics", 403, "PERMISSION_DENIED", json.dumps({"name": absent}).encode())
+    admin.error("GET", f"/v1/topics/{absent}", 404, "UNKNOWN_TOPIC")  # the refused creation created nothing
+    check(admin.json("GET", "/v1/broker", 200).get("ready") is True, "the admin principal is refused /v1/broker")
+    status, _, body = admin.call("GET", "/metrics")
+    check(status == 200 and body.startswith(b"# HELP"), f"the admin principal's /metrics: {status}")

@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"target {target.host}:{target.port} ({hello.server_name!r}, capabilities 0x{caps:x}); "
               f"{len(cases)} cases; seed {seed}", flush=True)
         auth_target = None
-        if spec.auth is not None and any(c.id.startswith("security.") for c in cases):
+        if spec.auth is not None and any(c.id.startswith("security.") or c.id == "admin.auth" for c in cases):
             try:
                 auth_target = _auth_instance(target, spec, args.report_dir)
             except TargetError as e:

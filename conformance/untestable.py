@@ -64,7 +64,6 @@ UNTESTABLE: dict[str, str] = {
                    "and checks /readyz, /v1/topics and /metrics meanwhile",
     "NMQ-ADM-5-2": "a cost of the implementation, measured by benchmarks (docs/operations.md, "
                    "benchmarks/bench_metrics_cost.py), not a behaviour the kit can observe",
-    "NMQ-ADM-1-5": "needs authentication (capability AUTH), which the reference broker does not have yet",
     # spec/protocol.md §10
     "NMQ-10-6": "a reload is caused by the target's operator (the reference: SIGHUP after editing --auth-file), not over "
                 "the wire, and the kit cannot change a target's principals; tests/test_auth.py checks the reference",

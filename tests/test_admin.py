@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -303,3 +304,52 @@ def test_no_admin_api_by_default(tmp_path: Path) -> None:
         assert b.admin_port == 0
         with pytest.raises(RuntimeError):
             _ = b.admin_url
+
+
+OPS = "ops:" + "o" * 32
+TEAM = "team:" + "t" * 32
+READER = "reader:" + "r" * 32
+
+
+def test_admin_api_needs_an_admin_principal_when_the_broker_authenticates(tmp_path: Path) -> None:
+    """[NMQ-ADM-1-5]: probes open; everything else a bearer token of a principal holding admin on
+    every topic, or on the topic named; refusals before lookups; failures limited per address."""
+    principals = {"ops": {"token": OPS, "permissions": {"*": ["admin"]}},
+                  "team": {"token": TEAM, "permissions": {"team-*": ["admin"]}},
+                  "reader": {"token": READER, "permissions": {"*": ["subscribe"]}}}
+    with BrokerProcess(tmp_path / "d", ["--admin-port", "0"], principals=principals) as b:
+        def call(method: str, path: str, token: str = "", body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+            return request(b, method, path, body, {"authorization": f"Bearer {token}"} if token else None)
+
+        assert call("GET", "/healthz")[0] == 200 and call("GET", "/readyz")[0] == 200
+        status, headers, body = call("GET", "/v1/broker")
+        assert status == 401 and headers["www-authenticate"] == 'Bearer realm="nanomq"'
+        assert json.loads(body)["error"]["code"] == "UNAUTHENTICATED"
+        assert call("GET", "/metrics", "ops:" + "x" * 32)[0] == 401
+        assert call("GET", "/v1/broker", OPS)[0] == 200 and call("GET", "/metrics", OPS)[0] == 200
+        assert call("POST", "/v1/topics", OPS, b'{"name": "other"}')[0] == 201
+        # admin on team-* only: its topics yes, the broker-wide resources and other topics no
+        assert call("POST", "/v1/topics", TEAM, b'{"name": "team-a"}')[0] == 201
+        assert call("GET", "/v1/topics/team-a", TEAM)[0] == 200
+        for path in ("/v1/broker", "/v1/topics", "/v1/connections", "/metrics"):
+            status, _, body = call("GET", path, TEAM)
+            assert status == 403 and json.loads(body)["error"]["code"] == "PERMISSION_DENIED", path
+        # no leak: an existing and a missing topic outside the grants get the same refusal
+        s1, _, b1 = call("GET", "/v1/topics/other", TEAM)
+        s2, _, b2 = call("GET", "/v1/topics/missing", TEAM)
+        assert s1 == s2 == 403
+        assert json.loads(b1)["error"]["message"].replace("other", "T") == \
+            json.loads(b2)["error"]["message"].replace("missing", "T")
+        assert call("POST", "/v1/topics", READER, b'{"name": "made-by-reader"}')[0] == 403
+        assert call("GET", "/v1/topics/made-by-reader", OPS)[0] == 404
+        # wrong tokens use up the address's allowance: then 429, unchecked, even for a right one
+        statuses = [call("GET", "/v1/broker", "ops:" + str(i) * 32)[0] for i in range(12)]
+        assert statuses[0] == 401 and statuses[-1] == 429, statuses
+        # a token verified before stays usable (no scrypt, no failure count)
+        assert call("GET", "/v1/broker", OPS)[0] == 200
+        # nanomq-cli admin sends the token of --token / --token-file / $NANOMQ_TOKEN
+        cli = [sys.executable, "-m", "nanomq.cli.client", "admin", "--admin", b.admin_url, "broker"]
+        r = subprocess.run([*cli, "--token", OPS], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0 and f"127.0.0.1:{b.port}" in r.stdout, r.stderr
+        r = subprocess.run(cli, capture_output=True, text=True, timeout=30, env={**os.environ, "NANOMQ_TOKEN": ""})
+        assert r.returncode == 1 and "401 UNAUTHENTICATED" in r.stderr

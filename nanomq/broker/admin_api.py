@@ -7,10 +7,12 @@ whose creation runs in the registry's creation threads like a client's ([NMQ-ADM
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 from collections.abc import Awaitable, Collection, Iterator
+from concurrent.futures import Executor
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
@@ -18,12 +20,36 @@ from prometheus_client.registry import CollectorRegistry
 
 from nanomq import __version__
 from nanomq.broker.admin_http import HttpRequest, HttpResponse, error_response, json_response
+from nanomq.broker.auth import Action, Authenticator, Principal
 from nanomq.broker.config import BrokerConfig
 from nanomq.broker.metrics import CONTENT_TYPE, BrokerCollector, BrokerView, TopicView, exposition
 from nanomq.protocol import Capability, valid_topic
 from nanomq.storage import StorageError
 
 __all__ = ["AdminApi", "AdminBrokerView"]
+
+
+def _unauthenticated(message: str) -> HttpResponse:
+    resp = error_response(401, "UNAUTHENTICATED", message)
+    resp.headers.append(("www-authenticate", 'Bearer realm="nanomq"'))
+    return resp
+
+
+def _admin_of(p: Principal, topic: str | None) -> bool:
+    """Whether ``p`` holds admin on ``topic``, or (None) on every topic: a grant of ``*``."""
+    if topic is not None:
+        return p.allowed(topic, Action.ADMIN)
+    return any(g.actions & Action.ADMIN and not g.group and g.prefix and g.stem == "" for g in p.grants)
+
+
+def _create_name(body: bytes) -> str | None:
+    """The topic a ``POST /v1/topics`` names, if its body says (the body is checked later)."""
+    try:
+        doc = json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    name = doc.get("name") if isinstance(doc, dict) else None
+    return name if isinstance(name, str) else None
 
 
 class _Described(Protocol):
@@ -44,6 +70,11 @@ class AdminBrokerView(BrokerView, Protocol):
 
     config: BrokerConfig
     capabilities: Capability
+    auth: Authenticator | None
+
+    @property
+    def auth_executor(self) -> Executor | None:
+        """Where tokens are checked (one scrypt each, off the loop)."""
 
     @property
     def connections(self) -> Collection[_Described]:
@@ -79,6 +110,14 @@ class AdminApi:
             return self._only(method, "GET") or json_response(200, {"status": "ok"})
         if parts == ["readyz"]:
             return self._only(method, "GET") or self._readyz()
+        # Everything below needs an admin principal when the broker authenticates ([NMQ-ADM-1-5]):
+        # admin on the topic a request names, admin on every topic for the rest. The permission is
+        # checked before anything is looked up, so a refusal says nothing about what exists.
+        named = parts[2] if len(parts) == 3 and parts[:2] == ["v1", "topics"] else None
+        if named is None and parts == ["v1", "topics"] and method == "POST":
+            named = _create_name(req.body)
+        if (refused := await self._authorize(req, named)) is not None:
+            return refused
         if parts == ["metrics"]:
             return self._only(method, "GET") or HttpResponse(200, exposition(self._registry), CONTENT_TYPE)
         if not parts or parts[0] != "v1" or len(parts) < 2:
@@ -95,6 +134,38 @@ class AdminApi:
         if resource == "topics":
             return await self._topics(method, rest, req)
         return error_response(404, "NOT_FOUND", f"no resource {path!r} (spec/admin.md lists them)")
+
+    # -------------------------------------------------------------- authentication
+
+    async def _authorize(self, req: HttpRequest, topic: str | None) -> HttpResponse | None:
+        """None when ``req`` may go on; else the refusal (401, 403 or 429)."""
+        auth = self._broker.auth
+        if auth is None:
+            return None
+        scheme, _, token = req.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return _unauthenticated("this broker authenticates: send Authorization: Bearer <token> of a principal "
+                                    "with the admin permission")
+        raw = token.strip().encode()
+        address = req.peer
+        principal = auth.cached(raw)
+        if principal is None:
+            if auth.limited(address):
+                auth.refused(address)
+                return error_response(429, "TOO_MANY_FAILURES", "too many failed authentications from this address; "
+                                      "try again later")
+            generation, name = await asyncio.get_running_loop().run_in_executor(
+                self._broker.auth_executor, auth.verify, raw)
+            principal = auth.remember(generation, raw, name) if name is not None else None
+            if principal is None:
+                auth.failed(address, "admin API: no principal proved by the token", auth.named_by(raw))
+                return _unauthenticated("the token proves no principal")
+            auth.succeeded(address, principal.name, "token (admin API)")
+        if not _admin_of(principal, topic):
+            what = f"topic {topic!r}" if topic is not None else "every topic ('*')"
+            return error_response(403, "PERMISSION_DENIED", f"principal {principal.name!r} lacks the admin permission "
+                                  f"on {what}")
+        return None
 
     # -------------------------------------------------------------- health
 

@@ -47,6 +47,8 @@ class HttpRequest:
     headers: dict[str, str]
     """Lower-cased names; a repeated header keeps its last value."""
     body: bytes
+    peer: str = ""
+    """The client's address (for the authentication failure limit and the audit log)."""
 
 
 @dataclass(slots=True)
@@ -167,9 +169,10 @@ class _AdminConnection(asyncio.Protocol):
     async def _answer(self) -> None:
         req = self._request
         assert req is not None
+        peer = self._transport.get_extra_info("peername") if self._transport is not None else None
         request = HttpRequest(req.method.decode("ascii", "replace"), req.target.decode("ascii", "replace"),
                               {k.decode("ascii", "replace").lower(): v.decode("latin-1") for k, v in req.headers},
-                              bytes(self._body))
+                              bytes(self._body), str(peer[0]) if peer else "")
         try:
             response = await self._server.handler(request)
         except Exception:  # a bug in a handler answers 500; the broker goes on [NMQ-ADM-1-3]
@@ -217,7 +220,7 @@ class _AdminConnection(asyncio.Protocol):
         self._idle = asyncio.get_running_loop().call_later(LINGER_S, self.close)
 
 
-_REASONS = {400: "Bad Request", 413: "Payload Too Large", 431: "Request Header Fields Too Large",
+_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 429: "Too Many Requests", 413: "Payload Too Large", 431: "Request Header Fields Too Large",
             503: "Service Unavailable"}
 
 

@@ -151,6 +151,11 @@ class Broker:
         return self.topics
 
     @property
+    def auth_executor(self) -> ThreadPoolExecutor | None:
+        """Where tokens are checked (one scrypt each, off the loop); None without authentication."""
+        return self._auth_executor
+
+    @property
     def data_dir(self) -> Path:
         """The data directory."""
         return Path(self.config.data_dir)

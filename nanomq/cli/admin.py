@@ -6,7 +6,9 @@
     nanomq-cli admin broker
 
 The broker serves the API only when started with ``--admin-port``. ``--format table`` (default)
-prints aligned columns, ``json`` the API's own document.
+prints aligned columns, ``json`` the API's own document. A broker that authenticates wants the
+token of an admin principal: ``--token``, ``--token-file`` or ``$NANOMQ_TOKEN``, as for the other
+commands (sent as ``Authorization: Bearer``).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     a = sub.add_parser("admin", parents=[*parents, _options(defaults=True)],
                        help="the broker's admin HTTP API: topics, connections, broker (the broker must run "
                        "with --admin-port)")
-    inner = [_options(defaults=False)]
+    inner = [_options(defaults=False), *parents]
     what = a.add_subparsers(dest="resource", required=True)
     t = what.add_parser("topics", parents=inner, help="list topics, describe one (NAME), or --create one")
     t.add_argument("name", nargs="?", help="describe only this topic")
@@ -64,10 +66,13 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     what.add_parser("groups", parents=inner, help="consumer groups (the broker says whether it has any)")
 
 
-def _call(base: str, method: str, path: str, body: dict[str, Any] | None, timeout: float) -> Any:
+def _request(base: str, method: str, path: str, body: dict[str, Any] | None, timeout: float,
+             token: str | None = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(base + path, data=data, method=method,
-                                 headers={"content-type": "application/json"} if data else {})
+    headers = {"content-type": "application/json"} if data else {}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(base + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - the URL's scheme is checked
             return json.loads(resp.read())
@@ -94,33 +99,37 @@ _TOPIC_COLUMNS = ["name", "topic_id", "records", "first_id", "next_id", "durable
 _CONN_COLUMNS = ["peer", "client_name", "state", "write_state", "age_s", "idle_s", "buffered_out_bytes", "subs"]
 
 
-def run(args: argparse.Namespace) -> None:
-    """Perform ``nanomq-cli admin ...``; raises AdminError."""
+def run(args: argparse.Namespace, token: str | None = None) -> None:
+    """Perform ``nanomq-cli admin ...`` (``token``: an admin principal's); raises AdminError."""
     base, timeout, fmt = args.admin, args.timeout, args.format
+
+    def _call(method: str, path: str, body: dict[str, Any] | None, timeout: float) -> Any:
+        return _request(base, method, path, body, timeout, token)
+
     out: Any
     if args.resource == "topics":
         if args.create and args.name:
             raise AdminError("give either NAME (describe) or --create NAME, not both")
         if args.create:
-            out = _call(base, "POST", "/v1/topics", {"name": args.create}, timeout)
+            out = _call("POST", "/v1/topics", {"name": args.create}, timeout)
             rows = [out]
         elif args.name:
-            out = _call(base, "GET", "/v1/topics/" + quote(args.name, safe=""), None, timeout)
+            out = _call("GET", "/v1/topics/" + quote(args.name, safe=""), None, timeout)
             rows = [out]
         else:
-            out = _call(base, "GET", "/v1/topics", None, timeout)
+            out = _call("GET", "/v1/topics", None, timeout)
             rows = out["topics"]
         text = _table(rows, _TOPIC_COLUMNS)
     elif args.resource == "connections":
-        out = _call(base, "GET", "/v1/connections", None, timeout)
+        out = _call("GET", "/v1/connections", None, timeout)
         rows = [dict(c, subs=",".join(f"{s['topic']}@{s['next_id']}" for s in c["subscriptions"]) or "-")
                 for c in out["connections"]]
         text = _table(rows, _CONN_COLUMNS)
     elif args.resource == "groups":
-        out = _call(base, "GET", "/v1/groups", None, timeout)
+        out = _call("GET", "/v1/groups", None, timeout)
         text = json.dumps(out, indent=2)
     else:
-        out = _call(base, "GET", "/v1/broker", None, timeout)
+        out = _call("GET", "/v1/broker", None, timeout)
         flat = {k: v for k, v in out.items() if not isinstance(v, dict | list)}
         flat["capabilities"] = ",".join(out["capabilities"]) or "-"
         flat.update({f"config.{k}": v for k, v in out["config"].items()})

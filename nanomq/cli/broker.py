@@ -137,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="serve the admin HTTP API (health, Prometheus /metrics, topics, connections; "
                     "spec/admin.md) on this TCP port, 0 picking a free one; off by default")
     ap.add_argument("--admin-host", default=None, metavar="HOST",
-                    help="address the admin API listens on (default 127.0.0.1: it has no authentication, "
-                    "so expose it only where its readers are trusted)")
+                    help="address the admin API listens on (default 127.0.0.1). Without --auth-file it has no "
+                    "authentication: expose it only where its readers are trusted; with it, every request but "
+                    "/healthz and /readyz needs an admin principal's token (Authorization: Bearer)")
     ap.add_argument("--auth-file", type=Path, metavar="TOML",
                     help="require authentication: the principals, their salted token hashes (nanomq-broker "
                     "hash-token), permissions and quotas (docs/user-guide.md, Security). Announces AUTH; a HELLO "

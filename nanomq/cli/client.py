@@ -295,7 +295,7 @@ def _describe(address: str, conn: _Connection, topics: list[TopicInfo], scan: bo
 def _run(args: argparse.Namespace, tls: ssl.SSLContext | None, token: str | None) -> None:
     conn = _Connection(timeout=args.timeout, connect_timeout=args.timeout, ssl_context=tls, token=token)
     if args.command == "admin":
-        admin.run(args)
+        admin.run(args, token if token is not None else os.environ.get("NANOMQ_TOKEN"))
     elif args.command == "publish":
         with Publisher(args.broker, ack=args.ack, **conn) as pub:
             _publish(pub, args)
