@@ -18,10 +18,10 @@ from urllib.parse import quote, urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from conformance.helpers import HELLO_V1, alive, publish, subscribe, topic_info
+from conformance.helpers import HELLO_V1, alive, closed, is_error, publish, subscribe, topic_info
 from conformance.registry import Context, Failed, Skipped, Unimplemented, case, check
 from conformance.target import Target
-from nanomq.protocol import Capability
+from nanomq.protocol import Capability, ErrorCode, Metadata
 
 _ERROR_CODES = {"BAD_REQUEST", "TOO_LARGE", "TOO_MANY_CONNECTIONS", "NOT_FOUND", "METHOD_NOT_ALLOWED", "NOT_READY",
                 "UNKNOWN_TOPIC", "INVALID_TOPIC", "RESOURCE_LIMIT", "STORAGE_ERROR", "NOT_SUPPORTED", "INTERNAL",
@@ -329,3 +329,34 @@ def admin_auth(ctx: Context) -> None:
     check(admin.json("GET", "/v1/broker", 200).get("ready") is True, "the admin principal is refused /v1/broker")
     status, _, body = admin.call("GET", "/metrics")
     check(status == 200 and body.startswith(b"# HELP"), f"the admin principal's /metrics: {status}")
+
+
+@case("admin.delete-topic", "DELETE /v1/topics/NAME: the topic goes with its records, its subscribers' connections "
+      "are closed with UNKNOWN_TOPIC, and a later PUBLISH creates a new topic (ids from 1, a new topic_id)",
+      layer="wire", rules=("NMQ-ADM-3-5", "NMQ-SEM-1-3"))
+def admin_delete_topic(ctx: Context) -> None:
+    a = _Admin(ctx)
+    t = ctx.topic("admdel")
+    with ctx.client() as p, ctx.client() as s:
+        publish(p, t, [b"a", b"b", b"c"])
+        before = topic_info(p, t)
+        sub = subscribe(s, t, credit=0)
+        with ctx.step("NMQ-ADM-3-5"):
+            doc = a.json("DELETE", "/v1/topics/" + quote(t, safe=""), 200)
+            gone = doc.get("deleted") if isinstance(doc, dict) else None
+            check(isinstance(gone, dict) and gone.get("name") == t and gone.get("next_id") == before.next_id,
+                  f"DELETE answered {str(doc)[:200]}")
+            frames = closed(s, "NMQ-ADM-3-5")
+            check(any(is_error(f, ErrorCode.UNKNOWN_TOPIC) and getattr(f, "request_id", 1) == 0 for f in frames),
+                  f"the subscriber (sub {sub.sub_id}) was closed without ERROR UNKNOWN_TOPIC: {frames!r}")
+            a.error("GET", "/v1/topics/" + quote(t, safe=""), 404, "UNKNOWN_TOPIC")
+            a.error("DELETE", "/v1/topics/" + quote(t, safe=""), 404, "UNKNOWN_TOPIC")
+            p.send(Metadata(p.next_id(), t))
+            f = p.recv_response()
+            check(is_error(f, ErrorCode.UNKNOWN_TOPIC), f"METADATA of the deleted topic answered {f!r}")
+        with ctx.step("NMQ-SEM-1-3"):
+            ack = publish(p, t, [b"new"])
+            check(ack.first_id == 1, f"the first record of the topic made anew got id {ack.first_id}, not 1")
+            again = topic_info(p, t)
+            check(again.topic_id != before.topic_id, f"the topic made anew has the deleted one's id {again.topic_id}")
+            check((again.first_id, again.next_id) == (1, 2), f"the topic made anew holds {again.first_id}..{again.next_id}")

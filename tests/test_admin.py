@@ -161,8 +161,9 @@ def test_unknown_paths_methods_and_groups(broker: BrokerProcess) -> None:
     assert status == 404 and json.loads(body)["error"]["code"] == "UNKNOWN_TOPIC"
     status, _, body = request(broker, "GET", "/v2/whatever")
     assert status == 404 and json.loads(body)["error"]["code"] == "NOT_FOUND"
-    status, headers, body = request(broker, "DELETE", "/v1/topics/adm-orders")
-    assert status == 405 and headers["allow"] == "GET"
+    status, headers, body = request(broker, "PUT", "/v1/topics/adm-orders")
+    assert status == 405 and headers["allow"] == "GET, DELETE"
+    assert request(broker, "PUT", "/v1/topics/adm-orders/retention")[0] == 404  # not in version 1
     status, headers, _ = request(broker, "POST", "/metrics")
     assert status == 405 and headers["allow"] == "GET"
     status, _, body = request(broker, "GET", "/v1/groups")
@@ -353,3 +354,69 @@ def test_admin_api_needs_an_admin_principal_when_the_broker_authenticates(tmp_pa
         assert r.returncode == 0 and f"127.0.0.1:{b.port}" in r.stdout, r.stderr
         r = subprocess.run(cli, capture_output=True, text=True, timeout=30, env={**os.environ, "NANOMQ_TOKEN": ""})
         assert r.returncode == 1 and "401 UNAUTHENTICATED" in r.stderr
+
+
+def test_delete_topic(tmp_path: Path) -> None:
+    """[NMQ-ADM-3-5], [NMQ-SEM-1-3]: gone with its files, subscribers closed, made anew by a later
+    PUBLISH with ids from 1 and an id no topic had, also after a restart; a request naming it
+    during the deletion waits and then creates it."""
+    with BrokerProcess(tmp_path / "d", ["--admin-port", "0"]) as b:
+        with Publisher(b.address, ack="durable") as pub:
+            for _ in range(5):
+                pub.publish("doomed", b"x" * 10)
+            pub.publish("kept", b"y")
+            (old,) = pub.topics("doomed")
+            with socket.create_connection(("127.0.0.1", b.port), timeout=5) as s:
+                s.sendall(encode(Hello(1, 1, "t", b"")) + encode(Subscribe(2, "doomed", credit=0)))
+                status, _, body = request(b, "DELETE", "/v1/topics/doomed")
+                assert status == 200 and json.loads(body)["deleted"]["next_id"] == old.next_id
+                dec, frames = Decoder("client"), []
+                while chunk := s.recv(65536):
+                    dec.feed(chunk)
+                    frames += list(dec)
+            assert isinstance(frames[-1], Error) and frames[-1].request_id == 0
+            assert frames[-1].code == ErrorCode.UNKNOWN_TOPIC and frames[-1].rule == "NMQ-ADM-3-5"
+            assert sorted(p.name for p in (b.data_dir / "topics").iterdir()) == ["kept", "~topic_id_floor"]
+            assert request(b, "GET", "/v1/topics/doomed")[0] == 404
+            assert request(b, "DELETE", "/v1/topics/doomed")[0] == 404
+            assert [t.name for t in pub.topics()] == ["kept"]
+            assert pub.publish("doomed", b"new") == 1
+            (new,) = pub.topics("doomed")
+            assert new.topic_id not in (old.topic_id, pub.topics("kept")[0].topic_id)
+        # the deleted topic's id is never handed out again, also after a restart
+        status, _, _ = request(b, "DELETE", "/v1/topics/doomed")
+        assert status == 200
+        b.restart()
+        with Publisher(b.address) as pub:
+            pub.publish("fresh", b"z")
+            ids = {t.name: t.topic_id for t in pub.topics()}
+        assert ids["fresh"] > new.topic_id and "doomed" not in ids
+
+
+def test_a_deletion_cut_short_is_finished_at_start(tmp_path: Path) -> None:
+    """[NMQ-S2-6]: a ~deleted-… directory (a crash after the rename) is removed at start and
+    shows as no topic; the id floor keeps its id from being handed out."""
+    with BrokerProcess(tmp_path / "d") as b, Publisher(b.address) as pub:
+        pub.publish("a", b"1")
+        pub.publish("b", b"2")
+        ids = {t.name: t.topic_id for t in pub.topics()}
+    topics = tmp_path / "d" / "topics"
+    (topics / "b").rename(topics / "~deleted-1-2-b")
+    (topics / "~topic_id_floor").write_text(f"{ids['b']}\n")
+    with BrokerProcess(tmp_path / "d") as b, Publisher(b.address) as pub:
+        assert [t.name for t in pub.topics()] == ["a"]
+        pub.publish("c", b"3")
+        assert {t.name: t.topic_id for t in pub.topics()}["c"] == ids["b"] + 1
+    assert sorted(p.name for p in topics.iterdir()) == ["a", "c", "~topic_id_floor"]
+
+
+def test_cli_delete(broker: BrokerProcess) -> None:
+    with Publisher(broker.address) as pub:
+        pub.publish("adm-cli-del", b"x")
+    base = [sys.executable, "-m", "nanomq.cli.client", "admin", "--admin", broker.admin_url, "topics"]
+    r = subprocess.run([*base, "--delete", "adm-cli-del"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "adm-cli-del" in r.stdout, r.stderr
+    r = subprocess.run([*base, "--delete", "adm-cli-del"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "404 UNKNOWN_TOPIC" in r.stderr
+    r = subprocess.run([*base, "x", "--delete", "y"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "give one of" in r.stderr

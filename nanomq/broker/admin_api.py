@@ -60,8 +60,8 @@ class _Topics(Protocol):
     def __iter__(self) -> Iterator[TopicView]: ...
     def __len__(self) -> int: ...
     def get(self, name: str) -> TopicView | None: ...
-    def creating(self, name: str) -> Awaitable[TopicView] | None: ...
-    def open_or_create(self, name: str) -> TopicView | Awaitable[TopicView]: ...
+    def creating(self, name: str) -> Awaitable[TopicView | None] | None: ...
+    def open_or_create(self, name: str) -> TopicView | Awaitable[TopicView | None]: ...
 
 
 class AdminBrokerView(BrokerView, Protocol):
@@ -91,6 +91,9 @@ class AdminBrokerView(BrokerView, Protocol):
     @property
     def address(self) -> tuple[str, int]:
         """The client port's (host, port)."""
+
+    async def delete_topic(self, name: str) -> None:
+        """Delete a topic ([NMQ-ADM-3-5]); LookupError, StorageError."""
 
 
 class AdminApi:
@@ -257,12 +260,21 @@ class AdminApi:
                 return await self._create_topic(req)
             return self._only(method, "GET", "POST") or error_response(405, "METHOD_NOT_ALLOWED", method)
         if len(rest) == 1:
-            if (bad := self._only(method, "GET")) is not None:
+            if (bad := self._only(method, "GET", "DELETE")) is not None:
                 return bad
             topic = b.topics.get(rest[0])
             if topic is None:
                 return error_response(404, "UNKNOWN_TOPIC", f"no topic {rest[0]!r}")
-            return json_response(200, self._describe_topic(topic, b.subscription_positions()))
+            described = self._describe_topic(topic, b.subscription_positions())
+            if method == "GET":
+                return json_response(200, described)
+            try:
+                await b.delete_topic(rest[0])
+            except LookupError:  # deleted by another request meanwhile
+                return error_response(404, "UNKNOWN_TOPIC", f"no topic {rest[0]!r}")
+            except StorageError as e:
+                return error_response(507, "STORAGE_ERROR", f"topic {rest[0]!r} not deleted (it stays): {e}")
+            return json_response(200, {"deleted": described})
         return error_response(404, "NOT_FOUND", f"no resource {req.target!r}")
 
     @staticmethod
@@ -303,8 +315,10 @@ class AdminApi:
         if existing is not None:
             return json_response(200, self._describe_topic(existing, b.subscription_positions()))
         try:
-            made = b.topics.creating(name) or b.topics.open_or_create(name)
-            topic = await made if isinstance(made, Awaitable) else made
+            topic = None
+            while topic is None:  # a deletion of the name in progress is waited for, then it is created anew
+                made = b.topics.creating(name) or b.topics.open_or_create(name)
+                topic = await made if isinstance(made, Awaitable) else made
         except LookupError as e:  # the topic limit
             return error_response(409, "RESOURCE_LIMIT", str(e))
         except StorageError as e:

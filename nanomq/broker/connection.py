@@ -185,10 +185,12 @@ class TopicDirectory(Protocol):
     def get(self, name: str) -> Topic | None:
         """The topic called ``name``, if it exists."""
 
-    def creating(self, name: str) -> asyncio.Future[Topic] | None:
-        """The future of the topic called ``name`` while it is being created, else None."""
+    def creating(self, name: str) -> asyncio.Future[Any] | None:
+        """The future of the topic called ``name`` while it is being created (or of its deletion
+        while it is being deleted: then the request is handled again, and creates it anew), else
+        None."""
 
-    def open_or_create(self, name: str) -> Topic | asyncio.Future[Topic]:
+    def open_or_create(self, name: str) -> Topic | asyncio.Future[Any]:
         """The topic called ``name``, or, when it has to be created, a future of it (or the topic,
         created at once); LookupError at the topic limit, StorageError (at once or by the future)."""
 
@@ -526,6 +528,16 @@ class Connection(asyncio.BufferedProtocol):
                  "committed": sub.committed, "credit": sub.credit}
                 for sub in self._subs.values()],
         }
+
+    def topic_deleted(self, topic: Topic) -> None:
+        """``topic`` is being deleted ([NMQ-ADM-3-5]): a connection holding a subscription to it
+        is told so and closed (protocol v1 has no way to end one subscription from the server's
+        side, as for damaged records, [NMQ-S9-7])."""
+        subs = self._by_topic.get(topic)
+        if subs:
+            ids = ", ".join(str(s.sub_id) for s in subs)
+            self._fatal(ErrorCode.UNKNOWN_TOPIC, f"topic {topic.name!r} was deleted by the operator: subscription "
+                        f"{ids} cannot go on", "NMQ-ADM-3-5")
 
     def subscription_positions(self) -> Iterator[tuple[str, int]]:
         """(topic name, next id to deliver) of each live subscription (the metrics' lag)."""

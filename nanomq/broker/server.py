@@ -174,6 +174,28 @@ class Broker:
         """Seconds since the broker began listening (0 before)."""
         return time.monotonic() - self.started_at if self.started_at else 0.0
 
+    async def delete_topic(self, name: str) -> None:
+        """Delete a topic ([NMQ-ADM-3-5]): out of the registry and the data plane at once (requests
+        naming it wait, then create it anew), every connection subscribed to it closed with
+        UNKNOWN_TOPIC, durable acks already waiting for its sync answered, then its log closed and
+        its directory removed in a worker thread. Raises LookupError (no such topic) or
+        StorageError (nothing was removed: the topic is open again)."""
+        topic = self.topics.begin_delete(name)
+        failed: BaseException | None = None
+        try:
+            for conn in tuple(self.connections):
+                conn.topic_deleted(topic)
+            deadline = time.monotonic() + 10.0
+            while (topic.syncing or topic.pending_durable) and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.topics.delete_files, topic)
+        except BaseException as e:
+            failed = e
+            raise
+        finally:
+            self.topics.finish_delete(topic, failed if isinstance(failed, StorageError) else None)
+        _log.warning("topic %s (id %d) deleted through the admin API", name, topic.topic_id)
+
     def connection_states(self) -> dict[str, int]:
         """Client connections by state (every state named, zero counts included)."""
         out = {s.value: 0 for s in ConnectionState}

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nanomq._c.plane import Plane
 from nanomq._c.syncer import Syncer
@@ -234,6 +235,8 @@ class TopicRegistry:
                          if create_threads else None)
         self._creating: dict[str, _Creation] = {}
         """Topics being created in the creation threads, by name (they count against max_topics)."""
+        self._deleting: dict[str, asyncio.Future[None]] = {}
+        """Topics being deleted, by name: requests naming one wait for this (then create it anew)."""
 
     def open_all(self) -> None:
         """Open (and recover) every topic found on disk, its id repaired if need be ([NMQ-S2-5])."""
@@ -303,14 +306,17 @@ class TopicRegistry:
         """The topic called ``name``, if it exists."""
         return self._topics.get(name)
 
-    def creating(self, name: str) -> asyncio.Future[Topic] | None:
-        """The future of the topic called ``name`` while a creation thread creates it, else None."""
+    def creating(self, name: str) -> asyncio.Future[Any] | None:
+        """The future of the topic called ``name`` while a creation thread creates it, or of its
+        deletion while it is being deleted (a request waits for it, then creates the topic anew);
+        else None."""
         c = self._creating.get(name)
-        return c.waiters if c is not None else None
+        return c.waiters if c is not None else self._deleting.get(name)
 
     def _check_limit(self) -> None:
-        # creations in flight count: each of them is a topic once it finishes
-        if len(self._topics) + len(self._creating) >= self._config.max_topics:
+        # creations in flight count: each of them is a topic once it finishes; so do deletions,
+        # whose files are still on disk
+        if len(self._topics) + len(self._creating) + len(self._deleting) >= self._config.max_topics:
             raise LookupError(f"topic limit of {self._config.max_topics} reached")
 
     def get_or_create(self, name: str) -> Topic:
@@ -329,7 +335,7 @@ class TopicRegistry:
         self._check_limit()
         return self._open(self._catalog.create(name))
 
-    def open_or_create(self, name: str) -> Topic | asyncio.Future[Topic]:
+    def open_or_create(self, name: str) -> Topic | asyncio.Future[Any]:
         """The topic called ``name``; if new, a future of it, which the event loop completes once a
         creation thread has created it (durably) and opened its log, and the registry (and the data
         plane) know it; or fails with StorageError, leaving nothing behind that a restart trips on.
@@ -341,6 +347,8 @@ class TopicRegistry:
         c = self._creating.get(name)
         if c is not None:
             return c.waiters
+        if name in self._deleting:
+            return self._deleting[name]
         self._check_limit()
         try:
             loop = asyncio.get_running_loop()
@@ -379,6 +387,41 @@ class TopicRegistry:
         topic = self._register(*c.work.result())
         if not c.waiters.done():
             c.waiters.set_result(topic)
+
+    # ------------------------------------------------------------------ deletion [NMQ-ADM-3-5]
+
+    def begin_delete(self, name: str) -> Topic:
+        """Take ``name`` out of the registry and the data plane (on the loop): no request appends to
+        it or reads it any more, and one naming it waits (:meth:`creating`) until
+        :meth:`finish_delete`. Its number stays taken, so syncs in flight still find it. Raises
+        LookupError when there is no such topic (or it is being deleted already)."""
+        topic = self._topics.pop(name, None)
+        if topic is None:
+            raise LookupError(f"no topic {name!r}")
+        if self.plane is not None:
+            self.plane.untopic(name)  # before anything else: the plane must never append to it again
+        self._deleting[name] = asyncio.get_running_loop().create_future()
+        return topic
+
+    def delete_files(self, topic: Topic) -> None:
+        """Close the topic's log and remove its directory (blocking: in a worker thread, once no
+        sync of it runs). Raises StorageError; then the files are still there."""
+        topic.log.close(clean=True)
+        self._catalog.delete(StoredTopic(topic.name, topic.topic_id, self._catalog.root / topic.name))
+
+    def finish_delete(self, topic: Topic, failed: BaseException | None) -> None:
+        """The deletion of ``topic`` ended (on the loop): wake the requests that waited; when it
+        ``failed`` before removing anything, the topic is opened again and stays."""
+        waiters = self._deleting.pop(topic.name)
+        if failed is not None:
+            try:
+                self._register(StoredTopic(topic.name, topic.topic_id, self._catalog.root / topic.name),
+                               self._open_log(StoredTopic(topic.name, topic.topic_id,
+                                                          self._catalog.root / topic.name)))
+            except StorageError as e:
+                _log.error("topic %s: could not be reopened after a failed deletion: %s", topic.name, e)
+        if not waiters.done():
+            waiters.set_result(None)
 
     def apply_retention(self) -> int:
         """Run retention on every topic; returns segments deleted. Runs in a worker thread while

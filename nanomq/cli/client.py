@@ -344,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.command == "topics" and args.scan and not args.describe:
         ap.error("--scan goes with --describe")
+    if args.command == "admin":
+        admin.check_args(ap, args)
     tls: ssl.SSLContext | None = None
     if args.tls_ca:
         try:

@@ -4,6 +4,8 @@ Layout (spec/storage.md §2)::
 
     <root>/<topic name>/topic_id      the topic's id in decimal, written durably before the log
     <root>/<topic name>/...           the topic's log (segments, indexes, checkpoint, lock)
+    <root>/~topic_id_floor            the highest id a deleted topic had (so it is never handed out again)
+    <root>/~deleted-<n>-<topic name>  a deleted topic's directory, until it is removed (or at the next start)
 
 A :class:`TopicCatalog` lists, creates and repairs these directories and hands out topic ids; the
 log inside each is :class:`~nanomq.storage.TopicLog`'s. It never hides or renumbers a topic because
@@ -22,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +36,12 @@ from nanomq.storage.errors import StorageError
 __all__ = ["TopicCatalog", "StoredTopic", "fsync_dir", "TOPIC_ID_FILE"]
 
 TOPIC_ID_FILE = "topic_id"
+ID_FLOOR_FILE = "~topic_id_floor"
+"""In the root: every id up to this one was handed out (to a topic since deleted) [NMQ-SEM-1-3]."""
+DELETED_PREFIX = "~deleted-"
+"""A deleted topic's directory is renamed to this prefix plus a number and its name, in one durable
+rename, and then removed: a crash in between leaves a name no topic can have ('~' is not valid in
+topic names), which the next start removes. So a deletion is all or nothing [NMQ-ADM-3-5]."""
 _TMP = TOPIC_ID_FILE + ".tmp"
 _MAX_TOPIC_ID = 0xFFFFFFFF
 _log = logging.getLogger("nanomq.storage")
@@ -69,6 +78,10 @@ class TopicCatalog:
         self.root.mkdir(parents=True, exist_ok=True)
         found: list[tuple[str, int | None]] = []
         for entry in sorted(self.root.iterdir()):
+            if entry.is_dir() and entry.name.startswith(DELETED_PREFIX):
+                _log.warning("removing %s, left by a topic deletion that did not finish", entry)
+                _remove_tree(entry)
+                continue
             if not entry.is_dir() or not self._is_topic_name(entry.name):
                 continue
             topic_id = _read_topic_id(entry)
@@ -78,7 +91,7 @@ class TopicCatalog:
             if topic_id is None:
                 topic_id = _first_record_topic_id(entry)
             found.append((entry.name, topic_id))
-        self._next_topic_id = max((tid for _, tid in found if tid is not None), default=0) + 1
+        self._next_topic_id = max(max((tid for _, tid in found if tid is not None), default=0), self._id_floor()) + 1
         seen: set[int] = set()
         topics: list[StoredTopic] = []
         for name, topic_id in found:
@@ -124,6 +137,30 @@ class TopicCatalog:
             raise StorageError(f"cannot create topic {name}: {e}") from e
         return StoredTopic(name, topic_id, path)
 
+    def delete(self, stored: StoredTopic) -> None:
+        """Remove a topic's directory, all or nothing: its id is recorded as taken first (when it
+        is the highest handed out, so a new topic never gets it), then the directory is renamed
+        out of the topics' namespace, durably, then removed. Its log must be closed. Raises
+        StorageError when the rename fails (nothing was removed); a failure after it is logged and
+        left to the next start."""
+        try:
+            with self._id_lock:
+                if stored.topic_id >= self._id_floor():
+                    _write_atomically(self.root / ID_FLOOR_FILE, f"{stored.topic_id}\n")
+            trash = self.root / f"{DELETED_PREFIX}{os.getpid()}-{stored.topic_id}-{stored.name}"
+            os.rename(stored.path, trash)
+            fsync_dir(self.root)
+        except OSError as e:
+            raise StorageError(f"cannot delete topic {stored.name}: {e}") from e
+        _remove_tree(trash)
+
+    def _id_floor(self) -> int:
+        try:
+            text = (self.root / ID_FLOOR_FILE).read_text("ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return 0
+        return int(text) if text.isdigit() else 0
+
     def _take_id(self) -> int:
         topic_id = self._next_topic_id
         self._next_topic_id += 1
@@ -141,16 +178,30 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 
 def _write_topic_id(path: Path, topic_id: int) -> None:
     """Write ``<path>/topic_id`` durably and atomically (tmp, fsync, rename, fsync the directory)."""
-    tmp = path / _TMP
+    _write_atomically(path / TOPIC_ID_FILE, f"{topic_id}\n", path / _TMP)
+
+
+def _write_atomically(target: Path, text: str, tmp: Path | None = None) -> None:
+    """``target`` holds ``text`` durably, old or new whatever happens (tmp, fsync, rename, fsync)."""
+    tmp = tmp if tmp is not None else target.with_name(target.name + ".tmp")
     try:
         with open(tmp, "w") as f:
-            f.write(f"{topic_id}\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path / TOPIC_ID_FILE)
-        fsync_dir(path)
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a deleted topic's renamed directory (errors logged: the next start tries again)."""
+    try:
+        shutil.rmtree(path)
+        fsync_dir(path.parent)
+    except OSError as e:
+        _log.error("cannot remove %s (a deleted topic's files): %s; the next start tries again", path, e)
 
 
 def _read_topic_id(path: Path) -> int | None:
