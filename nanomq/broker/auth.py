@@ -34,7 +34,13 @@ named one, never the token ([NMQ-10-13]); refusals without a check as one line p
 second, with their count.
 
 Quotas live in a :class:`Usage` per principal name, which survives reloads (the connections and
-topics counted stay counted; new limits apply from the reload on).
+topics counted stay counted; new limits apply from the reload on). Who created which topic is
+also appended to a ledger in the data directory (``principal-topics.log``, one ``name<TAB>topic``
+line each, written when the creation is counted, before it happens), and read back at start,
+counting only topics that exist: so a topic quota holds across restarts and a killed broker (the
+line is in the page cache before the topic exists), and a creation that failed is not counted
+after the next start. Only a power loss right after a creation could lose its line (the ledger is
+not synced; the topic's directory is).
 """
 
 from __future__ import annotations
@@ -343,6 +349,10 @@ class _Failures:
     reported_at: float = float("-inf")
 
 
+LEDGER_NAME = "principal-topics.log"
+"""The file in the data directory that says which principal created which topic."""
+
+
 @dataclass(slots=True)
 class Authenticator:
     """The broker's principals (reloadable), their usage, the failure limiter and the audit log."""
@@ -356,6 +366,8 @@ class Authenticator:
     _failures: dict[str, _Failures] = field(default_factory=dict)
     generation: int = 0
     """Bumped by every successful (re)load."""
+    _ledger: int = -1
+    """The ledger's descriptor (O_APPEND), -1 until :meth:`open_ledger`."""
 
     def load(self) -> int:
         """(Re)read the auth file; AuthConfigError leaves the principals as they were. The count."""
@@ -374,6 +386,40 @@ class Authenticator:
             else:
                 u.bucket = None
         return len(principals)
+
+    def open_ledger(self, data_dir: Path, existing: Iterable[str]) -> None:
+        """Count, from the ledger in ``data_dir``, the topics each principal created that still
+        exist (``existing``), then keep the ledger open to append to. A torn last line (a crash
+        while it was written) is ignored."""
+        path = data_dir / LEDGER_NAME
+        names = set(existing)
+        owned: dict[str, set[str]] = {}
+        try:
+            text = path.read_bytes().decode("utf-8", "replace")
+        except FileNotFoundError:
+            text = ""
+        for line in text.split("\n")[:-1]:  # the part after the last newline is torn or empty
+            principal, sep, topic = line.partition("\t")
+            if sep and topic in names:
+                owned.setdefault(principal, set()).add(topic)
+        for principal, topics in owned.items():
+            self.usage.setdefault(principal, Usage()).topics_created = len(topics)
+        if text and not text.endswith("\n"):  # end the torn line, so the next one starts clean
+            with open(path, "ab") as f:
+                f.write(b"\n")
+        self._ledger = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def record_creation(self, principal: str, topic: str) -> None:
+        """Append ``principal`` created ``topic`` to the ledger, before the creation (one small
+        O_APPEND write on the loop, not synced: see the module's docstring)."""
+        if self._ledger >= 0:
+            os.write(self._ledger, f"{principal}\t{topic}\n".encode())
+
+    def close(self) -> None:
+        """Close the ledger."""
+        if self._ledger >= 0:
+            os.close(self._ledger)
+            self._ledger = -1
 
     def usage_of(self, p: Principal) -> Usage:
         """The usage record of ``p`` (made on first use)."""

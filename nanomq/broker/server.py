@@ -98,6 +98,8 @@ class Broker:
         self._lock(data)
         t0 = time.monotonic()
         self.topics.open_all()
+        if self.auth is not None:  # topic quotas count what each principal created, across restarts
+            self.auth.open_ledger(data, (t.name for t in self.topics))
         loop = asyncio.get_running_loop()
         self.topics.watch_syncs(loop)
         # TLS: a TlsAcceptor peeks at each new connection, upgrades TLS ones and tells plaintext
@@ -149,6 +151,8 @@ class Broker:
         self._executor.shutdown(wait=True)
         if self._auth_executor is not None:
             self._auth_executor.shutdown(wait=True, cancel_futures=True)
+        if self.auth is not None:
+            self.auth.close()
         self._unlock()
         self._stopped.set()
 
