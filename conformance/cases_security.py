@@ -330,6 +330,34 @@ def quota_topics(ctx: Context) -> None:
             publish(admin, ctx.topic("admin-after-quota"), [b"x"])
 
 
+@case("security.quota-topics-restart", "the quota principal's topic quota, used up, is still used up after a graceful "
+      "restart and after a kill and restart of the target (a launched target only)", layer="wire",
+      rules=("NMQ-10-8",), exclusive=True)
+def quota_topics_restart(ctx: Context) -> None:
+    auth, target = _quota(ctx)
+    if not auth.quota_max_topics:
+        raise Skipped("[target.auth] declares no quota_max_topics")
+    if not target.can_crash or target.proc is None:
+        raise Skipped("the kit did not launch the authenticating instance, so it cannot restart it")
+
+    def refused() -> Frame:
+        with _as(target, auth.quota_token) as w:
+            return _ask(w, Publish(w.next_id(), _name(auth, ctx, "q", "restart"), Ack.WRITTEN, _one()))
+
+    for _ in range(auth.quota_max_topics + 1):  # use the quota up (security.quota-topics may have)
+        if is_error(f := refused(), ErrorCode.RESOURCE_LIMIT):
+            break
+    with ctx.step("NMQ-10-8"):
+        check(is_error(f, ErrorCode.RESOURCE_LIMIT), f"{auth.quota_max_topics + 1} creations, none refused: {f!r}")
+    for how, restart in (("a graceful restart", lambda: (target.stop(), target.start())),
+                         ("a kill and restart", target.restart_after_crash)):
+        restart()
+        with ctx.step("NMQ-10-8"):
+            f = refused()
+            check(is_error(f, ErrorCode.RESOURCE_LIMIT) and isinstance(f, Error) and f.rule == "NMQ-10-8",
+                  f"after {how} a creation over the used-up topic quota answered {f!r}")
+
+
 @case("security.quota-publish", "the quota principal publishing as fast as it can for 1.5 s gets no more than its "
       "burst + rate x time + one batch appended; the PUBLISHes refused are RESOURCE_LIMIT citing NMQ-10-9 and append "
       "nothing; the admin publishing meanwhile is never refused; after the debt is repaid it publishes again",

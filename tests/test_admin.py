@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from nanomq.broker import BrokerConfig
 from nanomq.broker.server import Broker
 from nanomq.broker_process import BrokerProcess
-from nanomq.client import Publisher, Subscriber
+from nanomq.client import Publisher, ServerError, Subscriber
 from nanomq.protocol import Capability, ErrorCode
 from nanomq.protocol.codec import Decoder, encode
 from nanomq.protocol.frames import Error, Hello, Subscribe
@@ -420,3 +420,28 @@ def test_cli_delete(broker: BrokerProcess) -> None:
     assert r.returncode == 1 and "404 UNKNOWN_TOPIC" in r.stderr
     r = subprocess.run([*base, "x", "--delete", "y"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "give one of" in r.stderr
+
+
+def test_a_deleted_topic_gives_its_creator_the_quota_back(tmp_path: Path) -> None:
+    """[NMQ-10-8] with [NMQ-ADM-3-5]: at once, and after a restart (the ledger's deletion line)."""
+    principals = {"ops": {"token": OPS, "permissions": {"*": ["admin"]}},
+                  "team": {"token": TEAM, "max_topics": 1, "permissions": {"team-*": ["publish", "create"]}}}
+    with BrokerProcess(tmp_path / "d", ["--admin-port", "0"], principals=principals) as b:
+        def delete(name: str) -> int:
+            return request(b, "DELETE", f"/v1/topics/{name}", None, {"authorization": f"Bearer {OPS}"})[0]
+
+        with Publisher(b.address, ack="written", token=TEAM) as pub:
+            pub.publish("team-a", b"1")
+            with pytest.raises(ServerError) as e:
+                pub.publish("team-b", b"2")
+            assert e.value.code == ErrorCode.RESOURCE_LIMIT
+            assert delete("team-a") == 200
+            pub.publish("team-b", b"2")  # the quota came back
+        b.restart()
+        with Publisher(b.address, ack="written", token=TEAM) as pub:
+            with pytest.raises(ServerError):
+                pub.publish("team-c", b"3")  # team-b still counts after the restart, team-a no longer
+            assert delete("team-b") == 200
+        b.restart()
+        with Publisher(b.address, ack="written", token=TEAM) as pub:
+            pub.publish("team-c", b"3")

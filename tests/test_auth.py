@@ -238,6 +238,34 @@ def test_each_quota_holds_and_spares_others(broker: BrokerProcess) -> None:
         pass
 
 
+def test_topic_quota_holds_across_restarts(broker: BrokerProcess) -> None:
+    with nanomq.Publisher(broker.address, token=MALLORY, ack="written") as m:
+        m.publish("mallory-1", b"x")
+        m.publish("mallory-2", b"x")
+    broker.restart()
+    with nanomq.Publisher(broker.address, token=MALLORY, ack="written") as m:
+        with pytest.raises(ServerError) as e:
+            m.publish("mallory-3", b"x")
+        assert e.value.rule == "NMQ-10-8"
+        m.publish("mallory-1", b"existing topics stay usable")
+    broker.kill()  # a crash keeps the count too
+    broker.start()
+    with nanomq.Publisher(broker.address, token=MALLORY, ack="written") as m, pytest.raises(ServerError):
+        m.publish("mallory-3", b"x")
+
+
+def test_ledger_counts_existing_topics_and_skips_a_torn_line(tmp_path: Path) -> None:
+    (tmp_path / "principal-topics.log").write_text("mallory\ta\nmallory\tb\nmallory\tgone\nalice\tc\nmallory\ttor")
+    auth = Authenticator(tmp_path / "unused")
+    auth.open_ledger(tmp_path, ["a", "b", "c", "tor"])
+    try:
+        assert auth.usage["mallory"].topics_created == 2 and auth.usage["alice"].topics_created == 1
+        auth.record_creation("mallory", "d")
+    finally:
+        auth.close()
+    assert (tmp_path / "principal-topics.log").read_text().endswith("mallory\ttor\nmallory\td\n")
+
+
 def test_sighup_reloads_without_dropping_connections(broker: BrokerProcess) -> None:
     with nanomq.Publisher(broker.address, token=MALLORY, ack="written") as m:
         m.publish("mallory-a", b"x")

@@ -34,7 +34,16 @@ named one, never the token ([NMQ-10-13]); refusals without a check as one line p
 second, with their count.
 
 Quotas live in a :class:`Usage` per principal name, which survives reloads (the connections and
-topics counted stay counted; new limits apply from the reload on).
+topics counted stay counted; new limits apply from the reload on). Who created which topic is
+also appended to a ledger in the data directory (``principal-topics.log``, one ``name<TAB>topic``
+line each, written when the creation is counted, before it happens), and read back at start,
+counting only topics that exist: so a topic quota holds across restarts and a killed broker (the
+line is in the page cache before the topic exists), and a creation that failed is not counted
+after the next start. Only a power loss right after a creation could lose its line (the ledger is
+not synced; the topic's directory is). A topic deleted through the admin API ([NMQ-ADM-3-5])
+gives its creator its quota back at once and appends a ``~<TAB>topic`` line (``~`` is no
+principal name): read back, it ends every earlier claim on that topic, so a topic made anew by
+someone else counts for them alone.
 """
 
 from __future__ import annotations
@@ -56,7 +65,7 @@ from typing import Any
 
 __all__ = [
     "Action", "AuthConfigError", "Authenticator", "Grant", "Principal", "Usage", "PublishBucket",
-    "hash_token", "load_principals", "make_token", "principal_from_certificate",
+    "hash_token", "load_principals", "make_token", "principal_from_certificate", "verify_hash",
 ]
 
 _log = logging.getLogger("nanomq.broker")
@@ -343,6 +352,12 @@ class _Failures:
     reported_at: float = float("-inf")
 
 
+LEDGER_NAME = "principal-topics.log"
+_DELETED_MARK = "~"
+"""The ledger's principal column for a deletion (no principal name contains ``~``)."""
+"""The file in the data directory that says which principal created which topic."""
+
+
 @dataclass(slots=True)
 class Authenticator:
     """The broker's principals (reloadable), their usage, the failure limiter and the audit log."""
@@ -356,6 +371,10 @@ class Authenticator:
     _failures: dict[str, _Failures] = field(default_factory=dict)
     generation: int = 0
     """Bumped by every successful (re)load."""
+    _ledger: int = -1
+    """The ledger's descriptor (O_APPEND), -1 until :meth:`open_ledger`."""
+    _creators: dict[str, str] = field(default_factory=dict)
+    """Topic -> the principal whose creation of it counts (from the ledger, then as created)."""
 
     def load(self) -> int:
         """(Re)read the auth file; AuthConfigError leaves the principals as they were. The count."""
@@ -375,6 +394,56 @@ class Authenticator:
                 u.bucket = None
         return len(principals)
 
+    def open_ledger(self, data_dir: Path, existing: Iterable[str]) -> None:
+        """Count, from the ledger in ``data_dir``, the topics each principal created that still
+        exist (``existing``), then keep the ledger open to append to. A torn last line (a crash
+        while it was written) is ignored."""
+        path = data_dir / LEDGER_NAME
+        names = set(existing)
+        owned: dict[str, set[str]] = {}
+        try:
+            text = path.read_bytes().decode("utf-8", "replace")
+        except FileNotFoundError:
+            text = ""
+        for line in text.split("\n")[:-1]:  # the part after the last newline is torn or empty
+            principal, sep, topic = line.partition("\t")
+            if sep and principal == _DELETED_MARK:  # a deletion ends the earlier claims on it
+                for held in owned.values():
+                    held.discard(topic)
+            elif sep:
+                owned.setdefault(principal, set()).add(topic)
+        owned = {p: {t for t in ts if t in names} for p, ts in owned.items()}
+        self._creators = {t: p for p, ts in owned.items() for t in ts}
+        for principal, topics in owned.items():
+            self.usage.setdefault(principal, Usage()).topics_created = len(topics)
+        if text and not text.endswith("\n"):  # end the torn line, so the next one starts clean
+            with open(path, "ab") as f:
+                f.write(b"\n")
+        self._ledger = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def record_creation(self, principal: str, topic: str) -> None:
+        """Append ``principal`` created ``topic`` to the ledger, before the creation (one small
+        O_APPEND write on the loop, not synced: see the module's docstring)."""
+        if self._ledger >= 0:
+            os.write(self._ledger, f"{principal}\t{topic}\n".encode())
+        self._creators[topic] = principal
+
+    def topic_deleted(self, topic: str) -> None:
+        """``topic`` was deleted: its creator may create one more, now and after a restart."""
+        creator = self._creators.pop(topic, None)
+        if creator is not None:
+            u = self.usage.get(creator)
+            if u is not None and u.topics_created > 0:
+                u.topics_created -= 1
+        if self._ledger >= 0:
+            os.write(self._ledger, f"{_DELETED_MARK}\t{topic}\n".encode())
+
+    def close(self) -> None:
+        """Close the ledger."""
+        if self._ledger >= 0:
+            os.close(self._ledger)
+            self._ledger = -1
+
     def usage_of(self, p: Principal) -> Usage:
         """The usage record of ``p`` (made on first use)."""
         u = self.usage.get(p.name)
@@ -389,6 +458,8 @@ class Authenticator:
 
     def cached(self, token: bytes) -> Principal | None:
         """The principal ``token`` proved since the last load, without a scrypt; else None."""
+        # A dict lookup is not constant-time, but its key is an HMAC under a key that never
+        # leaves this process: how long it takes says nothing about any stored token.
         name = self._verified.get(self._tag(token))
         return self.principals.get(name) if name is not None else None
 

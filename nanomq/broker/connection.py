@@ -1239,8 +1239,9 @@ class Connection(asyncio.BufferedProtocol):
                 raise _Failure(ErrorCode.RESOURCE_LIMIT, str(e), "NMQ-6.2-5") from e
             except StorageError as e:
                 raise _Failure(ErrorCode.STORAGE_ERROR, str(e), "NMQ-SEM-3-4") from e
-            if usage is not None:
+            if usage is not None and p is not None and self._ctx.auth is not None:
                 usage.topics_created += 1
+                self._ctx.auth.record_creation(p.name, name)
             if not asyncio.isfuture(made):
                 return made
             if usage is not None:  # a creation that fails made nothing to count

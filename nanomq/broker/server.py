@@ -127,6 +127,8 @@ class Broker:
             if self._admin is not None:
                 await self._admin.stop()
             raise
+        if self.auth is not None:  # topic quotas count what each principal created, across restarts
+            self.auth.open_ledger(data, (t.name for t in self.topics))
         self.stats.recovery_seconds = time.monotonic() - t0
         self.stats.recovered_topics = len(self.topics)
         self.topics.watch_syncs(loop)
@@ -194,6 +196,8 @@ class Broker:
             raise
         finally:
             self.topics.finish_delete(topic, failed if isinstance(failed, StorageError) else None)
+        if self.auth is not None:  # its creator's topic quota is given back [NMQ-10-8]
+            self.auth.topic_deleted(name)
         _log.warning("topic %s (id %d) deleted through the admin API", name, topic.topic_id)
 
     def connection_states(self) -> dict[str, int]:
@@ -250,6 +254,8 @@ class Broker:
         self._executor.shutdown(wait=True)
         if self._auth_executor is not None:
             self._auth_executor.shutdown(wait=True, cancel_futures=True)
+        if self.auth is not None:
+            self.auth.close()
         self._unlock()
         self._stopped.set()
 
