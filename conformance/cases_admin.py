@@ -18,7 +18,8 @@ from urllib.parse import quote, urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from conformance.helpers import HELLO_V1, alive, closed, is_error, publish, subscribe, topic_info
+from conformance.cases_storage import _need, running_at_exit
+from conformance.helpers import HELLO_V1, alive, closed, collect_all, is_error, publish, subscribe, topic_info
 from conformance.registry import Context, Failed, Skipped, Unimplemented, case, check
 from conformance.target import Target
 from nanomq.protocol import Capability, ErrorCode, Metadata
@@ -360,3 +361,79 @@ def admin_delete_topic(ctx: Context) -> None:
             again = topic_info(p, t)
             check(again.topic_id != before.topic_id, f"the topic made anew has the deleted one's id {again.topic_id}")
             check((again.first_id, again.next_id) == (1, 2), f"the topic made anew holds {again.first_id}..{again.next_id}")
+
+
+@case("admin.topic-retention", "PUT /v1/topics/NAME/retention: the topic's own retention is validated, applied by "
+      "the next retention run (its oldest whole segments go, another topic's stay), and shown with its source",
+      layer="wire", rules=("NMQ-ADM-3-8",), exclusive=True)
+def admin_topic_retention(ctx: Context) -> None:
+    a = _Admin(ctx)
+    spec = ctx.target.spec
+    if not spec.segment_bytes or not spec.retention_check_s:
+        raise Skipped("the target declares no segment_bytes and retention_check_s (retention is not observable)")
+    t, other = ctx.topic("admret"), ctx.topic("admretkeep")
+    chunk = [b"r" * min(ctx.max_payload, 60_000)] * 4
+    with ctx.client() as w:
+        written = 0
+        while written < spec.segment_bytes * 2.5:  # more than two segments in each topic
+            publish(w, t, chunk)
+            publish(w, other, chunk)
+            written += sum(map(len, chunk))
+        for bad in ({"retention_ms": -1, "retention_bytes": None}, {"retention_bytes": 5}, {"retention_ms": "x",
+                    "retention_bytes": None}, [1]):
+            a.error("PUT", f"/v1/topics/{quote(t, safe='')}/retention", 400, "BAD_REQUEST", json.dumps(bad).encode())
+        a.error("PUT", f"/v1/topics/{quote(ctx.topic('admretnone'), safe='')}/retention", 404, "UNKNOWN_TOPIC",
+                json.dumps({"retention_ms": None, "retention_bytes": 1}).encode())
+        doc = a.json("PUT", f"/v1/topics/{quote(t, safe='')}/retention", 200,
+                     json.dumps({"retention_ms": None, "retention_bytes": 1}).encode())
+        ret = doc.get("retention") if isinstance(doc, dict) else None
+        check(isinstance(ret, dict) and ret.get("retention_bytes") == 1 and ret.get("own") == {
+            "retention_ms": None, "retention_bytes": 1}, f"the answer's retention is {ret!r}")
+        deadline = time.monotonic() + max(10.0, spec.retention_check_s * 20)
+        first = topic_info(w, t).first_id
+        while first == 1 and time.monotonic() < deadline:
+            time.sleep(spec.retention_check_s / 2)
+            first = topic_info(w, t).first_id
+        check(first > 1, f"the topic's own retention (1 byte) removed nothing within {deadline:.0f} s")
+        kept = topic_info(w, other)
+        check(kept.first_id == 1, f"retention set on {t} removed records of {other} (first id {kept.first_id})")
+        doc = a.json("PUT", f"/v1/topics/{quote(t, safe='')}/retention", 200,
+                     json.dumps({"retention_ms": None, "retention_bytes": None}).encode())
+        check(doc["retention"]["own"] == {"retention_ms": None, "retention_bytes": None},
+              f"null did not give the broker's settings back: {doc['retention']!r}")
+
+
+@case("admin.topic-settings-damaged", "a topic's own settings file (retention) missing or damaged between a stop and "
+      "a start: the topic is served whole with its id, the broker's settings apply", layer="storage",
+      rules=("NMQ-S2-7",))
+def admin_topic_settings_damaged(ctx: Context) -> None:
+    _need(ctx)
+    a = _Admin(ctx)
+    t = ctx.topic("admsetdmg")
+    with running_at_exit(ctx):
+        with ctx.client() as w:
+            ack = publish(w, t, [b"s%d" % i for i in range(10)])
+            before = topic_info(w, t)
+        a.json("PUT", f"/v1/topics/{quote(t, safe='')}/retention", 200,
+               json.dumps({"retention_ms": 0, "retention_bytes": 0}).encode())
+        path = ctx.target.topic_dir(t) / "retention"
+        check(path.is_file(), f"the reference layout keeps a topic's own retention in {path}, which is missing")
+        for damage in (b"{not json", b'{"retention_ms": -5, "retention_bytes": "x"}', b"\xff\xfe", None):
+            ctx.target.stop()
+            if damage is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_bytes(damage)
+            ctx.target.start()
+            with ctx.client() as w:
+                after = topic_info(w, t)
+                check((after.topic_id, after.first_id, after.next_id) == (before.topic_id, before.first_id,
+                                                                          before.next_id),
+                      f"after a damaged settings file ({damage!r}) the topic is {after}, was {before}")
+                sub = subscribe(w, t, credit=100)
+                got = collect_all(w, sub.sub_id, 10, timeout=10)
+                check([r.id for r in got] == list(range(ack.first_id, ack.first_id + 10)),
+                      f"after a damaged settings file ({damage!r}) {len(got)} of 10 records were delivered")
+            doc = a.json("GET", f"/v1/topics/{quote(t, safe='')}", 200)
+            check(doc["retention"]["own"] == {"retention_ms": None, "retention_bytes": None},
+                  f"a damaged settings file ({damage!r}) was used: {doc['retention']!r}")

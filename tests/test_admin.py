@@ -163,7 +163,8 @@ def test_unknown_paths_methods_and_groups(broker: BrokerProcess) -> None:
     assert status == 404 and json.loads(body)["error"]["code"] == "NOT_FOUND"
     status, headers, body = request(broker, "PUT", "/v1/topics/adm-orders")
     assert status == 405 and headers["allow"] == "GET, DELETE"
-    assert request(broker, "PUT", "/v1/topics/adm-orders/retention")[0] == 404  # not in version 1
+    status, headers, _ = request(broker, "GET", "/v1/topics/adm-orders/retention")
+    assert status == 405 and headers["allow"] == "PUT"
     status, headers, _ = request(broker, "POST", "/metrics")
     assert status == 405 and headers["allow"] == "GET"
     status, _, body = request(broker, "GET", "/v1/groups")
@@ -410,6 +411,23 @@ def test_a_deletion_cut_short_is_finished_at_start(tmp_path: Path) -> None:
     assert sorted(p.name for p in topics.iterdir()) == ["a", "c", "~topic_id_floor"]
 
 
+def test_cli_retention(broker: BrokerProcess) -> None:
+    with Publisher(broker.address) as pub:
+        pub.publish("adm-cli-ret", b"x")
+    base = [sys.executable, "-m", "nanomq.cli.client", "admin", "--admin", broker.admin_url, "topics"]
+    r = subprocess.run([*base, "adm-cli-ret", "--retention-bytes", "1GiB", "--retention-ms", "inherit",
+                        "--format", "json"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["retention"]["own"] == {"retention_ms": None, "retention_bytes": 1 << 30}
+    r = subprocess.run([*base, "adm-cli-ret", "--retention-bytes", "none", "--retention-ms", "none"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    for bad in (["--retention-bytes", "1GiB"], ["adm-cli-ret", "--retention-bytes", "0", "--retention-ms", "1"],
+                ["adm-cli-ret", "--retention-bytes", "lots", "--retention-ms", "1"]):
+        r = subprocess.run([*base, *bad], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2, (bad, r.stderr)
+
+
 def test_cli_delete(broker: BrokerProcess) -> None:
     with Publisher(broker.address) as pub:
         pub.publish("adm-cli-del", b"x")
@@ -445,3 +463,53 @@ def test_a_deleted_topic_gives_its_creator_the_quota_back(tmp_path: Path) -> Non
         b.restart()
         with Publisher(b.address, ack="written", token=TEAM) as pub:
             pub.publish("team-c", b"3")
+
+
+def test_per_topic_retention(tmp_path: Path) -> None:
+    """[NMQ-ADM-3-8]: a topic's own retention is applied, survives a restart, and null returns it
+    to the broker's; bad bodies are 400."""
+    flags = ["--admin-port", "0", "--log-segment-size", "1MB", "--retention-days", "1000",
+             "--retention-check-interval", "0.2"]  # the broker's: far; checked often
+    with BrokerProcess(tmp_path / "d", flags) as b:
+        def put(name: str, doc: object) -> tuple[int, dict[str, object]]:
+            status, _, body = request(b, "PUT", f"/v1/topics/{name}/retention", json.dumps(doc).encode())
+            return status, json.loads(body)
+
+        with Publisher(b.address, ack="written") as pub:
+            for _ in range(40):  # 40 x 64 KiB: a few 1 MiB segments
+                pub.publish_batch("short", [b"x" * 60_000])
+                pub.publish_batch("long", [b"y" * 60_000])
+        status, doc = put("short", {"retention_ms": None, "retention_bytes": 1})
+        assert status == 200 and doc["retention"] == {"retention_ms": 1000 * 86_400_000, "retention_bytes": 1,
+                                                      "own": {"retention_ms": None, "retention_bytes": 1}}
+        assert (tmp_path / "d" / "topics" / "short" / "retention").exists()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            short = get_json(b, "/v1/topics/short")
+            if isinstance(short, dict) and short["first_id"] > 1:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("the topic's own retention was not applied")
+        long = get_json(b, "/v1/topics/long")
+        assert isinstance(long, dict) and long["first_id"] == 1 and long["retention"] == {
+            "retention_ms": 1000 * 86_400_000, "retention_bytes": None,
+            "own": {"retention_ms": None, "retention_bytes": None}}
+        for bad in ({"retention_ms": -1, "retention_bytes": None}, {"retention_ms": "1"}, [1],
+                    {"retention_ms": True, "retention_bytes": None}):
+            assert put("short", bad)[0] == 400, bad
+        assert put("absent", {"retention_ms": 5, "retention_bytes": None})[0] == 404
+        b.restart()
+        short = get_json(b, "/v1/topics/short")
+        assert isinstance(short, dict) and short["retention"]["own"]["retention_bytes"] == 1
+        status, doc = put("short", {"retention_ms": None, "retention_bytes": None})
+        assert status == 200 and doc["retention"]["own"] == {"retention_ms": None, "retention_bytes": None}
+        assert not (tmp_path / "d" / "topics" / "short" / "retention").exists()
+        status, doc = put("long", {"retention_ms": 0, "retention_bytes": None})  # 0: none, whatever the broker's
+        assert status == 200 and doc["retention"]["retention_ms"] is None
+    # a damaged retention file: the broker's settings apply, the topic is served
+    (tmp_path / "d" / "topics" / "long" / "retention").write_text("{not json")
+    with BrokerProcess(tmp_path / "d", flags) as b:
+        long = get_json(b, "/v1/topics/long")
+        assert isinstance(long, dict) and long["records"] == 40
+        assert long["retention"]["own"] == {"retention_ms": None, "retention_bytes": None}

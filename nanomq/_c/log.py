@@ -324,6 +324,12 @@ class CLog:
 
     # -- maintenance ------------------------------------------------------------------------
 
+    def set_retention(self, retention_ms: int | None, retention_bytes: int | None) -> None:
+        """Change the retention of the open log (None: none); the next :meth:`retain` applies it."""
+        rc = lib.nmq_log_set_retention(self._h, retention_ms or 0, retention_bytes or 0)
+        if rc:
+            _raise(rc, "set_retention")
+
     def retain(self, now_ns: int = 0) -> int:
         """Delete whole segments beyond retention (never the active one); returns how many."""
         out = ffi.new("uint64_t *")

@@ -13,7 +13,7 @@ import os
 import shutil
 from collections.abc import Awaitable, Collection, Iterator
 from concurrent.futures import Executor
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from prometheus_client.registry import CollectorRegistry
@@ -21,10 +21,10 @@ from prometheus_client.registry import CollectorRegistry
 from nanomq import __version__
 from nanomq.broker.admin_http import HttpRequest, HttpResponse, error_response, json_response
 from nanomq.broker.auth import Action, Authenticator, Principal
-from nanomq.broker.config import BrokerConfig
+from nanomq.broker.config import MAX_RETENTION_BYTES, MAX_RETENTION_MS, BrokerConfig
 from nanomq.broker.metrics import CONTENT_TYPE, BrokerCollector, BrokerView, TopicView, exposition
 from nanomq.protocol import Capability, valid_topic
-from nanomq.storage import StorageError
+from nanomq.storage import StorageError, TopicRetention
 
 __all__ = ["AdminApi", "AdminBrokerView"]
 
@@ -62,6 +62,8 @@ class _Topics(Protocol):
     def get(self, name: str) -> TopicView | None: ...
     def creating(self, name: str) -> Awaitable[TopicView | None] | None: ...
     def open_or_create(self, name: str) -> TopicView | Awaitable[TopicView | None]: ...
+    def effective_retention(self, own: TopicRetention) -> tuple[int | None, int | None]: ...
+    def set_retention(self, topic: Any, own: TopicRetention) -> None: ...
 
 
 class AdminBrokerView(BrokerView, Protocol):
@@ -116,7 +118,7 @@ class AdminApi:
         # Everything below needs an admin principal when the broker authenticates ([NMQ-ADM-1-5]):
         # admin on the topic a request names, admin on every topic for the rest. The permission is
         # checked before anything is looked up, so a refusal says nothing about what exists.
-        named = parts[2] if len(parts) == 3 and parts[:2] == ["v1", "topics"] else None
+        named = parts[2] if len(parts) in (3, 4) and parts[:2] == ["v1", "topics"] else None
         if named is None and parts == ["v1", "topics"] and method == "POST":
             named = _create_name(req.body)
         if (refused := await self._authorize(req, named)) is not None:
@@ -275,11 +277,40 @@ class AdminApi:
             except StorageError as e:
                 return error_response(507, "STORAGE_ERROR", f"topic {rest[0]!r} not deleted (it stays): {e}")
             return json_response(200, {"deleted": described})
+        if len(rest) == 2 and rest[1] == "retention":
+            if (bad := self._only(method, "PUT")) is not None:
+                return bad
+            return await self._set_retention(rest[0], req)
         return error_response(404, "NOT_FOUND", f"no resource {req.target!r}")
 
-    @staticmethod
-    def _describe_topic(t: TopicView, positions: dict[str, list[int]]) -> dict[str, object]:
+    async def _set_retention(self, name: str, req: HttpRequest) -> HttpResponse:
+        """PUT /v1/topics/NAME/retention ([NMQ-ADM-3-8])."""
+        try:
+            doc = json.loads(req.body or b"null")
+        except (ValueError, UnicodeDecodeError) as e:
+            return error_response(400, "BAD_REQUEST", f"the body is not JSON: {e}")
+        keys = {"retention_ms", "retention_bytes"}
+        if not isinstance(doc, dict) or set(doc) != keys:
+            return error_response(400, "BAD_REQUEST", 'the body must be {"retention_ms": N|0|null, '
+                                  '"retention_bytes": N|0|null} (0: none; null: the broker\'s)')
+        for key, top in (("retention_ms", MAX_RETENTION_MS), ("retention_bytes", MAX_RETENTION_BYTES)):
+            v = doc[key]
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= top):
+                return error_response(400, "BAD_REQUEST", f"{key} must be null, 0 (none) or 1 .. {top}, not {v!r}")
+        b = self._broker
+        topic = b.topics.get(name)
+        if topic is None:
+            return error_response(404, "UNKNOWN_TOPIC", f"no topic {name!r}")
+        own = TopicRetention(doc["retention_ms"], doc["retention_bytes"])
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, b.topics.set_retention, topic, own)
+        except StorageError as e:
+            return error_response(507, "STORAGE_ERROR", f"retention of topic {name!r} not changed: {e}")
+        return json_response(200, self._describe_topic(topic, b.subscription_positions()))
+
+    def _describe_topic(self, t: TopicView, positions: dict[str, list[int]]) -> dict[str, object]:
         st = t.log.stats()
+        ms, nbytes = self._broker.topics.effective_retention(t.own_retention)
         subs = positions.get(t.name, [])
         return {
             "name": t.name,
@@ -298,6 +329,9 @@ class AdminApi:
             "delivered_bytes": t.delivered_bytes,
             "read_only": bool(st.read_only_errno),
             "last_sync_errno": st.last_sync_errno,
+            "retention": {"retention_ms": ms, "retention_bytes": nbytes,
+                          "own": {"retention_ms": t.own_retention.retention_ms,
+                                  "retention_bytes": t.own_retention.retention_bytes}},
         }
 
     async def _create_topic(self, req: HttpRequest) -> HttpResponse:

@@ -29,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from nanomq.storage import TopicLog
+from nanomq.storage import TopicLog, TopicRetention
 
 __all__ = ["CONTENT_TYPE", "BrokerCollector", "BrokerStats", "BrokerView", "LatencyHistogram", "TopicView",
            "exposition"]
@@ -108,6 +108,7 @@ class TopicView(Protocol):
     bytes_in: int
     delivered_records: int
     delivered_bytes: int
+    own_retention: TopicRetention
 
 
 class BrokerView(Protocol):

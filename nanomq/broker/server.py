@@ -350,7 +350,7 @@ class Broker:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.config.retention_check_s)
-            if self.config.retention_ms or self.config.retention_bytes:
+            if self.topics.any_retention:
                 try:
                     deleted = await loop.run_in_executor(self._executor, self.topics.apply_retention)
                 except Exception:  # noqa: BLE001 - a bug must not stop retention [NMQ-8-4]

@@ -26,7 +26,16 @@ from nanomq._c.syncer import Syncer
 from nanomq.broker.config import BrokerConfig
 from nanomq.broker.metrics import BrokerStats
 from nanomq.protocol import valid_topic
-from nanomq.storage import LogIOError, StorageError, StoredTopic, TopicCatalog, TopicLog
+from nanomq.storage import (
+    LogIOError,
+    StorageError,
+    StoredTopic,
+    TopicCatalog,
+    TopicLog,
+    TopicRetention,
+    read_retention,
+    write_retention,
+)
 
 __all__ = ["Topic", "TopicRegistry", "SYNC_AHEAD_BYTES"]
 
@@ -69,6 +78,8 @@ class Topic:
         self.delivered_bytes = 0
         self._stats = stats
         self._sync_asked = 0.0
+        self.own_retention = TopicRetention()
+        """The topic's own retention settings ([NMQ-ADM-3-8]); None in a field: the broker's."""
 
     def append(self, data: bytes, count: int) -> tuple[int, int]:
         """Append a validated batch (not yet synced); call :meth:`notify` once it is acked."""
@@ -246,17 +257,25 @@ class TopicRegistry:
     def _open(self, stored: StoredTopic) -> Topic:
         return self._register(stored, self._open_log(stored))
 
+    def effective_retention(self, own: TopicRetention) -> tuple[int | None, int | None]:
+        """(retention_ms, retention_bytes) a topic with ``own`` settings keeps (None: no bound)."""
+        c = self._config
+        ms = c.retention_ms if own.retention_ms is None else own.retention_ms or None
+        nbytes = c.retention_bytes if own.retention_bytes is None else own.retention_bytes or None
+        return ms, nbytes
+
     def _open_log(self, stored: StoredTopic) -> TopicLog:
         """Open (creating or recovering) a topic's log; in any thread: it touches no registry state."""
         c = self._config
         name, topic_id = stored.name, stored.topic_id
+        retention_ms, retention_bytes = self.effective_retention(read_retention(stored.path))
         log = TopicLog.open(
             stored.path,
             segment_bytes=c.segment_bytes,
             fsync=c.fsync,
             interval_ms=c.fsync_interval_ms,
-            retention_ms=c.retention_ms,
-            retention_bytes=c.retention_bytes,
+            retention_ms=retention_ms,
+            retention_bytes=retention_bytes,
             max_payload=c.max_payload,
             topic_id=topic_id,
             verify_all=c.verify_on_start,
@@ -274,6 +293,7 @@ class TopicRegistry:
         """Make an open log a topic of the broker (on the event loop: the data plane's topic table
         and the registry are the loop's). The data plane learns of it only now, fully open."""
         topic = Topic(stored.name, stored.topic_id, log, self._syncer, len(self._by_index), self._stats)
+        topic.own_retention = read_retention(stored.path)
         self._topics[stored.name] = topic
         self._by_index.append(topic)
         if self.plane is not None:
@@ -422,6 +442,23 @@ class TopicRegistry:
                 _log.error("topic %s: could not be reopened after a failed deletion: %s", topic.name, e)
         if not waiters.done():
             waiters.set_result(None)
+
+    def set_retention(self, topic: Topic, own: TopicRetention) -> None:
+        """Give ``topic`` its own retention ([NMQ-ADM-3-8]): stored durably in its directory first,
+        then applied to the open log (blocking: in a worker thread). Raises StorageError."""
+        try:
+            write_retention(self._catalog.root / topic.name, own)
+        except OSError as e:
+            raise StorageError(f"cannot store the retention of topic {topic.name}: {e}") from e
+        topic.log.set_retention(*self.effective_retention(own))
+        topic.own_retention = own
+
+    @property
+    def any_retention(self) -> bool:
+        """Whether retention has anything to do: the broker's, or a topic's own."""
+        c = self._config
+        return bool(c.retention_ms or c.retention_bytes) or any(
+            t.own_retention.retention_ms or t.own_retention.retention_bytes for t in tuple(self._topics.values()))
 
     def apply_retention(self) -> int:
         """Run retention on every topic; returns segments deleted. Runs in a worker thread while

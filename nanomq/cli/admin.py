@@ -3,6 +3,7 @@
     nanomq-cli admin --admin http://127.0.0.1:9090 topics [NAME]
     nanomq-cli admin topics --create NAME
     nanomq-cli admin topics --delete NAME
+    nanomq-cli admin topics NAME --retention-bytes 1GiB --retention-ms inherit
     nanomq-cli admin connections --format json
     nanomq-cli admin broker
 
@@ -22,6 +23,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 from urllib.parse import quote, urlsplit
+
+from nanomq.cli.sizes import parse_size
 
 __all__ = ["DEFAULT_ADMIN", "AdminError", "add_parser", "check_args", "run"]
 
@@ -62,6 +65,10 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     t = what.add_parser("topics", parents=inner, help="list topics, describe one (NAME), --create or --delete one")
     t.add_argument("name", nargs="?", help="describe only this topic")
     t.add_argument("--create", metavar="NAME", help="create this topic (no error if it exists)")
+    t.add_argument("--retention-ms", metavar="MS|none|inherit",
+                   help="with NAME: the topic's own time retention in ms (none: no bound; inherit: the broker's)")
+    t.add_argument("--retention-bytes", metavar="SIZE|none|inherit",
+                   help="with NAME: the topic's own size retention (e.g. 1GiB; none: no bound; inherit: the broker's)")
     t.add_argument("--delete", metavar="NAME", help="delete this topic with its records; connections subscribed "
                    "to it are closed (spec/admin.md NMQ-ADM-3-5). There is no undo")
     what.add_parser("connections", parents=inner, help="client connections with their subscriptions")
@@ -73,6 +80,28 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse (exit 2) what cannot be meant: two of NAME, --create, --delete at once."""
     if args.resource == "topics" and sum(x is not None for x in (args.name, args.create, args.delete)) > 1:
         ap.error("admin topics: give one of NAME (describe), --create NAME and --delete NAME")
+    if args.resource == "topics" and (args.retention_ms is not None or args.retention_bytes is not None):
+        if args.name is None:
+            ap.error("admin topics: --retention-ms/--retention-bytes go with a topic NAME")
+        if args.retention_ms is None or args.retention_bytes is None:
+            ap.error("admin topics: give both --retention-ms and --retention-bytes (inherit keeps the broker's)")
+        try:
+            args.retention = {"retention_ms": _setting(args.retention_ms, int),
+                              "retention_bytes": _setting(args.retention_bytes, parse_size)}
+        except (ValueError, argparse.ArgumentTypeError) as e:
+            ap.error(f"admin topics: {e}")
+
+
+def _setting(text: str, parse: Any) -> int | None:
+    """A retention setting from the command line: inherit -> None, none -> 0, else a value >= 1."""
+    if text == "inherit":
+        return None
+    if text == "none":
+        return 0
+    value = int(parse(text))
+    if value < 1:
+        raise ValueError(f"a retention bound must be at least 1, not {text!r} (none: no bound)")
+    return value
 
 
 def _request(base: str, method: str, path: str, body: dict[str, Any] | None, timeout: float,
@@ -122,6 +151,9 @@ def run(args: argparse.Namespace, token: str | None = None) -> None:
             rows = [out["deleted"]]
         elif args.create:
             out = _call("POST", "/v1/topics", {"name": args.create}, timeout)
+            rows = [out]
+        elif args.name and getattr(args, "retention", None) is not None:
+            out = _call("PUT", "/v1/topics/" + quote(args.name, safe="") + "/retention", args.retention, timeout)
             rows = [out]
         elif args.name:
             out = _call("GET", "/v1/topics/" + quote(args.name, safe=""), None, timeout)

@@ -6,7 +6,7 @@ hands out topic ids; ``OffsetStore`` keeps committed consumer-group positions du
 normative contract is spec/storage.md; docs/storage.md explains the design and measured figures.
 """
 
-from nanomq.storage.catalog import StoredTopic, TopicCatalog
+from nanomq.storage.catalog import StoredTopic, TopicCatalog, TopicRetention, read_retention, write_retention
 from nanomq.storage.errors import (
     BadRecordsError,
     LogClosedError,
@@ -27,6 +27,9 @@ __all__ = [
     "OffsetStore",
     "TopicCatalog",
     "StoredTopic",
+    "TopicRetention",
+    "read_retention",
+    "write_retention",
     "StorageError",
     "LogIOError",
     "LogCorruptError",

@@ -3,6 +3,7 @@
 Layout (spec/storage.md §2)::
 
     <root>/<topic name>/topic_id      the topic's id in decimal, written durably before the log
+    <root>/<topic name>/retention     the topic's own retention, if it has one (JSON)
     <root>/<topic name>/...           the topic's log (segments, indexes, checkpoint, lock)
     <root>/~topic_id_floor            the highest id a deleted topic had (so it is never handed out again)
     <root>/~deleted-<n>-<topic name>  a deleted topic's directory, until it is removed (or at the next start)
@@ -22,6 +23,7 @@ once, for different names (the broker creates topics in worker threads, off its 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -33,9 +35,13 @@ from pathlib import Path
 from nanomq.protocol import RECORD_HEADER_SIZE, ProtocolError, RecordBatch, record_span
 from nanomq.storage.errors import StorageError
 
-__all__ = ["TopicCatalog", "StoredTopic", "fsync_dir", "TOPIC_ID_FILE"]
+__all__ = ["TopicCatalog", "StoredTopic", "TopicRetention", "fsync_dir", "read_retention", "write_retention",
+           "TOPIC_ID_FILE", "RETENTION_FILE"]
 
 TOPIC_ID_FILE = "topic_id"
+RETENTION_FILE = "retention"
+"""In a topic directory: ``{"retention_ms": N|null, "retention_bytes": N|null}``, the topic's own
+retention (0: none; null: the broker's) [NMQ-ADM-3-8]. No file: the broker's for both."""
 ID_FLOOR_FILE = "~topic_id_floor"
 """In the root: every id up to this one was handed out (to a topic since deleted) [NMQ-SEM-1-3]."""
 DELETED_PREFIX = "~deleted-"
@@ -174,6 +180,53 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicRetention:
+    """A topic's own retention: per setting, None (the broker's), 0 (none) or a positive bound."""
+
+    retention_ms: int | None = None
+    retention_bytes: int | None = None
+
+    @property
+    def inherited(self) -> bool:
+        """Both settings are the broker's."""
+        return self.retention_ms is None and self.retention_bytes is None
+
+
+def read_retention(path: Path) -> TopicRetention:
+    """The topic's own retention from ``<path>/retention`` (a missing file: the broker's). A file
+    that cannot be used is logged at ERROR and the broker's settings apply: a damaged setting
+    never hides the topic or stops the broker ([NMQ-S2-5])."""
+    f = path / RETENTION_FILE
+    try:
+        doc = json.loads(f.read_bytes())
+    except FileNotFoundError:
+        return TopicRetention()
+    except (OSError, ValueError) as e:
+        _log.error("topic dir %s: cannot read %s (%s); the broker's retention applies", path, RETENTION_FILE, e)
+        return TopicRetention()
+    values = []
+    for key in ("retention_ms", "retention_bytes"):
+        v = doc.get(key) if isinstance(doc, dict) else "missing"
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+            _log.error("topic dir %s: %s has a bad %s (%r); the broker's retention applies", path, RETENTION_FILE,
+                       key, v)
+            return TopicRetention()
+        values.append(v)
+    return TopicRetention(values[0], values[1])
+
+
+def write_retention(path: Path, retention: TopicRetention) -> None:
+    """Store the topic's own retention durably (no file when both settings are the broker's)."""
+    target = path / RETENTION_FILE
+    if retention.inherited:
+        target.unlink(missing_ok=True)
+        fsync_dir(path)
+        return
+    _write_atomically(target, json.dumps({"retention_ms": retention.retention_ms,
+                                          "retention_bytes": retention.retention_bytes}) + "\n")
 
 
 def _write_topic_id(path: Path, topic_id: int) -> None:

@@ -209,6 +209,11 @@ class TopicLog:
 
     # -- maintenance ------------------------------------------------------------------------
 
+    def set_retention(self, retention_ms: int | None, retention_bytes: int | None) -> None:
+        """Change ``retention_ms`` / ``retention_bytes`` (None: none) of the open log; the next
+        :meth:`apply_retention` applies them (thread-safe)."""
+        self._c.set_retention(retention_ms, retention_bytes)
+
     def apply_retention(self, now_ns: int | None = None) -> int:
         """Delete whole sealed segments older than ``retention_ms`` (by their last record) or
         beyond ``retention_bytes`` (oldest first); returns how many were deleted."""

@@ -1760,3 +1760,14 @@ void nmq_log_free(nmq_log *log) {
     pthread_mutex_unlock(&log->mu);
     if (refs == 0) log_destroy(log);
 }
+
+/* Change the retention of an open log (the broker's per-topic setting, NMQ-ADM-3-8): the next
+ * nmq_log_retain applies it. Under mu, which nmq_log_retain holds while it reads the settings. */
+int nmq_log_set_retention(nmq_log *log, int64_t retention_ms, int64_t retention_bytes) {
+    if (!log) return NMQ_LOG_EINVAL;
+    pthread_mutex_lock(&log->mu);
+    log->cfg.retention_ms = retention_ms;
+    log->cfg.retention_bytes = retention_bytes;
+    pthread_mutex_unlock(&log->mu);
+    return 0;
+}

@@ -123,6 +123,8 @@ void nmq_log_unpin(nmq_log *log, nmq_seg *seg);
 int nmq_log_find_ts(nmq_log *log, uint64_t ts_ns, uint64_t *id);
 /* Delete whole segments beyond retention (never the active one). now_ns = 0 means "now". */
 int nmq_log_retain(nmq_log *log, uint64_t now_ns, uint64_t *deleted_segments);
+/* Change retention_ms / retention_bytes (<= 0: none) of an open log; the next retain applies them. */
+int nmq_log_set_retention(nmq_log *log, int64_t retention_ms, int64_t retention_bytes);
 /* Drop the log's mapped pages from this process's resident set (they stay in the page cache;
  * reads map them again). Safe at any time, views included. */
 int nmq_log_trim(nmq_log *log, uint64_t *trimmed_bytes);
