@@ -263,6 +263,8 @@ def test_a_failed_retention_run_does_not_end_retention(tmp_path: Path) -> None:
     calls: list[int] = []
 
     class Topics:
+        any_retention = True  # the registry's answer to "has retention anything to do"
+
         def apply_retention(self) -> int:
             calls.append(1)
             if len(calls) == 1:
