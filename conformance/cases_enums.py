@@ -269,6 +269,9 @@ def frame_flags(ctx: Context) -> None:
         bodies = [
             ("PUBLISH reserved @1", raw_publish(11, t.encode(), one, 1, res1=1)),
             ("PUBLISH reserved @6", raw_publish(12, t.encode(), one, 1, res2=1)),
+            # the u16's high byte alone: a PUBLISH to a topic that exists is the C data plane's, which
+            # reads the field itself (a check of the wrong two bytes passes @6 and takes this one)
+            ("PUBLISH reserved @7", raw_publish(22, t.encode(), one, 1, res2=0x100)),
             ("SUBSCRIBE reserved @13", raw_subscribe(13, t.encode(), res1=1)),
             ("SUBSCRIBE reserved @18", raw_subscribe(14, t.encode(), res2=1)),
             ("UNSUBSCRIBE reserved", raw_frame(0x04, 15, struct.pack("<II", sub.sub_id, 1))),

@@ -309,6 +309,92 @@ def pings_during_backlog(ctx: Context) -> None:
     ctx.note(f"{len(payloads)} records of {size} B read slowly with {len(sent)} PINGs pipelined among them")
 
 
+@case("session.pipelined-topics", "PUBLISHes to three topics that exist, sent in one write, each reach that "
+      "topic's caught-up subscriber at once: every topic appended to is woken, not only the first",
+      layer="wire", rules=("NMQ-SEM-5-1", "NMQ-4.6-5", "NMQ-SEM-4-1"))
+def pipelined_topics(ctx: Context) -> None:
+    # One read of the target takes the three frames together: the C data plane appends them in one
+    # call and reports which topics it appended to, and only those topics' subscribers are woken.
+    topics = [ctx.topic("pipetopic") for _ in range(3)]
+    with ctx.client() as w, ctx.client() as r:
+        for t in topics:
+            publish(w, t, [b"before"])
+        subs = {subscribe(r, t, Start.EARLIEST).sub_id: t for t in topics}
+        seen = {sid: [rec.id for rec in collect_all(r, sid, 1)] for sid in subs}
+        check(all(ids == [1] for ids in seen.values()), f"the first records were delivered as {seen}", "NMQ-SEM-4-2")
+        batch = RecordBatch.from_payloads([b"pipelined"])
+        rids = [w.next_id() for _ in topics]
+        w.send_raw(b"".join(encode(Publish(rid, t, Ack.WRITTEN, batch)) for rid, t in zip(rids, topics, strict=True)))
+        acks = [w.recv_response() for _ in topics]
+        check(all(isinstance(a, PublishAck) and a.first_id == 2 for a in acks), f"the PUBLISHes answered {acks!r}",
+              "NMQ-4.2-5")
+        got: dict[int, list[int]] = {sid: [] for sid in subs}
+        deadline = time.monotonic() + 5.0
+        with ctx.step("NMQ-SEM-5-1", "NMQ-4.6-5"):
+            while any(not ids for ids in got.values()) and time.monotonic() < deadline:
+                try:
+                    f = r.recv(max(0.01, deadline - time.monotonic()))
+                except TimeoutError:
+                    break
+                check(isinstance(f, Deliver) and f.sub_id in subs, f"a {f!r} where only DELIVERs can be")
+                assert isinstance(f, Deliver)
+                got[f.sub_id].extend(rec.id for rec in f.records)
+            late = [subs[sid] for sid, ids in got.items() if not ids]
+            check(not late, f"no DELIVER within 5 s on {late} (of {topics}), each with credit, after PUBLISHes to "
+                  "all three in one write were acknowledged")
+        with ctx.step("NMQ-SEM-4-1"):
+            check(all(ids == [2] for ids in got.values()), f"delivered after the pipelined PUBLISHes: {got}")
+
+
+@case("session.many-topics-one-write", "PUBLISHes to 70 topics that exist, sent in one write, each reach the "
+      "caught-up subscribers of its topic at once, the last topics' as well as the first",
+      layer="wire", exclusive=True, rules=("NMQ-SEM-5-1", "NMQ-4.6-5", "NMQ-SEM-4-1"))
+def many_topics_one_write(ctx: Context) -> None:
+    # session.pipelined-topics with more topics than one call of the C data plane reports as appended
+    # to (it then stops, and is called again for the rest): the topics past that point must be woken
+    # too. Exclusive: it creates 70 topics, at the target's declared creation rate.
+    n, watched = 70, 10
+    topics = [ctx.topic("manytopics") for _ in range(n)]
+    rate = ctx.target.spec.topic_create_rate
+    with ctx.client() as w, ctx.client() as r:
+        deadline = time.monotonic() + 60
+        for t in topics:  # created one by one, waiting out RESOURCE_LIMIT (the creation rate, NMQ-6.2-5)
+            while True:
+                w.send(Publish(w.next_id(), t, Ack.WRITTEN, RecordBatch.from_payloads([b"before"])))
+                f = w.recv_response()
+                if isinstance(f, PublishAck):
+                    break
+                check(is_error(f, ErrorCode.RESOURCE_LIMIT) and time.monotonic() < deadline,
+                      f"creating topic {t} answered {f!r}", "NMQ-4.2-1")
+                time.sleep(1.0 / rate + 0.05 if rate > 0 else 0.2)
+        last = topics[-watched:]
+        subs = {subscribe(r, t, Start.EARLIEST).sub_id: t for t in last}
+        seen = {sid: [rec.id for rec in collect_all(r, sid, 1)] for sid in subs}
+        check(all(ids == [1] for ids in seen.values()), f"the first records were delivered as {seen}", "NMQ-SEM-4-2")
+        batch = RecordBatch.from_payloads([b"one write"])
+        rids = [w.next_id() for _ in topics]
+        w.send_raw(b"".join(encode(Publish(rid, t, Ack.WRITTEN, batch)) for rid, t in zip(rids, topics, strict=True)))
+        acks = [w.recv_response() for _ in topics]
+        check(all(isinstance(a, PublishAck) and a.first_id == 2 for a in acks),
+              f"the PUBLISHes answered {[a for a in acks if not isinstance(a, PublishAck)][:3]!r} ...", "NMQ-4.2-5")
+        got: dict[int, list[int]] = {sid: [] for sid in subs}
+        until = time.monotonic() + 5.0
+        with ctx.step("NMQ-SEM-5-1", "NMQ-4.6-5"):
+            while any(not ids for ids in got.values()) and time.monotonic() < until:
+                try:
+                    f = r.recv(max(0.01, until - time.monotonic()))
+                except TimeoutError:
+                    break
+                check(isinstance(f, Deliver) and f.sub_id in subs, f"a {f!r} where only DELIVERs can be")
+                assert isinstance(f, Deliver)
+                got[f.sub_id].extend(rec.id for rec in f.records)
+            late = [subs[sid] for sid, ids in got.items() if not ids]
+            check(not late, f"no DELIVER within 5 s on {len(late)} of the last {watched} topics ({late[:3]} ...), each "
+                  f"with credit, after PUBLISHes to all {n} in one write were acknowledged")
+        with ctx.step("NMQ-SEM-4-1"):
+            check(all(ids == [2] for ids in got.values()), f"delivered after the one write: {got}")
+
+
 @case("session.unsubscribe", "UNSUBSCRIBE with a backlog in flight: no DELIVER after UNSUBSCRIBED; the sub_id is "
       "then unknown to CREDIT, COMMIT, SEEK and UNSUBSCRIBE", layer="wire",
       rules=("NMQ-4.5-1", "NMQ-4.5-2", "NMQ-4.6-1", "NMQ-4.8-2"))
