@@ -286,8 +286,8 @@ def markdown(rep: dict[str, Any], full: bool) -> str:
         L += ["## Out of scope (not run, not in the score)", "", "| mutants | reason |", "| ---: | --- |"]
         L += [f"| {n} | {why} |" for why, n in sorted(rep["excluded"].items(), key=lambda x: -x[1])]
         L += ["", "Also never generated: calls to the loggers (log text is not on the wire); in log.c the "
-              "fault-injection hooks and the arguments of message-formatting calls (mutation/config.py; "
-              "plane.c and syncer.c have neither).", ""]
+              "fault-injection hooks and the arguments of message-formatting calls, in syncer.c the test-only "
+              "`nmq_syncer_busy` (mutation/config.py `C_EXCLUDED_FUNCTIONS`).", ""]
     if rep["baseline_failures"]:
         L += ["## Kit cases not used (they fail against the reference broker)", ""]
         L += [f"- `{cid}`: {b['verdict']}: {b['message'].splitlines()[0] if b['message'] else ''}"
