@@ -241,10 +241,13 @@ def journal_key(journal: Path, snap: dict[str, str], variant: str = "", prefer: 
             r = json.loads(ln)
         except ValueError:
             continue
-        if (r.get("source_hash") == snap["source_hash"] and r.get("kit_hash") == snap["kit_hash"]
-                and r.get("variant", "") == variant):
-            if r.get("key") == prefer:
-                return prefer
+        if r.get("source_hash") != snap["source_hash"] or r.get("variant", "") != variant:
+            continue
+        # the key the tools give now, whatever kit a record was reached with: a rerun under a new
+        # kit that ran nothing again holds only records carried over, which keep their old kit hash
+        if prefer and r.get("key") == prefer:
+            return prefer
+        if r.get("kit_hash") == snap["kit_hash"]:
             found = str(r.get("key", ""))
     return found
 

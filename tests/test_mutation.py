@@ -526,3 +526,18 @@ def test_rerun_survivors_runs_earlier_survivors_and_timeouts_again() -> None:
     rerun, kept = split_for_rerun(jobs, earlier, {k["f"]: {"verdict": "killed"}}, {"g"})
     assert [j.mutant.id for j in rerun] == ["a", "b", "c"]
     assert [j.mutant.id for j in kept] == ["g"]
+
+
+def test_journal_key_finds_a_rerun_made_only_of_carried_records(tmp_path: Path) -> None:
+    """A --rerun-survivors under a new kit that runs nothing again journals only carried records,
+    which keep the kit hash they were reached with: the report still finds them by the current key."""
+    from mutation.__main__ import journal_key
+
+    journal = tmp_path / "results.jsonl"
+    snap = {"source_hash": "S", "kit_hash": "K2"}
+    _journal(journal,
+             {"key": "old", "source_hash": "S", "kit_hash": "K1", "id": "a", "verdict": "killed"},
+             {"key": "new", "source_hash": "S", "kit_hash": "K1", "id": "a", "verdict": "killed", "carried_from": "K1"})
+    assert journal_key(journal, snap, "", "new") == "new"
+    assert journal_key(journal, snap, "", "other") == ""  # no record of this kit, and not the current key
+    assert journal_key(journal, {"source_hash": "S", "kit_hash": "K1"}, "", "other") == "new"  # the latest of K1
