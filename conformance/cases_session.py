@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 
@@ -439,6 +440,36 @@ def durable_topics(ctx: Context) -> None:
                               "answered; no answer to the others within 10 s", "NMQ-3.2-3")
                     check(isinstance(f, PublishAck) and f.request_id == rid and f.first_id == 2 + rnd,
                           f"round {rnd}: durable PUBLISH {rid} to {topics[k]} answered {f!r}")
+
+
+@case("session.pings-unread", "a client that pipelines 200,000 PINGs before it reads anything (its socket fills "
+      "with PONGs meanwhile) then gets every PONG, each with its token, in order", layer="wire",
+      rules=("NMQ-3.2-3", "NMQ-3.3-2", "NMQ-4.10-1"))
+def pings_unread(ctx: Context) -> None:
+    # The C data plane writes a call's answers to the socket itself; when the socket takes only part
+    # of them the rest must go to the transport. A client that does not read makes that happen once
+    # the sockets' buffers hold no more (4.8 MB of PONGs is more than they do); it starts reading
+    # before the target's write timeout could drop it.
+    n = 200_000
+    with WireClient(ctx.target.host, ctx.target.port, rcvbuf=16384, ssl_context=ctx.target.ssl) as w:
+        w.hello()
+        data = b"".join(encode(Ping(0x5000 + k, k)) for k in range(n))
+        sender = threading.Thread(target=w.sock.sendall, args=(data,), daemon=True)
+        sender.start()
+        time.sleep(0.3)  # the PONGs back up in the target's socket
+        got: list[int] = []
+        with ctx.step("NMQ-3.2-3", "NMQ-3.3-2", "NMQ-4.10-1"):
+            while len(got) < n:
+                try:
+                    f = w.recv(5.0)
+                except TimeoutError:
+                    break
+                check(isinstance(f, Pong) and f.request_id == 0x5000 + len(got) and f.token == len(got),
+                      f"answer {len(got)} of {n} PINGs is {f!r}, not PONG {0x5000 + len(got)} with token {len(got)}")
+                got.append(f.request_id)
+            check(len(got) == n, f"{len(got)} of {n} pipelined PINGs answered; none of the others within 5 s")
+        sender.join(5)
+        alive(w)
 
 
 @case("session.unsubscribe", "UNSUBSCRIBE with a backlog in flight: no DELIVER after UNSUBSCRIBED; the sub_id is "
