@@ -449,10 +449,13 @@ def pings_unread(ctx: Context) -> None:
     # The C data plane writes a call's answers to the socket itself; when the socket takes only part
     # of them the rest must go to the transport. A client that does not read makes that happen once
     # the sockets' buffers hold no more (4.8 MB of PONGs is more than they do); it starts reading
-    # before the target's write timeout could drop it.
+    # before the target's write timeout could drop it. Reading 4.8 MB of PONGs can take longer than
+    # an idle timeout once the target has read every PING: a subscription (to an empty topic, so
+    # nothing is delivered) keeps the connection from counting as idle.
     n = 200_000
     with WireClient(ctx.target.host, ctx.target.port, rcvbuf=16384, ssl_context=ctx.target.ssl) as w:
         w.hello()
+        subscribe(w, ctx.topic("pingsunread"), Start.EARLIEST, 0, 1)
         data = b"".join(encode(Ping(0x5000 + k, k)) for k in range(n))
         sender = threading.Thread(target=w.sock.sendall, args=(data,), daemon=True)
         sender.start()
