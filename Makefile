@@ -22,7 +22,7 @@ help:
 	@echo "make benchmark    the benchmark tables; NanoMQ vs Redis/NATS ratios, JSON and plots in reports/bench/"
 	@echo "make gate         the CI latency gate against the reference broker and its committed baseline"
 	@echo "make conformance  the conformance kit against the reference broker (KIT_ARGS=... for another)"
-	@echo "make mutation     mutants of the broker (Python: mutmut; C: log.c) under the kit; reports/mutation/"
+	@echo "make mutation     mutants of the broker (Python: mutmut; C: log.c, plane.c, syncer.c) under the kit; reports/mutation/"
 	@echo "make run          the runtime package only, then the broker on PORT=$(PORT), DATA_DIR=$(DATA_DIR),"
 	@echo "                  SEGMENT_SIZE=$(SEGMENT_SIZE) (each topic preallocates one segment)"
 	@echo "make sanitize     the C ring, log, data-plane and syncer drivers under TSan and ASan/UBSan"

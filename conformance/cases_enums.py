@@ -253,8 +253,13 @@ def record_fields(ctx: Context) -> None:
       rules=("NMQ-3.1-4", "NMQ-3.1-6", "NMQ-8-2", "NMQ-9-1"))
 def frame_flags(ctx: Context) -> None:
     ping = struct.pack("<Q", 5)
+    # the reserved bits again with a request id whose low byte is zero: the C data plane reads the
+    # header itself, and a check of bytes 7..8 (the reserved u16's high byte and the request id's
+    # low byte) instead of 6..7 passes request id 1 and takes these
     for label, hdr in ([(f"flag bit {b}", struct.pack("<IBBHQ", 24, 0x09, 1 << b, 0, 1)) for b in range(8)]
-                       + [(f"reserved bit {b}", struct.pack("<IBBHQ", 24, 0x09, 0, 1 << b, 1)) for b in (0, 7, 15)]):
+                       + [(f"reserved bit {b}", struct.pack("<IBBHQ", 24, 0x09, 0, 1 << b, 1)) for b in (0, 7, 15)]
+                       + [(f"reserved bit {b}, request id 256", struct.pack("<IBBHQ", 24, 0x09, 0, 1 << b, 0x100))
+                          for b in (0, 7)]):
         with ctx.step("NMQ-3.1-4", "NMQ-3.1-6", "NMQ-9-1"), ctx.client() as w:
             w.send_raw(hdr + ping)
             frames = closed(w, "NMQ-3.1-6", "NMQ-8-2")
@@ -269,6 +274,9 @@ def frame_flags(ctx: Context) -> None:
         bodies = [
             ("PUBLISH reserved @1", raw_publish(11, t.encode(), one, 1, res1=1)),
             ("PUBLISH reserved @6", raw_publish(12, t.encode(), one, 1, res2=1)),
+            # the u16's high byte alone: a PUBLISH to a topic that exists is the C data plane's, which
+            # reads the field itself (a check of the wrong two bytes passes @6 and takes this one)
+            ("PUBLISH reserved @7", raw_publish(22, t.encode(), one, 1, res2=0x100)),
             ("SUBSCRIBE reserved @13", raw_subscribe(13, t.encode(), res1=1)),
             ("SUBSCRIBE reserved @18", raw_subscribe(14, t.encode(), res2=1)),
             ("UNSUBSCRIBE reserved", raw_frame(0x04, 15, struct.pack("<II", sub.sub_id, 1))),

@@ -9,9 +9,18 @@ from __future__ import annotations
 
 import struct
 
-from conformance.helpers import alive, expect_error, is_error, raw_frame, responses
+from conformance.helpers import (
+    alive,
+    expect_error,
+    is_error,
+    publish,
+    raw_frame,
+    raw_publish,
+    responses,
+    topic_info,
+)
 from conformance.registry import Context, case, check
-from nanomq.protocol import Ack, Error, ErrorCode, Metadata, MetadataOk, RecordBatch, Start
+from nanomq.protocol import Ack, Error, ErrorCode, Metadata, MetadataOk, ProtocolError, RecordBatch, Start
 
 _HELLO_OP = 0x01
 
@@ -170,3 +179,35 @@ def length_fields(ctx: Context) -> None:
             f = w.recv_response()
             check(isinstance(f, MetadataOk) and f.request_id == 0x1E67_1000,
                   f"METADATA of exactly its fixed 8 bytes (topic length 0: every topic) answered {f!r}")
+
+
+@case("errors.records-start", "a PUBLISH's records start right after its topic name: a batch that is valid only when "
+      "read from one byte earlier (its first byte taken from the name's last) is refused with an ERROR and appends "
+      "nothing, on a topic that exists", layer="wire", rules=("NMQ-5.1-4", "NMQ-5.2-1", "NMQ-4.2-1", "NMQ-8-1"))
+def records_start(ctx: Context) -> None:
+    # A topic that exists: its PUBLISHes are the C data plane's, which finds the records itself (a
+    # slip by one there reads a batch starting inside the name). The shifted batch is a valid record
+    # whose id's low byte is the name's last character (a client's id is ignored, NMQ-4.2-4), so
+    # only its place tells the two readings apart.
+    t = ctx.topic("recstart")
+    name = t.encode()
+    shifted = RecordBatch.from_payloads([b"shifted record"], first_id=name[-1]).data
+    assert shifted[0] == name[-1]
+    records = shifted[1:] + b"\0"
+    try:  # the case's premise (not the target's doing): the batch as sent is not valid
+        RecordBatch.parse(records, 1, max_payload=ctx.max_payload)
+    except ProtocolError:
+        pass
+    else:
+        raise AssertionError("errors.records-start: the batch as sent is valid; choose another payload")
+    with ctx.client() as w:
+        publish(w, t, [b"first"])
+        w.send_raw(raw_publish(0x5EC0, name, records, 1))
+        with ctx.step("NMQ-5.1-4", "NMQ-5.2-1", "NMQ-8-1"):
+            f = w.recv_response()
+            check(isinstance(f, Error) and f.request_id == 0x5EC0,
+                  f"a PUBLISH whose records are valid only from one byte before them answered {f!r}, not an ERROR")
+        with ctx.step("NMQ-4.2-1"):
+            info = topic_info(w, t)
+            check(info.next_id == 2, f"the refused batch was appended (next_id {info.next_id}, want 2)")
+            alive(w)

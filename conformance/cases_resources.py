@@ -513,6 +513,46 @@ def fairness_drain(ctx: Context) -> None:
                 draining, settle_s=0.05, who="one subscription's backlog is delivered")
 
 
+@case("resources.fairness-unread", "while a client pipelines PINGs and never reads their PONGs (its socket full), "
+      "another client's PING round trip stays within a small multiple of its quiet one: answers that do not fit a "
+      "socket wait there, they do not hold the target", layer="wire", exclusive=True, rules=("NMQ-6.2-4", "NMQ-8-4"))
+def fairness_unread(ctx: Context) -> None:
+    # The C data plane writes its answers to the socket itself while the transport has nothing
+    # buffered; once the socket takes no more, the rest must go to the transport (which buffers it,
+    # pauses reading that client and drops it after the write timeout), never wait in a retry loop
+    # that holds the whole event loop until this client reads.
+    pings = b"".join(encode(Ping(k + 1, k)) for k in range(4096))  # 96 KiB of whole frames per turn
+
+    @contextlib.contextmanager
+    def flooding() -> Iterator[None]:
+        c = WireClient(ctx.target.host, ctx.target.port, rcvbuf=4096, ssl_context=ctx.target.ssl)
+        c.hello()
+        stop = threading.Event()
+
+        def flood() -> None:  # a continuous stream of whole PINGs, never reading
+            c.sock.settimeout(0.2)
+            off = 0
+            while not stop.is_set():
+                try:
+                    off = (off + c.sock.send(pings[off:])) % len(pings)
+                except (TimeoutError, ssl.SSLWantWriteError):
+                    continue  # the target stopped reading this client: it keeps trying until stopped
+                except OSError:
+                    return  # dropped (its output stuck past the write timeout)
+
+        th = threading.Thread(target=flood, daemon=True)
+        th.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            th.join(5)
+            c.close()
+
+    _fair_under(ctx, "while another client pipelined PINGs without reading their PONGs", flooding, settle_s=0.3,
+                who="the answers that did not fit that client's socket held the target")
+
+
 def _fairness(ctx: Context, chunk: bytes, what: str) -> None:
     """The probe's median PING round trip, quiet and while several clients send ``chunk`` over and
     over as fast as the target reads it (reading what comes back, unparsed)."""

@@ -5,9 +5,12 @@ moment, and the capabilities a connection announces.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
+import threading
 import time
+from collections.abc import Iterator
 
 from conformance.cases_enums import _restamp
 from conformance.helpers import (
@@ -307,6 +310,169 @@ def pings_during_backlog(ctx: Context) -> None:
             bad = next((i for i, p in got if p != payloads[i - 1]), None)
             check(bad is None, f"record {bad}'s payload is not the one published")
     ctx.note(f"{len(payloads)} records of {size} B read slowly with {len(sent)} PINGs pipelined among them")
+
+
+@case("session.pipelined-topics", "PUBLISHes to three topics that exist, sent in one write, each reach that "
+      "topic's caught-up subscriber at once: every topic appended to is woken, not only the first",
+      layer="wire", rules=("NMQ-SEM-5-1", "NMQ-4.6-5", "NMQ-SEM-4-1"))
+def pipelined_topics(ctx: Context) -> None:
+    # One read of the target takes the three frames together: the C data plane appends them in one
+    # call and reports which topics it appended to, and only those topics' subscribers are woken.
+    topics = [ctx.topic("pipetopic") for _ in range(3)]
+    with ctx.client() as w, ctx.client() as r:
+        for t in topics:
+            publish(w, t, [b"before"])
+        subs = {subscribe(r, t, Start.EARLIEST).sub_id: t for t in topics}
+        seen = {sid: [rec.id for rec in collect_all(r, sid, 1)] for sid in subs}
+        check(all(ids == [1] for ids in seen.values()), f"the first records were delivered as {seen}", "NMQ-SEM-4-2")
+        batch = RecordBatch.from_payloads([b"pipelined"])
+        rids = [w.next_id() for _ in topics]
+        w.send_raw(b"".join(encode(Publish(rid, t, Ack.WRITTEN, batch)) for rid, t in zip(rids, topics, strict=True)))
+        acks = [w.recv_response() for _ in topics]
+        check(all(isinstance(a, PublishAck) and a.first_id == 2 for a in acks), f"the PUBLISHes answered {acks!r}",
+              "NMQ-4.2-5")
+        got: dict[int, list[int]] = {sid: [] for sid in subs}
+        deadline = time.monotonic() + 5.0
+        with ctx.step("NMQ-SEM-5-1", "NMQ-4.6-5"):
+            while any(not ids for ids in got.values()) and time.monotonic() < deadline:
+                try:
+                    f = r.recv(max(0.01, deadline - time.monotonic()))
+                except TimeoutError:
+                    break
+                check(isinstance(f, Deliver) and f.sub_id in subs, f"a {f!r} where only DELIVERs can be")
+                assert isinstance(f, Deliver)
+                got[f.sub_id].extend(rec.id for rec in f.records)
+            late = [subs[sid] for sid, ids in got.items() if not ids]
+            check(not late, f"no DELIVER within 5 s on {late} (of {topics}), each with credit, after PUBLISHes to "
+                  "all three in one write were acknowledged")
+        with ctx.step("NMQ-SEM-4-1"):
+            check(all(ids == [2] for ids in got.values()), f"delivered after the pipelined PUBLISHes: {got}")
+
+
+@contextlib.contextmanager
+def _own_allowance(ctx: Context) -> Iterator[None]:
+    """For a case that creates more topics than the declared creation burst: on a target the kit
+    launched, a fresh start before and after (a full allowance for it, and again for the cases that
+    follow); on another, the wait after it until the declared allowance is full again."""
+    if ctx.target.can_crash:
+        ctx.target.fresh_start()
+    try:
+        yield
+    finally:
+        rate, burst = ctx.target.spec.topic_create_rate, ctx.target.spec.topic_create_burst
+        if ctx.target.can_crash:
+            ctx.target.fresh_start()
+        elif rate > 0:
+            time.sleep(burst / rate + 0.1)
+
+
+@case("session.many-topics-one-write", "PUBLISHes to 70 topics that exist, sent in one write, each reach the "
+      "caught-up subscribers of its topic at once, the last topics' as well as the first",
+      layer="wire", restarts=True, rules=("NMQ-SEM-5-1", "NMQ-4.6-5", "NMQ-SEM-4-1"))
+def many_topics_one_write(ctx: Context) -> None:
+    # session.pipelined-topics with more topics than one call of the C data plane reports as appended
+    # to (it then stops, and is called again for the rest): the topics past that point must be woken
+    # too. It creates 70 topics at the target's declared creation rate, so it runs alone, on a target
+    # started afresh, and leaves a full allowance to the cases after it (_own_allowance).
+    n, watched = 70, 10
+    topics = [ctx.topic("manytopics") for _ in range(n)]
+    rate = ctx.target.spec.topic_create_rate
+    with _own_allowance(ctx), ctx.client() as w, ctx.client() as r:
+        deadline = time.monotonic() + 60
+        for t in topics:  # created one by one, waiting out RESOURCE_LIMIT (the creation rate, NMQ-6.2-5)
+            while True:
+                w.send(Publish(w.next_id(), t, Ack.WRITTEN, RecordBatch.from_payloads([b"before"])))
+                f = w.recv_response()
+                if isinstance(f, PublishAck):
+                    break
+                check(is_error(f, ErrorCode.RESOURCE_LIMIT) and time.monotonic() < deadline,
+                      f"creating topic {t} answered {f!r}", "NMQ-4.2-1")
+                time.sleep(1.0 / rate + 0.05 if rate > 0 else 0.2)
+        last = topics[-watched:]
+        subs = {subscribe(r, t, Start.EARLIEST).sub_id: t for t in last}
+        seen = {sid: [rec.id for rec in collect_all(r, sid, 1)] for sid in subs}
+        check(all(ids == [1] for ids in seen.values()), f"the first records were delivered as {seen}", "NMQ-SEM-4-2")
+        batch = RecordBatch.from_payloads([b"one write"])
+        rids = [w.next_id() for _ in topics]
+        w.send_raw(b"".join(encode(Publish(rid, t, Ack.WRITTEN, batch)) for rid, t in zip(rids, topics, strict=True)))
+        acks = [w.recv_response() for _ in topics]
+        check(all(isinstance(a, PublishAck) and a.first_id == 2 for a in acks),
+              f"the PUBLISHes answered {[a for a in acks if not isinstance(a, PublishAck)][:3]!r} ...", "NMQ-4.2-5")
+        got: dict[int, list[int]] = {sid: [] for sid in subs}
+        until = time.monotonic() + 5.0
+        with ctx.step("NMQ-SEM-5-1", "NMQ-4.6-5"):
+            while any(not ids for ids in got.values()) and time.monotonic() < until:
+                try:
+                    f = r.recv(max(0.01, until - time.monotonic()))
+                except TimeoutError:
+                    break
+                check(isinstance(f, Deliver) and f.sub_id in subs, f"a {f!r} where only DELIVERs can be")
+                assert isinstance(f, Deliver)
+                got[f.sub_id].extend(rec.id for rec in f.records)
+            late = [subs[sid] for sid, ids in got.items() if not ids]
+            check(not late, f"no DELIVER within 5 s on {len(late)} of the last {watched} topics ({late[:3]} ...), each "
+                  f"with credit, after PUBLISHes to all {n} in one write were acknowledged")
+        with ctx.step("NMQ-SEM-4-1"):
+            check(all(ids == [2] for ids in got.values()), f"delivered after the one write: {got}")
+
+
+@case("session.durable-topics", "durable PUBLISHes to eight topics that exist, sent in one write, are each "
+      "acknowledged, in request order, once stored: the syncs of several topics asked for at once all finish",
+      layer="wire", rules=("NMQ-3.2-3", "NMQ-3.3-2", "NMQ-4.2-5", "NMQ-SEM-3-1"))
+def durable_topics(ctx: Context) -> None:
+    # Durable acks wait for syncs that the target runs in sync threads, one request per topic: eight
+    # topics asked for at once queue several requests and finish several syncs together, which a
+    # slip in the threads' queues (one request or one result lost) leaves unanswered for good.
+    topics = [ctx.topic("durtopics") for _ in range(8)]
+    with ctx.client() as w:
+        for t in topics:
+            publish(w, t, [b"before"])
+        batch = RecordBatch.from_payloads([b"durable"])
+        for rnd in range(3):
+            rids = [w.next_id() for _ in topics]
+            w.send_raw(b"".join(encode(Publish(rid, t, Ack.DURABLE, batch)) for rid, t in zip(rids, topics, strict=True)))
+            with ctx.step("NMQ-3.2-3", "NMQ-3.3-2", "NMQ-4.2-5"):
+                for k, rid in enumerate(rids):
+                    try:
+                        f = w.recv_response(10.0)
+                    except TimeoutError:
+                        check(False, f"round {rnd}: {k} of {len(rids)} durable PUBLISHes to {len(topics)} topics "
+                              "answered; no answer to the others within 10 s", "NMQ-3.2-3")
+                    check(isinstance(f, PublishAck) and f.request_id == rid and f.first_id == 2 + rnd,
+                          f"round {rnd}: durable PUBLISH {rid} to {topics[k]} answered {f!r}")
+
+
+@case("session.pings-unread", "a client that pipelines 200,000 PINGs before it reads anything (its socket fills "
+      "with PONGs meanwhile) then gets every PONG, each with its token, in order", layer="wire",
+      rules=("NMQ-3.2-3", "NMQ-3.3-2", "NMQ-4.10-1"))
+def pings_unread(ctx: Context) -> None:
+    # The C data plane writes a call's answers to the socket itself; when the socket takes only part
+    # of them the rest must go to the transport. A client that does not read makes that happen once
+    # the sockets' buffers hold no more (4.8 MB of PONGs is more than they do); it starts reading
+    # before the target's write timeout could drop it. Reading 4.8 MB of PONGs can take longer than
+    # an idle timeout once the target has read every PING: a subscription (to an empty topic, so
+    # nothing is delivered) keeps the connection from counting as idle.
+    n = 200_000
+    with WireClient(ctx.target.host, ctx.target.port, rcvbuf=16384, ssl_context=ctx.target.ssl) as w:
+        w.hello()
+        subscribe(w, ctx.topic("pingsunread"), Start.EARLIEST, 0, 1)
+        data = b"".join(encode(Ping(0x5000 + k, k)) for k in range(n))
+        sender = threading.Thread(target=w.sock.sendall, args=(data,), daemon=True)
+        sender.start()
+        time.sleep(0.3)  # the PONGs back up in the target's socket
+        got: list[int] = []
+        with ctx.step("NMQ-3.2-3", "NMQ-3.3-2", "NMQ-4.10-1"):
+            while len(got) < n:
+                try:
+                    f = w.recv(5.0)
+                except TimeoutError:
+                    break
+                check(isinstance(f, Pong) and f.request_id == 0x5000 + len(got) and f.token == len(got),
+                      f"answer {len(got)} of {n} PINGs is {f!r}, not PONG {0x5000 + len(got)} with token {len(got)}")
+                got.append(f.request_id)
+            check(len(got) == n, f"{len(got)} of {n} pipelined PINGs answered; none of the others within 5 s")
+        sender.join(5)
+        alive(w)
 
 
 @case("session.unsubscribe", "UNSUBSCRIBE with a backlog in flight: no DELIVER after UNSUBSCRIBED; the sub_id is "

@@ -26,6 +26,7 @@ from nanomq.protocol import (
     MetadataOk,
     Ping,
     Pong,
+    ProtocolError,
     Publish,
     PublishAck,
     RecordBatch,
@@ -598,3 +599,37 @@ def isolation(ctx: Context) -> None:
                 good.send(Ping(i, i))
                 check(good.recv_response() == Pong(i, i), "PONG", "NMQ-8-4")
             check(time.monotonic() - t0 < 2.0, "other clients slowed the good one down", "NMQ-8-4")
+
+
+@case("wire.answers-interleaved", "PUBLISH_ACKs and PONGs answered together, in several orders, are whole: each "
+      "PONG echoes its token and each PUBLISH_ACK's reserved field is zero whatever an earlier answer left at "
+      "its place", layer="wire", rules=("NMQ-3.1-4", "NMQ-4.10-1", "NMQ-4.2-5"))
+def answers_interleaved(ctx: Context) -> None:
+    # The C data plane writes the answers of one read of the target into one buffer, each field in
+    # place: an answer written one byte off leaves a byte of an earlier answer in it. After an ack
+    # and a PONG whose token is all ones (its last byte at offset 55), a PUBLISH_ACK ending there
+    # (PONG, ack) or a third PONG's header reaching it (PONG, PONG, PONG) shows such a byte.
+    t = ctx.topic("interleave")
+    batch = RecordBatch.from_payloads([b"i"])
+    token = 0xFFFF_FFFF_FFFF_FFFF
+    with ctx.client() as w:
+        w.send(Publish(w.next_id(), t, Ack.WRITTEN, batch))  # the topic exists: the rest is the fast path's
+        check(isinstance(w.recv_response(), PublishAck), "the first PUBLISH was not acknowledged", "NMQ-4.2-5")
+        for rnd in range(3):
+            for order in ("publish-ping", "ping-publish", "publish-ping", "ping-ping-ping"):
+                frames: tuple[Publish | Ping, ...] = tuple(
+                    Publish(w.next_id(), t, Ack.WRITTEN, batch) if kind == "publish" else Ping(w.next_id(), token)
+                    for kind in order.split("-"))
+                w.send_raw(b"".join(encode(f) for f in frames))
+                for sent in frames:
+                    with ctx.step("NMQ-3.1-4", "NMQ-4.10-1", "NMQ-4.2-5"):
+                        try:
+                            f = w.recv_response()
+                        except ProtocolError as e:
+                            raise Failed(f"round {rnd} ({order}): the answer to {type(sent).__name__} is not a valid "
+                                         f"frame: {e}", ("NMQ-3.1-4",)) from None
+                        want = PublishAck if isinstance(sent, Publish) else Pong
+                        check(isinstance(f, want) and f.request_id == sent.request_id,
+                              f"round {rnd} ({order}): {type(sent).__name__} {sent.request_id} answered {f!r}")
+                        if isinstance(f, Pong):
+                            check(f.token == token, f"round {rnd} ({order}): PONG token {f.token:#x}", "NMQ-4.10-1")

@@ -57,11 +57,17 @@ def prepare(args: argparse.Namespace, take: bool = True) -> tuple[dict[str, str]
     return snap, mutants, c_src, mutmut_version
 
 
-def _selected(mutants: list[Mutant], args: argparse.Namespace) -> list[int]:
+def _filtered(mutants: list[Mutant], args: argparse.Namespace | None) -> list[int]:
+    """Indexes of the in-scope mutants that ``--filter`` (if given) keeps."""
     idx = [i for i, m in enumerate(mutants) if not m.excluded]
     if getattr(args, "filter", None):
         rx = re.compile(args.filter)
         idx = [i for i in idx if rx.search(mutants[i].id) or rx.search(mutants[i].file)]
+    return idx
+
+
+def _selected(mutants: list[Mutant], args: argparse.Namespace) -> list[int]:
+    idx = _filtered(mutants, args)
     if getattr(args, "sample", None) or getattr(args, "sample_c", None):
         idx = stratified_sample(mutants, idx, args.sample, args.sample_c, args.sample_seed)
     return idx
@@ -110,12 +116,20 @@ def stratified_sample(mutants: list[Mutant], idx: list[int], n: int | None, n_c:
     return sorted(chosen)
 
 
-def population(mutants: list[Mutant]) -> dict[str, int]:
-    """In-scope mutants of each kind: what a sample is drawn from."""
+def population(mutants: list[Mutant], args: argparse.Namespace | None = None) -> dict[str, int]:
+    """In-scope mutants of each kind that ``args.filter`` (if any) keeps: what a sample is drawn from."""
     out = {"python": 0, "c": 0}
-    for m in mutants:
-        if not m.excluded:
-            out[m.kind] += 1
+    for i in _filtered(mutants, args):
+        out[mutants[i].kind] += 1
+    return out
+
+
+def population_files(mutants: list[Mutant], args: argparse.Namespace | None = None) -> dict[str, int]:
+    """The same, file by file (each file is a stratum of a sample: its row in the report estimates
+    that file's score)."""
+    out: dict[str, int] = {}
+    for i in _filtered(mutants, args):
+        out[mutants[i].file] = out.get(mutants[i].file, 0) + 1
     return out
 
 
@@ -227,10 +241,13 @@ def journal_key(journal: Path, snap: dict[str, str], variant: str = "", prefer: 
             r = json.loads(ln)
         except ValueError:
             continue
-        if (r.get("source_hash") == snap["source_hash"] and r.get("kit_hash") == snap["kit_hash"]
-                and r.get("variant", "") == variant):
-            if r.get("key") == prefer:
-                return prefer
+        if r.get("source_hash") != snap["source_hash"] or r.get("variant", "") != variant:
+            continue
+        # the key the tools give now, whatever kit a record was reached with: a rerun under a new
+        # kit that ran nothing again holds only records carried over, which keep their old kit hash
+        if prefer and r.get("key") == prefer:
+            return prefer
+        if r.get("kit_hash") == snap["kit_hash"]:
             found = str(r.get("key", ""))
     return found
 
@@ -292,8 +309,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             src = c_src[i]
 
-            def prep(build_dir: Path, src: str = src) -> tuple[str, str]:
-                ok, out = cmutants.build(src, build_dir)
+            def prep(build_dir: Path, src: str = src, path: str = m.file) -> tuple[str, str]:
+                ok, out = cmutants.build(src, build_dir, path)
                 return (cmutants.launch(build_dir, variant), "" if ok else out)
 
             job.prepare = prep
@@ -357,7 +374,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "source_hash": snap["source_hash"], "kit_hash": kit_start, "kit_hash_end": kit_end,
         "kit_changed": kit_start != kit_end, "seed": config.SEED, "quick": config.QUICK, "mutmut": mutmut_version,
         "cases_usable": len(sel.cases), "cases_total": len(cmap["cases"]), "partial": partial,
-        "sources": snap.get("sources", ""), "population": population(mutants),
+        "sources": snap.get("sources", ""), "population": population(mutants, args),
+        "population_files": population_files(mutants, args),
         "selection": {"filter": args.filter, "sample": args.sample, "sample_c": args.sample_c,
                       "sample_seed": args.sample_seed, "stratified": "kind, then file and function",
                       "only_python": args.only_python, "only_c": args.only_c},
@@ -459,7 +477,8 @@ def _report_from_journal(args: argparse.Namespace, snap: dict[str, str], mutants
         "source_hash": snap["source_hash"], "kit_hash": snap["kit_hash"], "kit_hash_end": snapshot.kit_hash(),
         "seed": config.SEED, "quick": config.QUICK, "mutmut": mutmut_version or old.get("mutmut", ""),
         "cases_usable": len(sel.cases), "cases_total": len(cmap["cases"]), "sources": snap.get("sources", ""),
-        "population": population(mutants), "reported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "population": population(mutants, args),
+        "population_files": population_files(mutants, args), "reported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "carried": sum(1 for i in chosen if results.get(f"{mutants[i].id}|{mutants[i].diff_key}", {}).get("carried_from")),
         "passes": passes(journal, snap["source_hash"]),
         "partial": f"{missing} selected mutant(s) have no result under this kit" if missing else "",

@@ -66,8 +66,9 @@ def run(sample_file: Path = config.CI_SAMPLE_FILE) -> dict[str, Any]:
     mutants: list[Mutant] = []
     if py_files:
         mutants += pymutants.load(pymutants.generate(snap["source_hash"], only=py_files, log=lambda s: None))
-    c_src = {m.id: src for m, src in cmutants.load()}
-    c_mutants = [m for m, _ in cmutants.load()]
+    c_all = cmutants.load() if any(e["kind"] == "c" for e in entries) else []
+    c_src = {m.id: src for m, src in c_all}
+    c_mutants = [m for m, _ in c_all]
     known = {c["id"] for c in list_cases()}
     chosen = []
     for e in entries:
@@ -98,8 +99,8 @@ def run(sample_file: Path = config.CI_SAMPLE_FILE) -> dict[str, Any]:
         else:
             src = c_src[m.id]
 
-            def prep(build_dir: Path, src: str = src) -> tuple[str, str]:
-                ok, out = cmutants.build(src, build_dir)
+            def prep(build_dir: Path, src: str = src, path: str = m.file) -> tuple[str, str]:
+                ok, out = cmutants.build(src, build_dir, path)
                 return cmutants.launch(build_dir), "" if ok else out
 
             job.prepare = prep

@@ -1,6 +1,7 @@
-"""C mutants of nanomq/_c/src/log.c, from a small operator set of our own.
+"""C mutants of the C files in scope (config.C_FILES: log.c, plane.c, syncer.c), from a small
+operator set of our own.
 
-The file is tokenised (comments, string and character literals and preprocessor lines are never
+Each file is tokenised (comments, string and character literals and preprocessor lines are never
 touched) and every operator is applied at every place it fits inside a function body:
 
 ==============  ==========================================================================
@@ -17,13 +18,14 @@ skip_check      an ``if`` condition replaced by ``0``: the validation, the early
 logic_swap      ``&&`` <-> ``||``
 ==============  ==========================================================================
 
-Exclusions (mutation/config.py, each with its reason): the fault-injection machinery, and the
+Exclusions (mutation/config.py, each with its reason): log.c's fault-injection machinery, and the
 arguments of message-formatting calls. Each mutant is one change on one line; its id is
-``log.c:<line>:<operator>:<n>`` (n counts that operator's mutants on that line, left to right).
+``<file>:<line>:<operator>:<n>`` (``plane.c:247:cmp_negate:2``; n counts that operator's mutants on
+that line, left to right).
 
 A mutant is built into a directory of its own: a copy of the snapshot's nanomq package whose
-``_log`` module is compiled from the mutated log.c with the project's builder and flags. The
-source tree is never touched.
+``_log`` module is compiled from the mutated file (and the other, unmutated sources of the module)
+with the project's builder and flags. The source tree is never touched.
 """
 
 from __future__ import annotations
@@ -183,13 +185,15 @@ def _excluded_ranges(tokens: list[Token], lo: int, hi: int) -> list[tuple[int, i
     return out
 
 
-def edits(src: str) -> list[Edit]:
-    """Every mutation the operators make in ``src``, in source order."""
+def edits(src: str, path: str = config.C_FILES[0]) -> list[Edit]:
+    """Every mutation the operators make in ``src`` (the text of ``path``, whose excluded functions
+    are left alone), in source order."""
     tokens = tokenize(src)
     lines = src.splitlines()
+    excluded = config.C_EXCLUDED_FUNCTIONS.get(path, {})
     out: list[Edit] = []
     for func, lo, hi in function_spans(tokens):
-        if func not in config.C_EXCLUDED_FUNCTIONS:
+        if func not in excluded:
             out += _function_edits(src, tokens, lines, func, lo, hi)
     out.sort(key=lambda e: (e.start, OPERATORS.index(e.operator)))
     return out
@@ -253,41 +257,52 @@ _KEYWORDS = {"return", "case", "else", "do", "if", "while", "for", "switch", "go
 
 
 def apply(src: str, e: Edit) -> str:
+    """``src`` with the one change ``e``."""
     return src[: e.start] + e.replacement + src[e.end :]
 
 
-def unified_diff(src: str, mutated: str, path: str = config.C_FILE) -> str:
+def unified_diff(src: str, mutated: str, path: str = config.C_FILES[0]) -> str:
+    """The unified diff of one mutant (three lines of context), named by ``path``."""
     return "\n".join(difflib.unified_diff(src.splitlines(), mutated.splitlines(), f"a/{path}", f"b/{path}",
                                           lineterm="", n=3))
 
 
-def generate(src: str) -> list[tuple[Mutant, str]]:
-    """(mutant, mutated source) for every edit of ``src``."""
+def generate(src: str, path: str = config.C_FILES[0]) -> list[tuple[Mutant, str]]:
+    """(mutant, mutated source) for every edit of ``src``, the text of ``path``; ids
+    ``<file name>:<line>:<operator>:<n>``."""
     out = []
     seen: dict[tuple[int, str], int] = {}
-    for e in edits(src):
+    name = config.c_name(path)
+    for e in edits(src, path):
         k = seen.get((e.line, e.operator), 0) + 1
         seen[(e.line, e.operator)] = k
         mutated = apply(src, e)
-        m = Mutant(id=f"log.c:{e.line}:{e.operator}:{k}", kind="c", file=config.C_FILE, function=e.function,
-                   lines=list(range(e.line, e.last_line + 1)), diff=unified_diff(src, mutated),
+        m = Mutant(id=f"{name}:{e.line}:{e.operator}:{k}", kind="c", file=path, function=e.function,
+                   lines=list(range(e.line, e.last_line + 1)), diff=unified_diff(src, mutated, path),
                    operator=e.operator, description=e.description)
         out.append((m, mutated))
     return out
 
 
-def load(root: Path = SNAPSHOT) -> list[tuple[Mutant, str]]:
-    return generate((root / config.C_FILE).read_text())
+def load(root: Path = SNAPSHOT, files: tuple[str, ...] = config.C_FILES) -> list[tuple[Mutant, str]]:
+    """(mutant, mutated source) of every C file in scope under ``root``, file by file."""
+    out: list[tuple[Mutant, str]] = []
+    for path in files:
+        out += generate((root / path).read_text(), path)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
 # building
 
 
-def build(mutated_src: str, dest: Path) -> tuple[bool, str]:
-    """A broker tree at ``dest`` whose _log module is compiled from ``mutated_src``."""
+def build(mutated_src: str, dest: Path, path: str) -> tuple[bool, str]:
+    """A broker tree at ``dest`` whose _log module is compiled with ``mutated_src`` as the source
+    file ``path`` (one of config.C_FILES: they are all in _log)."""
+    if path not in config.C_FILES:
+        raise ValueError(f"{path} is not a C file in scope (config.C_FILES)")
     copy_tree(dest)
-    (dest / config.C_FILE).write_text(mutated_src)
+    (dest / path).write_text(mutated_src)
     for old in (dest / "nanomq" / "_c").glob("_log.*.so"):
         old.unlink()
     ok, out = build_c_module(dest, "build_log.py")
@@ -297,6 +312,7 @@ def build(mutated_src: str, dest: Path) -> tuple[bool, str]:
 
 
 def remove(dest: Path) -> None:
+    """Remove a mutant's build tree."""
     shutil.rmtree(dest, ignore_errors=True)
 
 

@@ -23,7 +23,7 @@ class Mutant:
 
     id: str
     """mutmut's name (``nanomq.broker.connection.xǁConnectionǁ_on_hello__mutmut_3``) or, for C,
-    ``log.c:<line>:<operator>:<n>``."""
+    ``<file>:<line>:<operator>:<n>`` (``log.c:702:skip_check:1``, ``plane.c:247:off_by_one:1``)."""
     kind: str
     """``python`` or ``c``."""
     file: str

@@ -223,23 +223,48 @@ DO_NOT_MUTATE_PATTERNS = [r"\b_log\.(debug|info|warning|error|exception|critical
 alone. Log output is not part of the wire protocol and no spec rule constrains it."""
 
 # ------------------------------------------------------------------------------------------------
-# C scope: nanomq/_c/src/log.c with our operator set (mutation/cmutants.py)
+# C scope: the C sources of the _log module that the broker's behaviour on the wire rests on, with
+# our operator set (mutation/cmutants.py)
 
-C_FILE = "nanomq/_c/src/log.c"
-C_EXCLUDED_FUNCTIONS = {
-    "nmq_log_fault_set": "test-only fault injection: never called by the broker",
-    "nmq_log_fault_clear": "test-only fault injection: never called by the broker",
-    "fault": "test-only fault injection: inert in a broker (no fault is ever armed, f_nth stays 0)",
+C_FILES = ("nanomq/_c/src/log.c", "nanomq/_c/src/plane.c", "nanomq/_c/src/syncer.c")
+"""The mutated C files: the write-ahead log, the data plane (PUBLISH validate, append, ack; PING;
+DELIVER framing and credit) and the group-commit threads, all three compiled into ``_log``
+(nanomq/_c/build_log.py). A mutant's id starts with the file's name (``plane.c:<line>:...``).
+Left out: record.c, the record scanner, which fuzz/fuzz_records.py checks against the pure-Python
+scanner (nanomq/protocol/_pyrecords.py) verdict for verdict; crc32c.c, checked against its
+reference vectors (tests/test_crc32c.py); ring.c, the IPC ring, which the broker does not use."""
+
+C_EXCLUDED_FUNCTIONS: dict[str, dict[str, str]] = {
+    "nanomq/_c/src/log.c": {
+        "nmq_log_fault_set": "test-only fault injection: never called by the broker",
+        "nmq_log_fault_clear": "test-only fault injection: never called by the broker",
+        "fault": "test-only fault injection: inert in a broker (no fault is ever armed, f_nth stays 0)",
+    },
+    # every function of plane.c serves the broker
+    "nanomq/_c/src/plane.c": {},
+    "nanomq/_c/src/syncer.c": {
+        "nmq_syncer_busy": "test-only: Syncer.busy, its wrapper, is called by tests/test_syncer.py alone; the broker "
+                           "tracks its syncs itself (Topic.syncing)",
+    },
 }
+"""Functions never mutated, per file, each with the reason."""
 C_EXCLUDED_LINES = [
     (re.compile(r"\bfault\(|^\s*if \(e\) \{ errno = e; return -1; \}"),
-     "the fault-injection hook of the x_* syscall wrappers: inert in a broker (no fault is ever armed)"),
+     "the fault-injection hook of log.c's x_* syscall wrappers: inert in a broker (no fault is ever armed)"),
 ]
+"""Lines never mutated (in any of C_FILES; only log.c has them)."""
 C_EXCLUDED_CALLS = {
     "SETERR": "error message text (raised as the exception text; no spec rule constrains it)",
     "snprintf": "message and file-name formatting (the report message is logged; names are fixed-width)",
 }
-"""Tokens inside the argument list of these calls are not mutated."""
+"""Tokens inside the argument list of these calls are not mutated (in any of C_FILES; plane.c and
+syncer.c format no message: their errors are codes, which are mutated)."""
+
+
+def c_name(path: str) -> str:
+    """The short name of a C file in mutant ids and reports (``plane.c``)."""
+    return path.rsplit("/", 1)[-1]
+
 
 # ------------------------------------------------------------------------------------------------
 # running

@@ -2,11 +2,12 @@
 
 Every case of the kit (``--list-json``; the budgets layer is left out with --quick) is run alone
 (``--case <id>``) against the snapshot's broker started by mutation/covlaunch.py: Python under
-coverage.py, and the C log from a gcov build of the same log.c (``-O0 --coverage`` through the
-builder's NANOMQ_CFLAGS hook, plus a flush entry point for the SIGKILL of crash cases, see
+coverage.py, and the C files in scope (config.C_FILES: log.c, plane.c, syncer.c) from a gcov build
+of the same ``_log`` module (``-O0 --coverage`` through the builder's NANOMQ_CFLAGS hook, plus a flush entry point for the SIGKILL of crash cases, see
 covkill.py). The result is cached in build/mutation/coverage-map.json, keyed by the hashes of the
 broker's sources, of the kit and spec, and of these tools; new kit cases change the key, so the map
-is rebuilt when they appear.
+is rebuilt when they appear. C lines are kept per file: ``"c": {path: [executed lines]}`` for each
+case, and ``"c_instrumented": {path: [lines gcov instruments]}`` for the map.
 
 The same runs are the baseline: a case that does not pass against the reference broker is never
 selected (it could not tell a mutant from the reference) and the report lists it.
@@ -80,8 +81,14 @@ def build_tree(log=print) -> None:  # type: ignore[no-untyped-def]
     crc = TREE / "nanomq/_c/src/crc32c.c"
     crc.write_text(crc.read_text() + GCOV_FLUSH)
     ok, out = build_c_module(TREE, "build_log.py", cflags="-O0 --coverage", ldflags="--coverage")
-    if not ok or not (TREE / "nanomq/_c/src/log.gcno").exists():
-        raise RuntimeError(f"coverage: the gcov build of _log failed:\n{out[-3000:]}")
+    missing = [p for p in config.C_FILES if not _gcno(p).exists()]
+    if not ok or missing:
+        raise RuntimeError(f"coverage: the gcov build of _log failed (no notes for {missing}):\n{out[-3000:]}")
+
+
+def _gcno(path: str) -> Path:
+    """The gcov notes file the coverage build writes beside the object of ``path``."""
+    return TREE / Path(path).with_suffix(".gcno")
 
 
 def _python_lines(cov_dir: Path) -> dict[str, list[int]]:
@@ -98,26 +105,36 @@ def _python_lines(cov_dir: Path) -> dict[str, list[int]]:
     return {k: sorted(v) for k, v in sorted(out.items())}
 
 
-def _gcov(gcov_dir: Path) -> tuple[list[int], list[int]]:
-    """(executed lines, instrumented lines) of log.c from the .gcda files under ``gcov_dir``."""
-    if not (gcov_dir / "log.gcda").exists():
-        return [], []
-    shutil.copy(TREE / "nanomq/_c/src/log.gcno", gcov_dir / "log.gcno")
-    p = subprocess.run(["gcov", "--json-format", "--stdout", "-o", str(gcov_dir), str(gcov_dir / "log.gcda")],
+def _gcov(gcov_dir: Path) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """({file: executed lines}, {file: instrumented lines}) of each of config.C_FILES from the
+    .gcda files under ``gcov_dir`` (GCOV_PREFIX_STRIP leaves their bare names there: log.gcda,
+    plane.gcda ...). A file whose counters were never written has no entry."""
+    gcdas = []
+    for path in config.C_FILES:
+        stem = Path(path).stem
+        if (gcov_dir / f"{stem}.gcda").exists():
+            shutil.copy(_gcno(path), gcov_dir / f"{stem}.gcno")
+            gcdas.append(str(gcov_dir / f"{stem}.gcda"))
+    if not gcdas:
+        return {}, {}
+    p = subprocess.run(["gcov", "--json-format", "--stdout", "-o", str(gcov_dir), *gcdas],
                        cwd=TREE, capture_output=True, text=True, timeout=120)
-    executed: set[int] = set()
-    instrumented: set[int] = set()
+    executed: dict[str, set[int]] = {}
+    instrumented: dict[str, set[int]] = {}
     for doc in p.stdout.splitlines():
         if not doc.strip().startswith("{"):
             continue
         for f in json.loads(doc).get("files", []):
-            if not f["file"].endswith("src/log.c"):
+            # a header's inline functions are reported under the header: only our files count
+            path = next((c for c in config.C_FILES if f["file"].endswith(c.removeprefix("nanomq/_c/"))), None)
+            if path is None:
                 continue
             for ln in f["lines"]:
-                instrumented.add(ln["line_number"])
+                instrumented.setdefault(path, set()).add(ln["line_number"])
                 if ln["count"] > 0:
-                    executed.add(ln["line_number"])
-    return sorted(executed), sorted(instrumented)
+                    executed.setdefault(path, set()).add(ln["line_number"])
+    return ({k: sorted(v) for k, v in sorted(executed.items())},
+            {k: sorted(v) for k, v in sorted(instrumented.items())})
 
 
 def _case_dir(case_id: str) -> Path:
@@ -192,7 +209,10 @@ def build(source_hash: str, workers: int = config.WORKERS, force: bool = False, 
         t.start()
     for t in threads:
         t.join()
-    instrumented = sorted({ln for r in results.values() for ln in r.pop("c_instrumented")})
+    instrumented: dict[str, list[int]] = {}
+    for r in results.values():
+        for path, lines in r.pop("c_instrumented").items():
+            instrumented[path] = sorted(set(instrumented.get(path, [])) | set(lines))
     m = {"key": key, "source_hash": source_hash, "kit_hash": kit_hash(KIT), "seed": config.SEED, "quick": config.QUICK,
          "variant": variant,
          "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "build_s": round(time.monotonic() - t0, 1),

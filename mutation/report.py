@@ -111,16 +111,29 @@ def build(meta: dict[str, Any], mutants: list[Mutant], results: dict[str, dict[s
                    if c["verdict"] == "INFORMATIONAL" and c.get("message", "").startswith("skipped")}
     sample = None
     sel = meta.get("selection") or {}
-    if sel.get("sample") or sel.get("sample_c"):
+    is_sample = bool(sel.get("sample") or sel.get("sample_c"))
+    pop = meta.get("population", {})
+    if is_sample:
         sample = {}
         for k, c in (("python", counts["python"]), ("c", counts["c"]), ("total", total)):
-            n = sum(c[v] for v in ("killed", "timeout", "survived", "no-coverage"))
-            kk = c["killed"] + c["timeout"]
-            ci = wilson(kk, n)
-            pop = meta.get("population", {})
-            sample[k] = {"run": sum(c.values()), "scored": n, "killed": kk,
-                         "population": pop.get(k) if k != "total" else sum(pop.values()) if pop else None,
-                         "ci95": list(ci) if ci else None}
+            sample[k] = _sample_row(c, pop.get(k) if k != "total" else sum(pop.values()) if pop else None)
+    # the C files one by one (config.C_FILES, those with mutants here): each is a stratum of the
+    # sample (strata are file and function), so its kill ratio estimates the file's score too
+    c_files: dict[str, dict[str, Any]] = {}
+    pop_files = meta.get("population_files", {})
+    for path in config.C_FILES:
+        frows = [r for r in rows if r["kind"] == "c" and r["file"] == path]
+        if not frows:
+            continue
+        fc = Counter(r["verdict"] for r in frows)
+        ff = Counter(first_verdict(r) for r in frows)
+        untestable = sum(1 for r in frows if r["verdict"] == "equivalent" and r["equivalence"]["kind"] == "untestable")
+        c_files[config.c_name(path)] = {
+            "file": path, "counts": dict(fc), "score": score(fc), "score_default_launch": score(ff),
+            "score_untestable_as_survived": score(fc + Counter({"survived": untestable})),
+            "equivalence_kinds": dict(Counter(r["equivalence"]["kind"] for r in frows if r["verdict"] == "equivalent")),
+            "sample": _sample_row(fc, pop_files.get(path)) if is_sample else None,
+        }
     return {
         "meta": meta,
         "skipped_at_baseline": skipped,
@@ -138,6 +151,7 @@ def build(meta: dict[str, Any], mutants: list[Mutant], results: dict[str, dict[s
                                   "total": score(first_total)},
         "variant_kills": {k: sum(1 for r in rows if r["kind"] == k and r.get("variant")) for k in ("python", "c")},
         "counts": {k: dict(v) for k, v in (("python", counts["python"]), ("c", counts["c"]), ("total", total))},
+        "c_files": c_files,
         "excluded": dict(excluded),
         "baseline_failures": baseline,
         "stale_equivalents": [{"id": e.id, "diff_key": e.diff_key, "kind": e.kind, "reason": e.reason, "why": why}
@@ -147,14 +161,43 @@ def build(meta: dict[str, Any], mutants: list[Mutant], results: dict[str, dict[s
     }
 
 
+def _sample_row(c: Counter[str], population: int | None) -> dict[str, Any]:
+    """A sample's figures for one kind or file: mutants run, scored, killed, the population it was
+    drawn from and the 95 % Wilson interval of the kill ratio."""
+    n = sum(c[v] for v in ("killed", "timeout", "survived", "no-coverage"))
+    kk = c["killed"] + c["timeout"]
+    ci = wilson(kk, n)
+    return {"run": sum(c.values()), "scored": n, "killed": kk, "population": population,
+            "ci95": list(ci) if ci else None}
+
+
+def c_label(rep: dict[str, Any]) -> str:
+    """``C (log.c, plane.c, syncer.c)``: the C files the report has mutants of (all in scope if none)."""
+    names = list(rep.get("c_files") or {}) or [config.c_name(p) for p in config.C_FILES]
+    return f"C ({', '.join(names)})"
+
+
+def _kinds(rep: dict[str, Any]) -> list[tuple[str, str, Counter[str], Any, dict[str, Any] | None]]:
+    """(key, label, counts, score, sample row) of each row of the tables: Python, C, then each C
+    file (when the report has more than one), then the total."""
+    smp = rep.get("sample") or {}
+    out = [(k, label, Counter(rep["counts"][k]), rep["scores"][k], smp.get(k))
+           for k, label in (("python", "Python"), ("c", c_label(rep)))]
+    files = rep.get("c_files") or {}
+    if len(files) > 1:
+        out += [(f"c:{name}", f"… C: {name}", Counter(f["counts"]), f["score"], f.get("sample"))
+                for name, f in files.items()]
+    out.append(("total", "total", Counter(rep["counts"]["total"]), rep["scores"]["total"], smp.get("total")))
+    return out
+
+
 def _table(rep: dict[str, Any]) -> list[str]:
     out = ["| | mutants | killed | timeout | survived | no coverage | equivalent | build error | error | score |",
            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for k, label in (("python", "Python"), ("c", "C (log.c)"), ("total", "total")):
-        c = Counter(rep["counts"][k])
+    for _, label, c, sc, _ in _kinds(rep):
         out.append(f"| {label} | {sum(c.values())} | {c['killed']} | {c['timeout']} | {c['survived']} | "
                    f"{c['no-coverage']} | {c['equivalent']} | {c['build-error']} | {c['error']} | "
-                   f"**{_pct(rep['scores'][k])}** |")
+                   f"**{_pct(sc)}** |")
     return out
 
 
@@ -198,11 +241,14 @@ def markdown(rep: dict[str, Any], full: bool) -> str:
         L += [
               "| | population (in scope) | sampled | scored (− equivalent, build errors) | killed | score | 95 % CI |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for k, label in (("python", "Python"), ("c", "C (log.c)"), ("total", "total")):
-            x = smp[k]
+        for _, label, _, sc, x in _kinds(rep):
+            if x is None:
+                continue
             L.append(f"| {label} | {x['population'] if x['population'] is not None else '?'} | {x['run']} | "
-                     f"{x['scored']} | {x['killed']} | **{_pct(rep['scores'][k])}** | {_ci(x['ci95'])} |")
-        L += ["", "The `total` row mixes two strata of different sampling fractions; read the two kinds apart.", ""]
+                     f"{x['scored']} | {x['killed']} | **{_pct(sc)}** | {_ci(x['ci95'])} |")
+        L += ["", "The `total` row mixes two strata of different sampling fractions; read the two kinds apart. "
+              "Each C file is a stratum of its own (strata are file and function), so its row estimates "
+              "that file's score.", ""]
     L += _table(rep) + [""]
     ek = rep.get("equivalence_kinds") or {}
     if any(ek.values()):
@@ -212,6 +258,13 @@ def markdown(rep: dict[str, Any], full: bool) -> str:
                           for k, label in (("python", "Python"), ("c", "C")))
               + f". Counting the `untestable` ones (a rule applies, but the kit cannot test it over the wire) as "
               f"survived: Python {_pct(u['python'])}, C {_pct(u['c'])}, total {_pct(u['total'])}.", ""]
+    files = rep.get("c_files") or {}
+    if len(files) > 1:
+        L += ["By C file: " + "; ".join(
+            f"{name}: {_pct(f['score'])} ("
+            + (", ".join(f"{n} {kind}" for kind, n in sorted(f["equivalence_kinds"].items())) or "none") + " recorded"
+            + f"; untestable as survived {_pct(f['score_untestable_as_survived'])}; default launch alone "
+            f"{_pct(f['score_default_launch'])})" for name, f in files.items()) + ".", ""]
     vk = rep.get("variant_kills") or {}
     if any(vk.values()) or meta.get("variants"):
         d = rep["scores_default_launch"]
@@ -233,7 +286,8 @@ def markdown(rep: dict[str, Any], full: bool) -> str:
         L += ["## Out of scope (not run, not in the score)", "", "| mutants | reason |", "| ---: | --- |"]
         L += [f"| {n} | {why} |" for why, n in sorted(rep["excluded"].items(), key=lambda x: -x[1])]
         L += ["", "Also never generated: calls to the loggers (log text is not on the wire); in log.c the "
-              "fault-injection hooks and the arguments of message-formatting calls (mutation/config.py).", ""]
+              "fault-injection hooks and the arguments of message-formatting calls, in syncer.c the test-only "
+              "`nmq_syncer_busy` (mutation/config.py `C_EXCLUDED_FUNCTIONS`).", ""]
     if rep["baseline_failures"]:
         L += ["## Kit cases not used (they fail against the reference broker)", ""]
         L += [f"- `{cid}`: {b['verdict']}: {b['message'].splitlines()[0] if b['message'] else ''}"

@@ -2,7 +2,8 @@
 
 Python lines are compared the way coverage.py reports them: every line of a multi-line statement
 counts as its first line (coverage.parser.PythonParser.first_line), on both sides. A C line that
-gcov did not instrument (a continuation line) counts as the nearest instrumented line above it.
+gcov did not instrument (a continuation line) counts as the nearest instrumented line above it in
+the same file (the map keeps C lines per file).
 Cases that did not pass against the reference broker are never selected. The selected cases run
 fastest first (their order in the kit is the kit's own; with --fail-fast the first failure ends
 the run), and the run's time budget is derived from their measured durations.
@@ -53,8 +54,8 @@ class Selector:
         self.root = root
         self.cases = usable_cases(cmap)
         self._py: dict[tuple[str, str], set[int]] = {}
-        self._instrumented = sorted(cmap.get("c_instrumented", []))
-        self._c = {cid: set(c["c"]) for cid, c in self.cases.items()}
+        self._instrumented = {path: sorted(lines) for path, lines in cmap.get("c_instrumented", {}).items()}
+        self._c = {cid: {path: set(lines) for path, lines in c["c"].items()} for cid, c in self.cases.items()}
 
     def _py_lines(self, cid: str, path: str) -> set[int]:
         key = (cid, path)
@@ -62,9 +63,10 @@ class Selector:
             self._py[key] = first_lines(path, self.cases[cid]["py"].get(path, []), self.root)
         return self._py[key]
 
-    def _c_line(self, line: int) -> int:
-        i = bisect.bisect_right(self._instrumented, line)
-        return self._instrumented[i - 1] if i else line
+    def _c_line(self, path: str, line: int) -> int:
+        ins = self._instrumented.get(path, [])
+        i = bisect.bisect_right(ins, line)
+        return ins[i - 1] if i else line
 
     def cases_for(self, m: Mutant) -> list[str]:
         """The usable cases that run a changed line of ``m``, fastest first."""
@@ -72,8 +74,8 @@ class Selector:
             want = first_lines(m.file, m.lines, self.root)
             hit = [cid for cid in self.cases if want & self._py_lines(cid, m.file)]
         else:
-            want = {self._c_line(ln) for ln in m.lines}
-            hit = [cid for cid in self.cases if want & self._c[cid]]
+            want = {self._c_line(m.file, ln) for ln in m.lines}
+            hit = [cid for cid in self.cases if want & self._c[cid].get(m.file, set())]
         return sorted(hit, key=lambda cid: (self.cases[cid]["duration_s"], cid))
 
     def timeout_for(self, cases: list[str]) -> float:

@@ -73,6 +73,57 @@ def test_c_mutants_of_log_c_have_unique_ids_and_one_change() -> None:
         assert src != (ROOT / m.file).read_text()
 
 
+def test_c_scope_is_several_files_with_ids_by_file() -> None:
+    """Every file of config.C_FILES has mutants, each id starts with its file's name and names a
+    line of that file; the diff names the file. log.c's ids are what they were with log.c alone
+    (the journal, equivalent.toml and ci_sample.toml key on them)."""
+    from mutation import config
+
+    assert config.C_FILES[0] == "nanomq/_c/src/log.c"
+    ms = cmutants.load(ROOT)
+    by_file = Counter(m.file for m, _ in ms)
+    assert set(by_file) == set(config.C_FILES) and all(n > 20 for n in by_file.values())
+    for m, _src in ms:
+        name = config.c_name(m.file)
+        line, op, n = m.id.removeprefix(name + ":").split(":")
+        assert m.id.startswith(name + ":") and int(line) == m.lines[0] and op == m.operator and int(n) >= 1
+        assert f"a/{m.file}" in m.diff.splitlines()[0]
+    log_c = "nanomq/_c/src/log.c"
+    alone = [m.id for m, _ in cmutants.generate((ROOT / log_c).read_text(), log_c)]
+    assert [m.id for m, _ in ms if m.file == log_c] == alone
+    assert any(m.function == "nmq_plane_feed" for m, _ in ms) and any(m.function == "worker" for m, _ in ms)
+
+
+def test_recorded_log_c_ids_still_name_log_c_mutants() -> None:
+    """Every entry of equivalent.toml and every C entry of ci_sample.toml that names a log.c mutant
+    finds one: adding files changed no log.c id."""
+    import tomllib
+
+    from mutation import ci, config
+
+    ms = [m for m, _ in cmutants.load(ROOT)]
+    entries = [e for e in equivalent.load() if e.id.startswith("log.c:")]
+    applied, stale = equivalent.match(ms, entries)
+    # entries match by diff key (a renumbered line keeps its entry): none of them went stale, and
+    # each applies to a log.c mutant, none to another file's
+    assert entries and not stale
+    assert {m.file for m in ms if m.id in applied} == {"nanomq/_c/src/log.c"}
+    for spec in tomllib.loads((ROOT / "mutation/ci_sample.toml").read_text())["mutant"]:
+        if spec["kind"] == "c":
+            assert ci.find(ms, spec).id.startswith(config.c_name(spec["file"]) + ":")
+
+
+def test_c_exclusions_are_per_file() -> None:
+    """log.c's test-only functions are excluded in log.c only: one of the same name elsewhere is mutated."""
+    src = "int nmq_log_fault_clear(int n) {\n    return n > 0;\n}\n"
+    assert cmutants.edits(src, LOG_C) == []
+    assert {e.function for e in cmutants.edits(src, PLANE_C)} == {"nmq_log_fault_clear"}
+    plane = [m for m, _ in cmutants.generate(C_SRC, PLANE_C)]
+    assert plane and all(m.id.startswith("plane.c:") and m.file == "nanomq/_c/src/plane.c" for m in plane)
+    with pytest.raises(ValueError):
+        cmutants.build("", Path("/nonexistent"), "nanomq/_c/src/ring.c")
+
+
 # ------------------------------------------------------------------------------------------------
 # Python mutants: names, lines, scope
 
@@ -208,21 +259,29 @@ def test_score_counts_timeouts_as_killed_and_leaves_equivalents_out() -> None:
     assert report.score(c) == pytest.approx(0.8)
 
 
+LOG_C, PLANE_C = "nanomq/_c/src/log.c", "nanomq/_c/src/plane.c"
+
+
 def test_selection_by_statement_first_lines(tmp_path: Path) -> None:
     (tmp_path / "nanomq").mkdir()
     (tmp_path / "nanomq/x.py").write_text("def f(a):\n    return max(a,\n               2)\n\n\ndef g():\n    pass\n")
     cmap = {"cases": {
-        "slow": {"verdict": "OK", "duration_s": 5.0, "py": {"nanomq/x.py": [2]}, "c": [10, 12]},
-        "fast": {"verdict": "OK", "duration_s": 0.1, "py": {"nanomq/x.py": [2, 7]}, "c": [12]},
-        "broken": {"verdict": "FAILED", "duration_s": 0.1, "py": {"nanomq/x.py": [2]}, "c": [10]},
-    }, "c_instrumented": [10, 12]}
+        "slow": {"verdict": "OK", "duration_s": 5.0, "py": {"nanomq/x.py": [2]}, "c": {LOG_C: [10, 12]}},
+        "fast": {"verdict": "OK", "duration_s": 0.1, "py": {"nanomq/x.py": [2, 7]},
+                 "c": {LOG_C: [12], PLANE_C: [11]}},
+        "broken": {"verdict": "FAILED", "duration_s": 0.1, "py": {"nanomq/x.py": [2]}, "c": {LOG_C: [10]}},
+    }, "c_instrumented": {LOG_C: [10, 12], PLANE_C: [3, 11]}}
     sel = Selector(cmap, root=tmp_path)
     # line 3 continues the statement of line 2: both cases ran it; fastest first; the failing case never
     assert sel.cases_for(Mutant("p", "python", "nanomq/x.py", "f", [3], "")) == ["fast", "slow"]
     assert sel.cases_for(Mutant("q", "python", "nanomq/x.py", "g", [7], "")) == ["fast"]
     # C line 11 has no gcov record: it counts as line 10 above it
-    assert sel.cases_for(Mutant("c", "c", "log.c", "f", [11], "")) == ["slow"]
-    assert sel.cases_for(Mutant("c2", "c", "log.c", "f", [5], "")) == []
+    assert sel.cases_for(Mutant("c", "c", LOG_C, "f", [11], "")) == ["slow"]
+    assert sel.cases_for(Mutant("c2", "c", LOG_C, "f", [5], "")) == []
+    # lines are per file: plane.c's line 11 is not log.c's, and its line 10 counts as its line 3
+    assert sel.cases_for(Mutant("c3", "c", PLANE_C, "g", [11], "")) == ["fast"]
+    assert sel.cases_for(Mutant("c4", "c", PLANE_C, "g", [10], "")) == []
+    assert sel.cases_for(Mutant("c5", "c", "nanomq/_c/src/syncer.c", "h", [12], "")) == []
     assert sel.timeout_for(["fast", "slow"]) > 60
 
 
@@ -253,6 +312,21 @@ def test_stratified_sample_is_proportional_and_nested() -> None:
     assert set(s30) <= set(stratified_sample(ms, idx, 60, None, 1))  # a larger sample holds a smaller one
     s = stratified_sample(ms, idx, 12, 5, 1)  # --sample-c gives the C share, --sample the Python one
     assert Counter(ms[i].kind for i in s) == {"python": 12, "c": 5}
+
+
+def test_stratified_sample_of_several_c_files() -> None:
+    """C strata are file and function: each C file gets its proportional share, and a file's
+    sample does not move when another file is filtered out (its strata draw on their own seeds)."""
+    from mutation.__main__ import stratified_sample
+
+    ms = ([Mutant(f"log.c:{i}:x:1", "c", LOG_C, f"l{i % 4}", [i], "") for i in range(80)]
+          + [Mutant(f"plane.c:{i}:x:1", "c", PLANE_C, f"p{i % 2}", [i], "") for i in range(40)]
+          + [Mutant(f"syncer.c:{i}:x:1", "c", "nanomq/_c/src/syncer.c", "w", [i], "") for i in range(20)])
+    s = stratified_sample(ms, list(range(len(ms))), None, 28, 3)
+    assert Counter(ms[i].file for i in s) == {LOG_C: 16, PLANE_C: 8, "nanomq/_c/src/syncer.c": 4}
+    new = [i for i, m in enumerate(ms) if m.file != LOG_C]
+    s2 = stratified_sample(ms, new, None, 12, 3)
+    assert {ms[i].id for i in s2} == {ms[i].id for i in s if ms[i].file != LOG_C}
 
 
 def test_second_chance_merge() -> None:
@@ -291,7 +365,7 @@ def test_a_variant_with_cases_maps_only_those(tmp_path: Path, monkeypatch: pytes
 
     def measure(case_id: str, variant: str = "") -> dict[str, object]:
         measured.append(case_id)
-        return {"verdict": "OK", "duration_s": 0.1, "c_instrumented": []}
+        return {"verdict": "OK", "duration_s": 0.1, "c_instrumented": {}}
 
     monkeypatch.setattr(coverage_map, "list_cases", lambda: cases)
     monkeypatch.setattr(coverage_map, "measure_case", measure)
@@ -316,6 +390,31 @@ def test_report_of_a_sample_says_so() -> None:
     assert rep["sample"]["python"]["population"] == 40
     md = report.markdown(rep, full=False)
     assert "This is a sample, not the full campaign" in md and "Wilson" in md
+
+
+def test_report_has_a_row_per_c_file() -> None:
+    """A report of several C files names them in the C label and gives each its row (counts, score,
+    the sample's population and interval); a report of one C file has no file rows."""
+    ms = ([Mutant(f"plane.c:{i}:skip_check:1", "c", PLANE_C, "feed", [i], f"-a{i}\n+b") for i in range(5)]
+          + [Mutant(f"syncer.c:{i}:skip_check:1", "c", "nanomq/_c/src/syncer.c", "worker", [i], f"-c{i}\n+d")
+             for i in range(3)])
+    verdicts = ["killed", "killed", "killed", "survived", "killed", "killed", "timeout", "survived"]
+    res = {f"{m.id}|{m.diff_key}": {"verdict": v} for m, v in zip(ms, verdicts, strict=True)}
+    eq = equivalent.Entry(ms[3].id, ms[3].diff_key, "untestable", "a full disk")
+    meta = {"selection": {"sample_c": 8, "sample_seed": 1}, "population": {"python": 0, "c": 80},
+            "population_files": {PLANE_C: 60, "nanomq/_c/src/syncer.c": 20}}
+    rep = report.build(meta, ms, res, {ms[3].id: eq}, [], None)
+    f = rep["c_files"]
+    assert list(f) == ["plane.c", "syncer.c"]
+    assert f["plane.c"]["score"] == pytest.approx(1.0) and f["plane.c"]["score_untestable_as_survived"] == 0.8
+    assert f["syncer.c"]["score"] == pytest.approx(2 / 3)
+    assert f["plane.c"]["sample"]["population"] == 60 and f["syncer.c"]["sample"]["scored"] == 3
+    assert f["syncer.c"]["sample"]["ci95"] == list(report.wilson(2, 3) or ())
+    md = report.markdown(rep, full=False)
+    assert "| C (plane.c, syncer.c) | 80 | 8 | 7 | 6 |" in md
+    assert "| … C: plane.c | 60 | 5 | 4 | 4 | **100.0 %** |" in md and "| … C: syncer.c | 20 | 3 | 3 | 2 |" in md
+    one = report.build(meta, ms[:5], res, {}, [], None)
+    assert report.c_label(one) == "C (plane.c)" and "… C:" not in report.markdown(one, full=False)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -427,3 +526,18 @@ def test_rerun_survivors_runs_earlier_survivors_and_timeouts_again() -> None:
     rerun, kept = split_for_rerun(jobs, earlier, {k["f"]: {"verdict": "killed"}}, {"g"})
     assert [j.mutant.id for j in rerun] == ["a", "b", "c"]
     assert [j.mutant.id for j in kept] == ["g"]
+
+
+def test_journal_key_finds_a_rerun_made_only_of_carried_records(tmp_path: Path) -> None:
+    """A --rerun-survivors under a new kit that runs nothing again journals only carried records,
+    which keep the kit hash they were reached with: the report still finds them by the current key."""
+    from mutation.__main__ import journal_key
+
+    journal = tmp_path / "results.jsonl"
+    snap = {"source_hash": "S", "kit_hash": "K2"}
+    _journal(journal,
+             {"key": "old", "source_hash": "S", "kit_hash": "K1", "id": "a", "verdict": "killed"},
+             {"key": "new", "source_hash": "S", "kit_hash": "K1", "id": "a", "verdict": "killed", "carried_from": "K1"})
+    assert journal_key(journal, snap, "", "new") == "new"
+    assert journal_key(journal, snap, "", "other") == ""  # no record of this kit, and not the current key
+    assert journal_key(journal, {"source_hash": "S", "kit_hash": "K1"}, "", "other") == "new"  # the latest of K1
