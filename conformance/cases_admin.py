@@ -252,6 +252,8 @@ def admin_connections(ctx: Context) -> None:
         conns = doc.get("connections")
         check(isinstance(conns, list) and len(conns) >= 2, f"/v1/connections: {str(doc)[:200]}")
         for c in conns:
+            check("principal" in c and (c["principal"] is None or isinstance(c["principal"], str)),
+                  f"a connection's principal is {c.get('principal', 'missing')!r}", "NMQ-ADM-3-1")
             for key, kind in (("peer", str), ("client_name", str), ("state", str), ("write_state", str),
                               ("tls", bool), ("age_s", (int, float)), ("idle_s", (int, float)),
                               ("buffered_in_bytes", int), ("buffered_out_bytes", int), ("subscriptions", list)):

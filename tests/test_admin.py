@@ -329,6 +329,9 @@ def test_admin_api_needs_an_admin_principal_when_the_broker_authenticates(tmp_pa
         assert json.loads(body)["error"]["code"] == "UNAUTHENTICATED"
         assert call("GET", "/metrics", "ops:" + "x" * 32)[0] == 401
         assert call("GET", "/v1/broker", OPS)[0] == 200 and call("GET", "/metrics", OPS)[0] == 200
+        with Publisher(b.address, token=OPS):
+            conns = json.loads(call("GET", "/v1/connections", OPS)[2])["connections"]
+            assert [c["principal"] for c in conns] == ["ops"]
         assert call("POST", "/v1/topics", OPS, b'{"name": "other"}')[0] == 201
         # admin on team-* only: its topics yes, the broker-wide resources and other topics no
         assert call("POST", "/v1/topics", TEAM, b'{"name": "team-a"}')[0] == 201

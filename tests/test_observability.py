@@ -140,3 +140,53 @@ def test_a_real_prometheus_scrapes_the_broker(broker: BrokerProcess, tmp_path: P
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed (apt-get install prometheus)")
+def test_every_dashboard_panel_query_returns_data_from_a_real_prometheus(broker: BrokerProcess, tmp_path: Path) -> None:
+    """The stand-in for rendering the dashboard (Grafana is not packaged here): Prometheus scrapes a
+    broker under a load that exercises every panel, and each panel's query, as Grafana would send
+    it, returns at least one series."""
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "nanomq", "static_configs": [{"targets": [f"127.0.0.1:{broker.admin_port}"]}]}],
+    }))
+    port = _free_port()
+    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log)
+    try:
+        exprs = [e.replace("$__rate_interval", "30s") for e in dashboard_exprs()]
+        pending = set(exprs)
+        deadline = time.monotonic() + 90
+        with Publisher(broker.address, ack="durable") as pub, Subscriber(broker.address) as sub:
+            sub.subscribe("obs-dash")
+            with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as raw:
+                from nanomq.protocol.codec import encode
+                from nanomq.protocol.frames import Hello, Subscribe
+                raw.sendall(encode(Hello(1, 1, "t", b"")) + encode(Subscribe(2, "obs-dash", group="g")))  # an error
+                while pending and time.monotonic() < deadline:
+                    for _ in range(20):  # load for every rate() and histogram panel
+                        pub.publish("obs-dash", b"d" * 100)
+                        sub.poll(timeout=1.0)
+                    for expr in tuple(pending):
+                        q = urllib.parse.quote(expr)
+                        try:
+                            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/query?query={q}", timeout=5) as r:
+                                doc = json.loads(r.read())
+                        except OSError:
+                            continue
+                        assert doc["status"] == "success", (expr, doc)
+                        if any(s["value"][1] not in ("NaN",) for s in doc["data"]["result"]):
+                            pending.discard(expr)
+                    time.sleep(0.5)
+        assert not pending, f"panels with no data after 90 s: {sorted(pending)}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

@@ -515,6 +515,7 @@ class Connection(asyncio.BufferedProtocol):
         transport = self._transport
         return {
             "peer": self.peer,
+            "principal": self._principal.name if self._principal is not None else None,
             "client_name": self.client_name,
             "state": self._state.value,
             "write_state": self._write_state.value,

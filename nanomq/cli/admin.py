@@ -134,7 +134,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 _TOPIC_COLUMNS = ["name", "topic_id", "records", "first_id", "next_id", "durable_id", "disk_bytes", "segments",
                   "subscriptions", "max_lag_records"]
-_CONN_COLUMNS = ["peer", "client_name", "state", "write_state", "age_s", "idle_s", "buffered_out_bytes", "subs"]
+_CONN_COLUMNS = ["peer", "principal", "client_name", "state", "write_state", "age_s", "idle_s", "buffered_out_bytes", "subs"]
 
 
 def run(args: argparse.Namespace, token: str | None = None) -> None:
