@@ -12,6 +12,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -102,18 +103,33 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed (apt-get install prometheus)")
-def test_a_real_prometheus_scrapes_the_broker(broker: BrokerProcess, tmp_path: Path) -> None:
+@contextmanager
+def prometheus(broker: BrokerProcess, tmp_path: Path) -> Iterator[int]:
+    """A Prometheus scraping ``broker``'s admin port every second; yields its HTTP port. Stopped by
+    its PID whatever happens."""
     config = tmp_path / "prometheus.yml"
     config.write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [{"job_name": "nanomq", "static_configs": [{"targets": [f"127.0.0.1:{broker.admin_port}"]}]}],
     }))
     port = _free_port()
-    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log)
-    try:
+    with open(tmp_path / "prometheus.log", "wb") as log:
+        proc = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                 f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log)
+        try:
+            yield port
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed (apt-get install prometheus)")
+def test_a_real_prometheus_scrapes_the_broker(broker: BrokerProcess, tmp_path: Path) -> None:
+    with prometheus(broker, tmp_path) as port:
         with Publisher(broker.address, ack="written") as pub:
             for _ in range(50):
                 pub.publish("obs-prom", b"y")
@@ -132,14 +148,6 @@ def test_a_real_prometheus_scrapes_the_broker(broker: BrokerProcess, tmp_path: P
         assert result, (tmp_path / "prometheus.log").read_text()[-3000:]
         value = result[0]["value"]
         assert isinstance(value, list) and float(value[1]) == 50
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed (apt-get install prometheus)")
@@ -147,16 +155,7 @@ def test_every_dashboard_panel_query_returns_data_from_a_real_prometheus(broker:
     """The stand-in for rendering the dashboard (Grafana is not packaged here): Prometheus scrapes a
     broker under a load that exercises every panel, and each panel's query, as Grafana would send
     it, returns at least one series."""
-    config = tmp_path / "prometheus.yml"
-    config.write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "nanomq", "static_configs": [{"targets": [f"127.0.0.1:{broker.admin_port}"]}]}],
-    }))
-    port = _free_port()
-    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log)
-    try:
+    with prometheus(broker, tmp_path) as port:
         exprs = [e.replace("$__rate_interval", "30s") for e in dashboard_exprs()]
         pending = set(exprs)
         deadline = time.monotonic() + 90
@@ -182,11 +181,3 @@ def test_every_dashboard_panel_query_returns_data_from_a_real_prometheus(broker:
                             pending.discard(expr)
                     time.sleep(0.5)
         assert not pending, f"panels with no data after 90 s: {sorted(pending)}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
